@@ -1,0 +1,375 @@
+"""``python -m subtune STAGE ...``: one subcommand per pipeline stage.
+
+Each stage reads explicit input paths and writes explicit output paths
+atomically; hyperparameters arrive as JSON (the workflow passes config
+sections through ``params``). Bad input is reported as one line naming the
+culprit (exit status 2) before any expensive work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import SubtuneError
+
+log = logging.getLogger("subtune")
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({exc})") from None
+
+
+def _existing(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise SubtuneError(f"missing input file: {p}")
+    return p
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _tags(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise SubtuneError(f"--tag takes KEY=VALUE, not {item!r}")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+def _track(a: argparse.Namespace, metrics: dict, out: str, tags: dict[str, str]) -> None:
+    """Log one MLflow run for this job (after its metrics file is written: nothing is lost if it fails)."""
+    if not getattr(a, "track", False):
+        return
+    import os
+
+    from .track import TrackingError, log_run
+
+    tags = {
+        "experiment": os.environ.get("SUBTUNE_EXPERIMENT", ""),
+        "invocation": os.environ.get("SUBTUNE_INVOCATION", ""),
+        **tags,
+        **_tags(a.tag),
+    }
+    try:
+        run_id = log_run(
+            metrics,
+            tracking_uri=None,
+            experiment=os.environ.get("SUBTUNE_MLFLOW_EXPERIMENT", "subtune"),
+            tags={k: str(v) for k, v in tags.items() if v != ""},
+            artifact=Path(out),
+        )
+        print(f"logged MLflow run {run_id}")
+    except TrackingError as exc:
+        print(f"WARNING: {exc}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- data stages
+def cmd_download(a: argparse.Namespace) -> None:
+    from .data import download as dl
+
+    files = dl.download_dataset(a.dataset, Path(a.out), mirrors=a.mirror or None)
+    for name, path in files.items():
+        print(f"{name}\t{path}")
+
+
+def cmd_prepare(a: argparse.Namespace) -> None:
+    from .data import prepared, targets
+
+    params = dict(a.params or {})
+    splits, manifest = targets.build(a.target, Path(a.raw) if a.raw else None, seed=a.seed, **params)
+    prepared.save_prepared(a.out, a.manifest, splits, manifest)
+    sizes = ", ".join(f"{k} {v}" for k, v in manifest["splits"].items())
+    print(f"{a.target}: {sizes} -> {a.out}")
+
+
+# ---------------------------------------------------------------- checkpoints
+def cmd_fetch(a: argparse.Namespace) -> None:
+    from .models.checkpoint import fetch
+
+    ckpt = fetch(a.model, a.out, file=a.file, **(a.model_kwargs or {}))
+    print(f"{ckpt.arch} ({ckpt.origin['kind']}) -> {a.out}")
+
+
+def cmd_pretrain(a: argparse.Namespace) -> None:
+    from .data.prepared import load_manifest, load_prepared
+    from .models.pretrain import pretrain
+    from .train import TrainConfig
+
+    cfg = TrainConfig.from_dict(a.train, "pretrain.train")
+    manifest = load_manifest(_existing(a.manifest))
+    data = load_prepared(_existing(a.data), splits=("train", "val", "test"))
+    _threads(a.threads)
+    m = pretrain(a.arch, data, manifest, a.out, cfg, a.seed, a.model_kwargs, a.device)
+    if a.metrics:
+        from .io import write_json
+
+        write_json(a.metrics, m)
+    print(f"pretrained {a.arch} on {manifest.get('name')}: source test acc {m['test_acc']:.4f} -> {a.out}")
+
+
+def cmd_blocks(a: argparse.Namespace) -> None:
+    from .models.blocks import enumerate_blocks, head_names
+    from .models.checkpoint import build_model, create
+
+    if a.checkpoint:
+        model, _ = build_model(_existing(a.checkpoint), 2)
+    else:
+        model = create(a.arch, 2, 3, **(a.model_kwargs or {}))
+    for b in enumerate_blocks(model):
+        print(f"{b.index}\t{b.name}\t{b.num_params}")
+    head = sum(p.numel() for n in head_names(model) for p in model.get_submodule(n).parameters())
+    print(f"head\t{','.join(head_names(model))}\t{head}")
+
+
+# ---------------------------------------------------------------- selection
+def _candidate_sets(a: argparse.Namespace, blocks: list[str], sel_cfg) -> tuple[list[tuple[str, ...]], dict]:
+    from . import select
+    from .io import read_json
+
+    if a.sets == "greedy":
+        state = read_json(a.state) if a.state else select.initial_state(blocks, sel_cfg)
+        return select.candidates(state), {"round": len(state["rounds"]) + 1}
+    if a.sets == "profile":
+        return select.profile_sets(blocks), {}
+    if a.sets == "pairs":
+        return select.pair_sets(blocks), {}
+    raise SubtuneError(f"unknown --sets {a.sets!r}")
+
+
+def cmd_score(a: argparse.Namespace) -> None:
+    from . import select
+    from .data.prepared import load_manifest, load_prepared
+    from .io import write_json
+    from .models.blocks import block_names
+    from .models.checkpoint import build_model
+    from .scoring import CandidateScorer
+    from .train import TrainConfig
+
+    train_cfg = TrainConfig.from_dict(a.train)
+    sel_cfg = select.SelectionConfig.from_dict(a.selection)
+    manifest = load_manifest(_existing(a.manifest))
+    _existing(a.data), _existing(a.checkpoint)
+    if a.state:
+        _existing(a.state)
+    model, _ = build_model(a.checkpoint, int(manifest["num_classes"]))
+    if a.sets == "surgical":
+        from .methods import surgical_groups
+
+        sets = [tuple(g) for g in surgical_groups(model)]
+        extra: dict = {}
+        blocks = block_names(model)
+    else:
+        blocks = block_names(model)
+        sets, extra = _candidate_sets(a, blocks, sel_cfg)
+    mine = select.shard(sets, a.shard, a.shards)
+    # Only train and validation are loaded: selection never reads the test split.
+    data = load_prepared(a.data, splits=("train", "val"))
+    _threads(a.threads)
+    scorer = CandidateScorer(a.checkpoint, data, int(manifest["num_classes"]), train_cfg, sel_cfg, a.seed, a.device)
+    results = []
+    for i, s in enumerate(mine, 1):
+        r = scorer.score_one(s)
+        results.append(r)
+        print(f"[{i}/{len(mine)}] {r['key'] or '(lp)'}: {r['score']:.4f} ({r['wall_time_s']:.1f}s)", flush=True)
+    out = {
+        "kind": a.sets, **extra, "shard": a.shard, "shards": a.shards, "blocks": blocks,
+        "target": manifest.get("name"), "seed": a.seed, "selection": sel_cfg.to_dict(),
+        "train": train_cfg.to_dict(), "results": results,
+    }
+    write_json(a.out, out)
+    best = max(results, key=lambda r: r["score"]) if results else None
+    _track(a, {
+        "method": f"score-{a.sets}", "target": out["target"], "seed": a.seed, "train": out["train"],
+        "method_params": {"candidates": len(results), "shard": a.shard, "shards": a.shards},
+        "val_acc": best["score"] if best else None,
+        "candidate_scores": {r["key"] or "(lp)": r["score"] for r in results},
+        "wall_time_s": sum(r["wall_time_s"] for r in results),
+        "trainable_params": best["trainable_params"] if best else None,
+        "history": [],
+    }, a.out, {"stage": "select", "target": out["target"], "seed": str(a.seed), **({"round": str(extra["round"])} if "round" in extra else {})})
+
+
+def cmd_decide(a: argparse.Namespace) -> None:
+    from . import select
+    from .io import read_json, write_json
+
+    sel_cfg = select.SelectionConfig.from_dict(a.selection)
+    shards = [read_json(_existing(p)) for p in a.scores]
+    if a.state:
+        state = read_json(_existing(a.state))
+        if state["config"] != sel_cfg.to_dict():
+            raise SubtuneError(f"{a.state}: selection config differs from --selection (rerun from round 1)")
+    else:
+        state = select.initial_state(shards[0]["blocks"], sel_cfg)
+    scores = {select.unkey(r["key"]): r["score"] for sh in shards for r in sh["results"]}
+    if not state["done"]:
+        state = select.decide(state, scores)
+    write_json(a.out, state)
+    last = state["rounds"][-1] if state["rounds"] else {}
+    print(
+        f"round {last.get('round')}: chose {last.get('chosen')} (gain {last.get('gain', 0):+.4f}, "
+        f"accepted {last.get('accepted')}); selected {state['selected']}; done {state['done']}"
+    )
+
+
+# ---------------------------------------------------------------- final training
+def cmd_train(a: argparse.Namespace) -> None:
+    from .data.prepared import load_manifest, load_prepared
+    from .io import read_json, write_json
+    from .methods import get_method
+    from .models.checkpoint import build_model, save_checkpoint
+    from .train import Preprocess, TrainConfig, fit
+
+    cfg = TrainConfig.from_dict(a.train)
+    params = dict(a.method_params or {})
+    method_cls = get_method(a.method, **params).__class__
+    if method_cls.needs == "selection":
+        if not a.selection_state:
+            raise SubtuneError(f"method {a.method!r} needs --selection-state (the greedy selection result)")
+        state = read_json(_existing(a.selection_state))
+        if not state.get("done"):
+            raise SubtuneError(f"{a.selection_state}: selection has not finished")
+        params["blocks"] = state["selected"]
+    elif method_cls.needs == "surgical":
+        if not a.surgical_scores:
+            raise SubtuneError(f"method {a.method!r} needs --surgical-scores (validation scores of the groups)")
+        sc = read_json(_existing(a.surgical_scores))["results"]
+        params["group"] = max(range(len(sc)), key=lambda i: (sc[i]["score"], -i))
+    method = get_method(a.method, **params)
+    manifest = load_manifest(_existing(a.manifest))
+    _existing(a.data)
+    model, ckpt = build_model(_existing(a.checkpoint), int(manifest["num_classes"]), seed=a.seed)
+    trainable = method.trainable(model)
+    data = load_prepared(a.data, splits=("train", "val", "test"))
+    _threads(a.threads)
+    m = fit(
+        model, trainable, Preprocess(ckpt.mean, ckpt.std, ckpt.in_chans),
+        (data["train_x"], data["train_y"]), {"val": (data["val_x"], data["val_y"])}, cfg, a.seed, a.device,
+        final_evals={"test": (data["test_x"], data["test_y"])}, desc=a.method,
+    )
+    m.update(
+        method=a.method, method_params={k: v for k, v in params.items()}, target=manifest.get("name"),
+        seed=a.seed, train=cfg.to_dict(), checkpoint=str(a.checkpoint), notes=trainable.notes,
+    )
+    if a.save_model:
+        save_checkpoint(a.save_model, model.cpu(), ckpt)
+    write_json(a.out, m)
+    _track(a, m, a.out, {"stage": "final", "target": m["target"], "method": a.method, "seed": str(a.seed)})
+    print(f"{a.method} on {m['target']} seed {a.seed}: val {m['val_acc']:.4f} test {m['test_acc']:.4f} "
+          f"({m['trainable_params']} trainable, {m['wall_time_s']:.1f}s)")
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m subtune", description="subtune: one subcommand per pipeline stage (each reads explicit inputs and writes explicit outputs atomically).")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
+
+    def stage(name: str, fn, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    def tracking(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--track", action="store_true",
+                        help="log an MLflow run ($MLFLOW_TRACKING_URI, default sqlite:///mlflow.db; "
+                             "experiment $SUBTUNE_MLFLOW_EXPERIMENT)")
+        sp.add_argument("--tag", action="append", help="MLflow tag KEY=VALUE (repeatable)")
+
+    def common_train(sp: argparse.ArgumentParser) -> None:
+        tracking(sp)
+        sp.add_argument("--train", type=_json_arg, default={}, help="training config as JSON")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        sp.add_argument("--device", default=None, help="cuda, cpu or auto (default)")
+
+    s = stage("download", cmd_download, "download a dataset's raw files (mirrors, SHA-256 checked)")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--out", required=True, help="directory for the raw files")
+    s.add_argument("--mirror", action="append", help="extra mirror base URL, tried first (repeatable)")
+
+    s = stage("prepare", cmd_prepare, "build a prepared dataset (uint8 tensors + manifest)")
+    s.add_argument("--target", required=True, help="dataset name (e.g. fmnist-new)")
+    s.add_argument("--raw", help="raw-files directory (from download)")
+    s.add_argument("--params", type=_json_arg, default={}, help="build parameters as JSON")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.add_argument("--manifest", required=True)
+
+    s = stage("fetch", cmd_fetch, "fetch pretrained timm weights (hub or local file) as a checkpoint")
+    s.add_argument("--model", required=True, help="timm name, e.g. resnet50.tv2_in1k")
+    s.add_argument("--file", help="local weights file instead of the hub")
+    s.add_argument("--model-kwargs", type=_json_arg, default={})
+    s.add_argument("--out", required=True)
+
+    s = stage("pretrain", cmd_pretrain, "pretrain a backbone on a source dataset")
+    s.add_argument("--arch", required=True)
+    s.add_argument("--model-kwargs", type=_json_arg, default={})
+    s.add_argument("--data", required=True)
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--metrics", help="write the pretraining metrics JSON here")
+    common_train(s)
+
+    s = stage("blocks", cmd_blocks, "list a backbone's candidate blocks with parameter counts")
+    s.add_argument("--checkpoint")
+    s.add_argument("--arch", default="resnet18")
+    s.add_argument("--model-kwargs", type=_json_arg, default={})
+
+    s = stage("score", cmd_score, "fine-tune candidate block sets and score them on validation data")
+    s.add_argument("--sets", choices=["greedy", "profile", "pairs", "surgical"], default="greedy")
+    s.add_argument("--state", help="selection state after the previous round (greedy rounds > 1)")
+    s.add_argument("--selection", type=_json_arg, default={}, help="selection config as JSON")
+    s.add_argument("--data", required=True)
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--shard", type=int, default=0)
+    s.add_argument("--shards", type=int, default=1)
+    s.add_argument("--out", required=True)
+    common_train(s)
+
+    s = stage("decide", cmd_decide, "apply one greedy round's scores and write the next selection state")
+    s.add_argument("--state", help="state after the previous round (absent for round 1)")
+    s.add_argument("--scores", nargs="+", required=True, help="score files of this round (all shards)")
+    s.add_argument("--selection", type=_json_arg, default={})
+    s.add_argument("--out", required=True)
+
+    s = stage("train", cmd_train, "final training of one method on one target and seed (test read once)")
+    s.add_argument("--method", required=True)
+    s.add_argument("--method-params", type=_json_arg, default={})
+    s.add_argument("--selection-state", help="greedy selection result (SubTuning)")
+    s.add_argument("--surgical-scores", help="validation scores of the block groups (Surgical)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--save-model", help="also save the trained model as a checkpoint")
+    s.add_argument("--out", required=True)
+    common_train(s)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(message)s")
+    try:
+        a.fn(a)
+    except SubtuneError as exc:
+        print(f"subtune {a.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

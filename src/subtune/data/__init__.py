@@ -1,0 +1,9 @@
+"""Datasets: download (mirrors, checksums), raw parsers, corruptions, prepared splits.
+
+- :mod:`.download`: :func:`~.download.fetch` / :func:`~.download.fetch_all` and the ``download`` stage.
+- :mod:`.fashion_mnist`, :mod:`.digits`: raw datasets (files, checksums, parsers).
+- :mod:`.corruptions`: CIFAR-10-C-style corruptions of grayscale images.
+- :mod:`.images`: the one resize every dataset uses.
+- :mod:`.prepared`: the prepared-dataset format (safetensors + JSON manifest).
+- :mod:`.targets`: the registry of datasets a config can name, and ``build``.
+"""

@@ -1,0 +1,27 @@
+"""LP (head only) and FT (everything): the two baselines every paper reports."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .base import Method, Trainable, register
+
+
+@register
+class LP(Method):
+    """Linear probe: only the new head trains; the backbone is frozen in eval mode."""
+
+    name = "lp"
+
+    def trainable(self, model: nn.Module) -> Trainable:
+        return self.modules(model, [])
+
+
+@register
+class FT(Method):
+    """Full fine-tuning: every parameter trains; every module is in train mode."""
+
+    name = "ft"
+
+    def trainable(self, model: nn.Module) -> Trainable:
+        return Trainable(list(model.named_parameters()), [""])

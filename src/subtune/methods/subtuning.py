@@ -1,0 +1,30 @@
+"""SubTuning (Kaplun et al., arXiv 2302.06354): a chosen set of blocks plus the head.
+
+The set is not necessarily contiguous; it is chosen greedily on validation
+data by :mod:`subtune.select`. The chosen blocks run in train mode (their
+BatchNorm statistics adapt), the rest of the backbone is frozen in eval mode,
+as in the authors' code.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .. import SubtuneError
+from ..models.blocks import block_names
+from .base import Method, Trainable, register
+
+
+@register
+class SubTuning(Method):
+    name = "subtuning"
+    defaults = {"blocks": []}
+    needs = "selection"
+
+    def trainable(self, model: nn.Module) -> Trainable:
+        blocks = list(self.params["blocks"])
+        known = block_names(model)
+        for b in blocks:
+            if b not in known:
+                raise SubtuneError(f"subtuning: {b!r} is not a block of this model (blocks: {', '.join(known)})")
+        return self.modules(model, blocks)

@@ -1,0 +1,201 @@
+"""Checkpoints: one safetensors file of weights plus a JSON sidecar of metadata.
+
+A checkpoint comes from one of three places (``python -m subtune fetch`` /
+``pretrain``):
+
+- the timm / Hugging Face hub by name (``resnet50.tv2_in1k``);
+- a local weights file for a named timm architecture (``--file PATH``);
+- pretraining on a source dataset (the embedded default, see ``pretrain.py``).
+
+Whatever the origin, it is saved the same way: ``NAME.safetensors`` holds the
+full state dict (the source head included) with the metadata also embedded
+under the ``subtune`` key, and ``NAME.json`` holds the metadata alone (arch,
+timm kwargs, number of source classes, input size, normalisation, origin and,
+for pretraining, the source-test accuracy) so that the workflow and reports can
+read it without loading tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .. import SubtuneError
+from ..io import atomic_path, write_json
+
+
+@dataclass
+class Checkpoint:
+    arch: str
+    num_classes: int
+    in_chans: int = 3
+    image_size: int = 224
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    origin: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    def meta(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("path")
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+def sidecar(path: str | os.PathLike) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def create(arch: str, num_classes: int, in_chans: int = 3, **kwargs) -> nn.Module:
+    import timm
+
+    if not timm.is_model(arch.split(".")[0]):
+        raise SubtuneError(f"unknown timm model {arch!r} (see timm.list_models())")
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, ckpt: Checkpoint) -> None:
+    """Save ``model``'s weights and ``ckpt``'s metadata atomically (two files)."""
+    from safetensors.torch import save_file
+
+    meta = ckpt.meta()
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"subtune": json.dumps(meta, sort_keys=True)})
+    write_json(sidecar(path), meta)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise SubtuneError(f"missing checkpoint file: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("subtune")
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise SubtuneError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+    if raw is None:
+        raise SubtuneError(f"{path}: safetensors file without subtune metadata (use `subtune fetch --file`)")
+    meta = json.loads(raw)
+    meta["mean"], meta["std"] = tuple(meta["mean"]), tuple(meta["std"])
+    return Checkpoint(**meta, path=str(path)), state
+
+
+def build_model(path: str | os.PathLike, num_classes: int, seed: int = 0) -> tuple[nn.Module, Checkpoint]:
+    """The checkpoint's backbone with a fresh ``num_classes`` head (initialised from ``seed``)."""
+    ckpt, state = load_checkpoint(path)
+    model = create(ckpt.arch, ckpt.num_classes, ckpt.in_chans, **ckpt.model_kwargs)
+    model.load_state_dict(state, strict=True)
+    g = torch.random.fork_rng()
+    with g:
+        torch.manual_seed(seed)
+        model.reset_classifier(num_classes)
+    return model, ckpt
+
+
+def _data_config(model: nn.Module) -> dict[str, Any]:
+    import timm.data
+
+    cfg = timm.data.resolve_model_data_config(model)
+    return {"image_size": int(cfg["input_size"][-1]), "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
+
+
+def _unreachable_hub(arch: str, timeout: float = 5.0) -> str | None:
+    """Why the host serving ``arch``'s weights cannot be reached (None if it can).
+
+    A quick TCP probe, so that an offline machine fails in seconds instead of
+    sitting through huggingface_hub's retries; a cached copy is still used.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        import huggingface_hub.constants as hc
+
+        url = os.environ.get("HF_ENDPOINT") or hc.ENDPOINT
+    else:
+        url = cfg.url or ""
+    u = urlparse(url)
+    if not u.hostname:
+        return None
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        socket.create_connection((u.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{u.hostname}:{port} unreachable: {exc}"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """Run huggingface_hub in offline mode (cache only) while ``offline``."""
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as hc
+
+    old = hc.HF_HUB_OFFLINE
+    hc.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hc.HF_HUB_OFFLINE = old
+
+
+def fetch(arch: str, out: str | os.PathLike, file: str | os.PathLike | None = None, **model_kwargs) -> Checkpoint:
+    """Fetch pretrained weights from the hub (or a local ``file``) and save them as a checkpoint."""
+    import timm
+
+    base = arch.split(".")[0]
+    if not timm.is_model(base):
+        raise SubtuneError(f"unknown timm model {arch!r} (see timm.list_models())")
+    kwargs = dict(model_kwargs)
+    if file is not None:
+        file = Path(file)
+        if not file.is_file():
+            raise SubtuneError(f"missing weights file for {arch}: {file}")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(file.resolve()), custom_load=False)
+    unreachable = None if file is not None else _unreachable_hub(arch)
+    try:
+        with _hub_offline(unreachable is not None):
+            model = timm.create_model(arch, pretrained=True, **kwargs)
+    except SubtuneError:
+        raise
+    except Exception as exc:  # network, hub, and file-format errors alike
+        if file is not None:
+            raise SubtuneError(f"cannot load {file} as weights of {arch}: {type(exc).__name__}: {exc}") from None
+        reason = unreachable or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise SubtuneError(
+            f"cannot download pretrained weights for {arch!r} ({type(exc).__name__}: {reason[:200]}); "
+            f"offline? provide a local file (backbone.file in the config, or `subtune fetch --file PATH`) "
+            f"or a hub mirror (HF_ENDPOINT=http://mirror)"
+        ) from None
+    dc = _data_config(model)
+    ckpt = Checkpoint(
+        arch=arch,
+        num_classes=model.num_classes,
+        in_chans=getattr(model, "in_chans", 3) if isinstance(getattr(model, "in_chans", 3), int) else 3,
+        image_size=dc["image_size"],
+        model_kwargs={k: v for k, v in model_kwargs.items()},
+        mean=dc["mean"],
+        std=dc["std"],
+        origin={"kind": "file" if file else "hub", "name": arch, **({"file": str(file)} if file else {})},
+    )
+    save_checkpoint(out, model, ckpt)
+    return ckpt

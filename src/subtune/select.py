@@ -1,0 +1,205 @@
+"""Greedy block selection (SubTuning), pure: it only sees a scorer.
+
+The fine-tuning profile is round 1 of forward selection: every block alone
+(plus the head), and the empty set (the linear probe) as the baseline. Each
+later round tries adding every remaining block to the current set and keeps
+the best. The selection state is plain JSON so that the workflow can run one
+round per job (``subtune score`` then ``subtune decide``) and spread a
+round's candidates over several jobs.
+
+Stopping rules (``stop_rule``):
+
+- ``paper`` (default), as the paper describes it: accept the round's best
+  candidate only if it improves the current score by at least ``epsilon``;
+  otherwise stop with the current set. Also stop at ``k`` blocks.
+- ``code``, as the authors' code does it: keep following the round's best
+  candidate while it is no more than ``epsilon`` below the best score seen so
+  far; stop when it falls further (or at ``k`` blocks). The answer is the
+  best-scoring set seen on the way.
+
+``strategy: backward`` is backward elimination from full fine-tuning (the
+authors' ``all`` option): start from every block, each round removes the
+block whose removal scores best; ``paper`` accepts a removal while it costs
+less than ``epsilon`` (k is not used), ``code`` follows the best removal while
+it stays within ``epsilon`` of the best so far. A set is never emptied.
+
+Ties are broken by network order (the earliest block wins), so a selection
+is a function of the scores alone. Scores are accuracies as fractions
+(epsilon 0.01 = one point), computed on validation data only: a held-out
+validation split or k-fold cross-validation on the training split. The test
+split is not an input of anything here.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Iterable, Sequence
+
+from . import SubtuneError
+
+BlockSet = tuple[str, ...]
+Scorer = Callable[[list[BlockSet]], dict[BlockSet, float]]
+
+
+@dataclass
+class SelectionConfig:
+    strategy: str = "forward"
+    stop_rule: str = "paper"
+    k: int | None = 3
+    epsilon: float = 0.01
+    scoring: str = "val"
+    folds: int = 5
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, where: str = "selection") -> "SelectionConfig":
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SubtuneError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(known))})")
+        cfg = cls(**d)
+        if cfg.strategy not in ("forward", "backward"):
+            raise SubtuneError(f"{where}.strategy must be forward or backward, not {cfg.strategy!r}")
+        if cfg.stop_rule not in ("paper", "code"):
+            raise SubtuneError(f"{where}.stop_rule must be paper or code, not {cfg.stop_rule!r}")
+        if cfg.scoring not in ("val", "cv"):
+            raise SubtuneError(f"{where}.scoring must be val or cv, not {cfg.scoring!r}")
+        if cfg.k is not None and cfg.k < 1:
+            raise SubtuneError(f"{where}.k must be at least 1")
+        if cfg.scoring == "cv" and cfg.folds < 2:
+            raise SubtuneError(f"{where}.folds must be at least 2")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def key(blocks: Iterable[str]) -> str:
+    """JSON key of a block set ("" is the empty set, the linear probe)."""
+    return "+".join(blocks)
+
+
+def unkey(s: str) -> BlockSet:
+    return tuple(s.split("+")) if s else ()
+
+
+def initial_state(blocks: Sequence[str], cfg: SelectionConfig) -> dict[str, Any]:
+    if not blocks:
+        raise SubtuneError("no candidate blocks to select from")
+    start = [] if cfg.strategy == "forward" else list(blocks)
+    return {
+        "config": cfg.to_dict(),
+        "blocks": list(blocks),
+        "current": start,
+        "current_score": None,
+        "selected": start,
+        "score": None,
+        "rounds": [],
+        "done": False,
+        "stop_reason": None,
+    }
+
+
+def _ordered(blocks: Sequence[str], s: Iterable[str]) -> BlockSet:
+    pos = {b: i for i, b in enumerate(blocks)}
+    return tuple(sorted(s, key=pos.__getitem__))
+
+
+def candidates(state: dict[str, Any]) -> list[BlockSet]:
+    """The block sets this round scores (the base set first when its score is unknown)."""
+    if state["done"]:
+        return []
+    blocks = state["blocks"]
+    cur = set(state["current"])
+    base = _ordered(blocks, cur)
+    out: list[BlockSet] = [base] if state["current_score"] is None else []
+    if state["config"]["strategy"] == "forward":
+        out += [_ordered(blocks, cur | {b}) for b in blocks if b not in cur]
+    else:
+        out += [_ordered(blocks, cur - {b}) for b in blocks if b in cur] if len(cur) > 1 else []
+    return out
+
+
+def decide(state: dict[str, Any], scores: dict[BlockSet, float]) -> dict[str, Any]:
+    """Apply one round's scores; return the next state (the input is not modified)."""
+    cfg = SelectionConfig(**state["config"])
+    blocks = state["blocks"]
+    cands = candidates(state)
+    missing = [key(c) or "(empty)" for c in cands if c not in scores]
+    if missing:
+        raise SubtuneError(f"round {len(state['rounds']) + 1}: no score for candidate(s) {', '.join(missing)}")
+    new = {**state, "rounds": list(state["rounds"])}
+    base = _ordered(blocks, state["current"])
+    base_score = state["current_score"] if state["current_score"] is not None else scores[base]
+    if state["score"] is None:
+        new["selected"], new["score"] = list(base), base_score
+    best_so_far = new["score"]
+    moves = [c for c in cands if c != base]
+    rnd: dict[str, Any] = {
+        "round": len(state["rounds"]) + 1,
+        "base": list(base),
+        "base_score": base_score,
+        "scores": {key(c): scores[c] for c in cands},
+    }
+    if not moves:
+        new.update(done=True, stop_reason="no candidates left", current_score=base_score)
+        rnd.update(chosen=None, accepted=False)
+        new["rounds"].append(rnd)
+        return new
+
+    def changed(c: BlockSet) -> str:
+        (b,) = set(c) ^ set(base)
+        return b
+
+    order = {b: i for i, b in enumerate(blocks)}
+    best = max(moves, key=lambda c: (scores[c], -order[changed(c)]))
+    s = scores[best]
+    gain = s - base_score
+    rnd.update(chosen=changed(best), chosen_score=s, gain=gain)
+    forward = cfg.strategy == "forward"
+    if cfg.stop_rule == "paper":
+        accepted = gain >= cfg.epsilon if forward else s >= base_score - cfg.epsilon
+    else:
+        accepted = s >= best_so_far - cfg.epsilon
+    rnd["accepted"] = accepted
+    if accepted:
+        new["current"], new["current_score"] = list(best), s
+        if cfg.stop_rule == "paper" or s > best_so_far:
+            new["selected"], new["score"] = list(best), s
+        if forward and cfg.k is not None and len(best) >= cfg.k:
+            new.update(done=True, stop_reason=f"reached k={cfg.k} blocks")
+        elif not candidates({**new, "current_score": s}):
+            new.update(done=True, stop_reason="no candidates left")
+    else:
+        new["current_score"] = base_score
+        why = "gain below epsilon" if cfg.stop_rule == "paper" else "more than epsilon below the best so far"
+        new.update(done=True, stop_reason=f"{why} ({gain:+.4f}, epsilon {cfg.epsilon})")
+    new["rounds"].append(rnd)
+    return new
+
+
+def greedy(blocks: Sequence[str], scorer: Scorer, cfg: SelectionConfig) -> dict[str, Any]:
+    """Run selection to the end with ``scorer`` (a function of a list of block sets)."""
+    state = initial_state(blocks, cfg)
+    while not state["done"]:
+        cands = candidates(state)
+        state = decide(state, scorer(cands))
+    return state
+
+
+def profile_sets(blocks: Sequence[str]) -> list[BlockSet]:
+    """The fine-tuning profile: the empty set (LP) and each block alone."""
+    return [(), *((b,) for b in blocks)]
+
+
+def pair_sets(blocks: Sequence[str]) -> list[BlockSet]:
+    """Every pair of blocks (the SubTuning paper's Figure 3), plus each block alone."""
+    return [*((b,) for b in blocks), *itertools.combinations(blocks, 2)]
+
+
+def shard(items: Sequence[Any], index: int, count: int) -> list[Any]:
+    """The ``index``-th of ``count`` round-robin shards (stable across runs)."""
+    if not 0 <= index < count:
+        raise SubtuneError(f"shard index {index} out of range for {count} shard(s)")
+    return list(items[index::count])

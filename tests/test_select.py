@@ -1,0 +1,142 @@
+"""Greedy selection logic on a fake scorer: ties, epsilon stop, k stop, both stop rules, backward."""
+
+import pytest
+
+from subtune import SubtuneError
+from subtune.select import (
+    SelectionConfig,
+    candidates,
+    decide,
+    greedy,
+    initial_state,
+    pair_sets,
+    profile_sets,
+    shard,
+)
+
+BLOCKS = ["b0", "b1", "b2", "b3", "b4"]
+
+
+def additive(values, base=0.5, interactions=None):
+    """Scorer: base + sum of per-block values (+ optional pair interactions); logs calls."""
+    calls = []
+
+    def scorer(sets):
+        calls.append(list(sets))
+        out = {}
+        for s in sets:
+            v = base + sum(values[b] for b in s)
+            for pair, extra in (interactions or {}).items():
+                if set(pair) <= set(s):
+                    v += extra
+            out[s] = v
+        return out
+
+    scorer.calls = calls
+    return scorer
+
+
+def test_forward_picks_best_each_round_and_stops_at_k():
+    sc = additive({"b0": 0.01, "b1": 0.2, "b2": 0.05, "b3": 0.1, "b4": 0.03})
+    st = greedy(BLOCKS, sc, SelectionConfig(k=2, epsilon=0.01))
+    assert st["selected"] == ["b1", "b3"]
+    assert [r["chosen"] for r in st["rounds"]] == ["b1", "b3"]
+    assert st["stop_reason"] == "reached k=2 blocks"
+    # round 1 is the profile: the empty set (LP) and every block alone
+    assert sc.calls[0] == profile_sets(BLOCKS)
+    # round 2 never re-scores the base set
+    assert () not in sc.calls[1] and ("b1",) not in sc.calls[1]
+    assert len(sc.calls[1]) == 4
+
+
+def test_epsilon_stop_paper_rule_keeps_current_set():
+    sc = additive({"b0": 0.001, "b1": 0.2, "b2": 0.005, "b3": 0.009, "b4": 0.0})
+    st = greedy(BLOCKS, sc, SelectionConfig(k=5, epsilon=0.01))
+    assert st["selected"] == ["b1"]
+    assert st["score"] == pytest.approx(0.7)
+    assert st["rounds"][-1]["accepted"] is False
+    assert "gain below epsilon" in st["stop_reason"]
+
+
+def test_gain_exactly_epsilon_is_accepted():
+    sc = additive({"b0": 0.25, "b1": 0.5, "b2": 0.0, "b3": 0.0, "b4": 0.0}, base=0.0)
+    st = greedy(BLOCKS, sc, SelectionConfig(k=5, epsilon=0.25))
+    assert st["selected"] == ["b0", "b1"]
+
+
+def test_first_round_below_epsilon_selects_nothing():
+    sc = additive({b: 0.001 for b in BLOCKS})
+    st = greedy(BLOCKS, sc, SelectionConfig(epsilon=0.01))
+    assert st["selected"] == [] and st["score"] == pytest.approx(0.5)
+
+
+def test_ties_go_to_the_earliest_block():
+    sc = additive({"b0": 0.0, "b1": 0.1, "b2": 0.1, "b3": 0.1, "b4": 0.0})
+    st = greedy(BLOCKS, sc, SelectionConfig(k=1))
+    assert st["selected"] == ["b1"]
+    sc2 = additive({"b0": 0.0, "b1": 0.0, "b2": 0.0, "b3": 0.1, "b4": 0.1})
+    assert greedy(list(reversed(BLOCKS)), sc2, SelectionConfig(k=1))["selected"] == ["b4"]
+
+
+def test_code_rule_follows_path_within_epsilon_and_returns_best_seen():
+    # b1 alone is best; adding anything else costs 0.005 (within epsilon 0.01),
+    # a third block costs 0.05 (beyond epsilon): the code rule explores one
+    # more round than the paper rule and still answers the best set seen.
+    vals = {"b0": -0.005, "b1": 0.2, "b2": -0.005, "b3": -0.05, "b4": -0.05}
+    inter = {("b0", "b2"): -0.05}
+    code = greedy(BLOCKS, additive(vals, interactions=inter), SelectionConfig(k=5, stop_rule="code"))
+    paper = greedy(BLOCKS, additive(vals, interactions=inter), SelectionConfig(k=5, stop_rule="paper"))
+    assert paper["selected"] == ["b1"] and len(paper["rounds"]) == 2
+    assert code["selected"] == ["b1"]
+    assert len(code["rounds"]) == 3
+    assert code["rounds"][1]["accepted"] is True and code["rounds"][2]["accepted"] is False
+    assert "more than epsilon below the best so far" in code["stop_reason"]
+
+
+def test_code_rule_can_cross_a_dip():
+    # pairs: b1+b3 slightly worse than b1, but b1+b3+b4 much better
+    vals = {"b0": -0.1, "b1": 0.2, "b2": -0.1, "b3": -0.005, "b4": -0.005}
+    inter = {("b3", "b4"): 0.1}
+    code = greedy(BLOCKS, additive(vals, interactions=inter), SelectionConfig(k=3, stop_rule="code"))
+    paper = greedy(BLOCKS, additive(vals, interactions=inter), SelectionConfig(k=3, stop_rule="paper"))
+    assert paper["selected"] == ["b1"]
+    assert code["selected"] == ["b1", "b3", "b4"]
+
+
+def test_backward_elimination_removes_useless_blocks():
+    vals = {"b0": 0.0, "b1": 0.2, "b2": 0.001, "b3": 0.1, "b4": 0.0}
+    st = greedy(BLOCKS, additive(vals), SelectionConfig(strategy="backward", epsilon=0.01))
+    assert st["selected"] == ["b1", "b3"]
+    assert st["rounds"][0]["base"] == BLOCKS  # starts from full fine-tuning
+
+
+def test_one_round_at_a_time_matches_greedy():
+    sc = additive({"b0": 0.01, "b1": 0.2, "b2": 0.05, "b3": 0.1, "b4": 0.03})
+    cfg = SelectionConfig(k=3)
+    st = initial_state(BLOCKS, cfg)
+    while not st["done"]:
+        cands = candidates(st)
+        # spread over two shards, as the workflow may
+        scores = {**sc(shard(cands, 0, 2)), **sc(shard(cands, 1, 2))}
+        st = decide(st, scores)
+    assert st == greedy(BLOCKS, additive({"b0": 0.01, "b1": 0.2, "b2": 0.05, "b3": 0.1, "b4": 0.03}), cfg)
+
+
+def test_missing_score_is_an_error():
+    st = initial_state(BLOCKS, SelectionConfig())
+    with pytest.raises(SubtuneError, match="no score for candidate"):
+        decide(st, {(): 0.5})
+
+
+def test_bad_config_keys_are_named():
+    with pytest.raises(SubtuneError, match="selection.epsilonn"):
+        SelectionConfig.from_dict({"epsilonn": 0.1})
+    with pytest.raises(SubtuneError, match="stop_rule"):
+        SelectionConfig.from_dict({"stop_rule": "sometimes"})
+
+
+def test_pairs_and_shards():
+    pairs = pair_sets(BLOCKS)
+    assert len(pairs) == 5 + 10
+    parts = [shard(pairs, i, 3) for i in range(3)]
+    assert sorted(sum(parts, [])) == sorted(pairs)
