@@ -20,7 +20,8 @@ def test_environment_yml_matches_pyproject():
 
 def test_cli_lists_every_stage_and_each_has_help():
     out = subprocess.run([sys.executable, "-m", "subtune", "--help"], capture_output=True, text=True, check=True)
-    stages = ["download", "prepare", "fetch", "pretrain", "blocks", "score", "decide", "train"]
+    stages = ["download", "prepare", "fetch", "pretrain", "blocks", "score", "decide", "train", "track-init",
+              "log", "report"]
     for s in stages:
         assert s in out.stdout
         sub = subprocess.run([sys.executable, "-m", "subtune", s, "--help"], capture_output=True, text=True)

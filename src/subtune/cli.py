@@ -274,6 +274,50 @@ def cmd_train(a: argparse.Namespace) -> None:
           f"({m['trainable_params']} trainable, {m['wall_time_s']:.1f}s)")
 
 
+# ---------------------------------------------------------------- tracking
+def cmd_track_init(a: argparse.Namespace) -> None:
+    import os
+
+    from .io import write_json
+    from .track import init_store, resolve_uri
+
+    uri = resolve_uri(a.uri)
+    experiment = a.experiment or os.environ.get("SUBTUNE_MLFLOW_EXPERIMENT", "subtune")
+    exp_id = init_store(uri, experiment)
+    write_json(a.out, {"tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id})
+    print(f"MLflow store ready: {uri}, experiment {experiment!r} ({exp_id})")
+
+
+def cmd_log(a: argparse.Namespace) -> None:
+    """Log a metrics file that was computed but not logged (e.g. the tracking server was down)."""
+    import os
+
+    from .io import read_json
+    from .track import log_run
+
+    m = read_json(_existing(a.metrics))
+    experiment = a.experiment or os.environ.get("SUBTUNE_MLFLOW_EXPERIMENT", "subtune")
+    run_id = log_run(m, tracking_uri=a.uri, experiment=experiment, tags=_tags(a.tag), artifact=Path(a.metrics))
+    print(f"logged MLflow run {run_id}")
+
+
+# ---------------------------------------------------------------- report
+def cmd_report(a: argparse.Namespace) -> None:
+    from . import report
+
+    if a.what == "main":
+        report.main_table(a.runs, a.out_csv, a.out_md, checkpoint_json=a.checkpoint, selected_files=a.selected)
+    elif a.what == "rounds":
+        report.rounds(a.states, a.out_csv)
+    elif a.what == "profile":
+        report.profile(a.scores, a.out_csv, a.out_png)
+    elif a.what == "pairs":
+        report.pairs(a.scores, a.out_csv, a.out_png)
+    elif a.what == "sweep":
+        report.sweep(a.runs, a.out_csv, a.out_png)
+    print(f"report {a.what}: {a.out_csv}" + (f", {a.out_png}" if getattr(a, "out_png", None) else ""))
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m subtune", description="subtune: one subcommand per pipeline stage (each reads explicit inputs and writes explicit outputs atomically).")
@@ -360,6 +404,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-model", help="also save the trained model as a checkpoint")
     s.add_argument("--out", required=True)
     common_train(s)
+    s = stage("track-init", cmd_track_init, "create the MLflow store and experiment once, before parallel jobs log")
+    s.add_argument("--uri", help="tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    s.add_argument("--experiment", help="MLflow experiment (default $SUBTUNE_MLFLOW_EXPERIMENT)")
+    s.add_argument("--out", required=True, help="marker file the training jobs depend on")
+    s = stage("log", cmd_log, "log a metrics JSON as one MLflow run")
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--uri", help="tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    s.add_argument("--experiment", help="MLflow experiment (default $SUBTUNE_MLFLOW_EXPERIMENT)")
+    s.add_argument("--tag", action="append", help="MLflow tag KEY=VALUE (repeatable)")
+
+    s = stage("report", cmd_report, "aggregate results into tables (csv, markdown) and plots")
+    rsub = s.add_subparsers(dest="what", metavar="TABLE", required=True)
+    r = rsub.add_parser("main", help="method x target test accuracy (mean ± std over seeds), parameters")
+    r.add_argument("--runs", nargs="+", required=True)
+    r.add_argument("--checkpoint", help="checkpoint sidecar JSON (source accuracy)")
+    r.add_argument("--selected", nargs="*", help="final selection states")
+    r.add_argument("--out-csv", required=True)
+    r.add_argument("--out-md", required=True)
+    r = rsub.add_parser("rounds", help="greedy rounds: chosen block and gain per round")
+    r.add_argument("--states", nargs="+", required=True)
+    r.add_argument("--out-csv", required=True)
+    for name, what in (("profile", "fine-tuning profile (round 1)"), ("pairs", "pair grid heatmap")):
+        r = rsub.add_parser(name, help=what)
+        r.add_argument("--scores", nargs="+", required=True, help="score files (all shards)")
+        r.add_argument("--out-csv", required=True)
+        r.add_argument("--out-png", required=True)
+    r = rsub.add_parser("sweep", help="data-size sweep: test accuracy against training-set size")
+    r.add_argument("--runs", nargs="+", required=True)
+    r.add_argument("--out-csv", required=True)
+    r.add_argument("--out-png", required=True)
     return p
 
 

@@ -1,0 +1,62 @@
+# Paths and small input functions shared by the rule files.
+import json
+import shlex
+import sys
+
+from subtune.config import (
+    dataset_params,
+    decision_config,
+    dumps,
+    method_train,
+    scoring_config,
+    selection_train,
+)
+from subtune.data.targets import raw_dataset
+from subtune.methods import REGISTRY as METHOD_REGISTRY
+
+# The interpreter running Snakemake (the project venv) runs the stages, whatever PATH says.
+PY = f"{shlex.quote(sys.executable)} -m subtune"
+DATA = f"data/prepared/{EXP}"
+CKPT = f"checkpoints/{EXP}/backbone.safetensors"
+RES = f"results/{EXP}"
+SEL_SEED = SEEDS[0]
+
+
+def prepared(target, regime="1k"):
+    return {
+        "data": f"{DATA}/{target}/{regime}.safetensors",
+        "manifest": f"{DATA}/{target}/{regime}.json",
+    }
+
+
+def selection_seed(seed):
+    """Selection runs once (first seed) unless selection.per_seed."""
+    return int(seed) if config["selection"]["per_seed"] else SEL_SEED
+
+
+def selection_seeds():
+    return SEEDS if config["selection"]["per_seed"] else [SEL_SEED]
+
+
+def regime_train_size(regime):
+    return "regime" if regime in ("1k", "source") else int(regime[1:])
+
+
+def sweep_sizes():
+    return config["sweep"]["sizes"] if "sweep" in config else []
+
+
+def all_outputs():
+    out = [
+        f"{RES}/tables/main.csv",
+        f"{RES}/tables/main.md",
+        f"{RES}/tables/rounds.csv",
+    ]
+    out += expand(f"{RES}/tables/profile_{{target}}.csv", target=TARGETS)
+    out += expand(f"{RES}/plots/profile_{{target}}.png", target=TARGETS)
+    if "pairs" in config:
+        t = config["pairs"]["target"]
+        out += [f"{RES}/tables/pairs_{t}.csv", f"{RES}/plots/pairs_{t}.png"]
+    if "sweep" in config:
+        out += [f"{RES}/tables/sweep.csv", f"{RES}/plots/sweep.png"]
+    return out

@@ -1,0 +1,47 @@
+# Models: the backbone checkpoint, pretrained on the source task or fetched (hub or local file).
+
+BB = config["backbone"]
+
+if BB["checkpoint"] == "pretrain":
+
+    rule pretrain:
+        input:
+            **prepared(config["source"]["dataset"], "source"),
+        output:
+            ckpt=CKPT,
+            meta=CKPT.replace(".safetensors", ".json"),
+            metrics=f"{RES}/pretrain/metrics.json",
+        params:
+            arch=BB["arch"],
+            kwargs=dumps(BB.get("model_kwargs") or {}),
+            train=dumps({**config["train"], **(BB.get("pretrain", {}).get("train") or {})}),
+            seed=BB.get("pretrain", {}).get("seed", 0),
+        threads: workflow.cores
+        log:
+            f"logs/{EXP}/pretrain.log",
+        benchmark:
+            f"benchmarks/{EXP}/pretrain.tsv"
+        shell:
+            "{PY} pretrain --arch {params.arch} --model-kwargs '{params.kwargs}' --data {input.data} "
+            "--manifest {input.manifest} --train '{params.train}' --seed {params.seed} --threads {threads} "
+            "--out {output.ckpt} --metrics {output.metrics} > {log} 2>&1"
+
+else:
+
+    rule fetch:
+        input:
+            [BB["file"]] if BB["checkpoint"] == "file" else [],
+        output:
+            ckpt=CKPT,
+            meta=CKPT.replace(".safetensors", ".json"),
+        params:
+            arch=BB["arch"],
+            kwargs=dumps(BB.get("model_kwargs") or {}),
+            file=f"--file {BB['file']}" if BB["checkpoint"] == "file" else "",
+        log:
+            f"logs/{EXP}/fetch.log",
+        benchmark:
+            f"benchmarks/{EXP}/fetch.tsv"
+        shell:
+            "{PY} fetch --model {params.arch} --model-kwargs '{params.kwargs}' {params.file} "
+            "--out {output.ckpt} > {log} 2>&1"

@@ -1,0 +1,91 @@
+# Report: tables (csv, markdown) and plots under results/<experiment>/; `snakemake --report report.html`.
+
+
+def final_runs(w=None):
+    return expand(f"{RES}/runs/{{target}}/{{method}}/seed{{seed}}.json", target=TARGETS, method=METHODS, seed=SEEDS)
+
+
+def selected_files(w=None):
+    if "subtuning" not in METHODS and "sweep" not in config:
+        return []
+    return expand(f"{RES}/select/{{target}}/seed{{seed}}/selected.json", target=TARGETS, seed=selection_seeds())
+
+
+rule report_main:
+    input:
+        runs=final_runs,
+        ckpt=CKPT.replace(".safetensors", ".json"),
+        selected=selected_files,
+    output:
+        csv=report(f"{RES}/tables/main.csv", category="Tables"),
+        md=report(f"{RES}/tables/main.md", category="Tables"),
+    log:
+        f"logs/{EXP}/report/main.log",
+    benchmark:
+        f"benchmarks/{EXP}/report/main.tsv"
+    shell:
+        "{PY} report main --runs {input.runs} --checkpoint {input.ckpt} --selected {input.selected} "
+        "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+
+
+rule report_rounds:
+    input:
+        selected_files,
+    output:
+        report(f"{RES}/tables/rounds.csv", category="Selection"),
+    log:
+        f"logs/{EXP}/report/rounds.log",
+    benchmark:
+        f"benchmarks/{EXP}/report/rounds.tsv"
+    shell:
+        "{PY} report rounds --states {input} --out-csv {output} > {log} 2>&1"
+
+
+rule report_profile:
+    input:
+        lambda w: [f"{RES}/select/{w.target}/seed{SEL_SEED}/round1_shard{i}.json" for i in range(SHARDS)],
+    output:
+        csv=report(f"{RES}/tables/profile_{{target}}.csv", category="Fine-tuning profiles"),
+        png=report(f"{RES}/plots/profile_{{target}}.png", category="Fine-tuning profiles"),
+    log:
+        f"logs/{EXP}/report/profile_{{target}}.log",
+    benchmark:
+        f"benchmarks/{EXP}/report/profile_{{target}}.tsv"
+    shell:
+        "{PY} report profile --scores {input} --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
+
+
+rule report_pairs:
+    input:
+        lambda w: expand(f"{RES}/pairs/{w.target}/shard{{i}}.json", i=range(PAIR_SHARDS)),
+    output:
+        csv=report(f"{RES}/tables/pairs_{{target}}.csv", category="Pair grid"),
+        png=report(f"{RES}/plots/pairs_{{target}}.png", category="Pair grid"),
+    log:
+        f"logs/{EXP}/report/pairs_{{target}}.log",
+    benchmark:
+        f"benchmarks/{EXP}/report/pairs_{{target}}.tsv"
+    shell:
+        "{PY} report pairs --scores {input} --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
+
+
+def sweep_runs(w=None):
+    s = config["sweep"]
+    return expand(
+        f"{RES}/sweep/{s['target']}/n{{size}}/{{method}}/seed{{seed}}.json",
+        size=s["sizes"], method=s["methods"], seed=SEEDS,
+    )
+
+
+rule report_sweep:
+    input:
+        sweep_runs,
+    output:
+        csv=report(f"{RES}/tables/sweep.csv", category="Data-size sweep"),
+        png=report(f"{RES}/plots/sweep.png", category="Data-size sweep"),
+    log:
+        f"logs/{EXP}/report/sweep.log",
+    benchmark:
+        f"benchmarks/{EXP}/report/sweep.tsv"
+    shell:
+        "{PY} report sweep --runs {input} --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"

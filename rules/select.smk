@@ -1,0 +1,124 @@
+# Greedy SubTuning selection, one round per job group: score the round's candidates
+# (spread over selection.shards jobs), then decide (a checkpoint: round r+1's jobs
+# exist only once round r's decision is made). Round 1 is the fine-tuning profile.
+# Also the scores behind Surgical's group choice and the pair grid.
+
+SELDIR = f"{RES}/select/{{target}}/seed{{seed}}"
+SHARDS = config["selection"]["shards"]
+
+
+def previous_state(w):
+    r = int(w.round)
+    return [f"{RES}/select/{w.target}/seed{w.seed}/state{r - 1}.json"] if r > 1 else []
+
+
+rule score_round:
+    input:
+        unpack(lambda w: prepared(w.target)),
+        ckpt=CKPT,
+        state=previous_state,
+    output:
+        f"{SELDIR}/round{{round}}_shard{{shard}}.json",
+    params:
+        train=dumps(selection_train(config)),
+        selection=dumps(scoring_config(config)),
+        state=lambda w, input: f"--state {input.state}" if input.state else "",
+        shards=SHARDS,
+    threads: 1
+    log:
+        f"logs/{EXP}/score/{{target}}_seed{{seed}}_round{{round}}_shard{{shard}}.log",
+    benchmark:
+        f"benchmarks/{EXP}/score/{{target}}_seed{{seed}}_round{{round}}_shard{{shard}}.tsv"
+    shell:
+        "{PY} score --sets greedy {params.state} --selection '{params.selection}' --data {input.data} "
+        "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {wildcards.seed} "
+        "--shard {wildcards.shard} --shards {params.shards} --threads {threads} --out {output} "
+        "--track --tag stage=select --tag round={wildcards.round} > {log} 2>&1"
+
+
+checkpoint decide:
+    input:
+        scores=lambda w: [f"{RES}/select/{w.target}/seed{w.seed}/round{w.round}_shard{i}.json" for i in range(SHARDS)],
+        state=previous_state,
+    output:
+        f"{SELDIR}/state{{round}}.json",
+    params:
+        selection=dumps(decision_config(config)),
+        state=lambda w, input: f"--state {input.state}" if input.state else "",
+    log:
+        f"logs/{EXP}/decide/{{target}}_seed{{seed}}_round{{round}}.log",
+    benchmark:
+        f"benchmarks/{EXP}/decide/{{target}}_seed{{seed}}_round{{round}}.tsv"
+    shell:
+        "{PY} decide {params.state} --scores {input.scores} --selection '{params.selection}' "
+        "--out {output} > {log} 2>&1"
+
+
+def final_state(w):
+    """Unroll the rounds: each decision tells whether another round is needed."""
+    r = 1
+    while True:
+        path = checkpoints.decide.get(target=w.target, seed=w.seed, round=r).output[0]
+        with open(path) as fh:
+            if json.load(fh)["done"]:
+                return path
+        r += 1
+
+
+rule selected:
+    input:
+        final_state,
+    output:
+        f"{SELDIR}/selected.json",
+    log:
+        f"logs/{EXP}/selected/{{target}}_seed{{seed}}.log",
+    benchmark:
+        f"benchmarks/{EXP}/selected/{{target}}_seed{{seed}}.tsv"
+    shell:
+        "cp {input} {output} 2> {log}"
+
+
+rule score_surgical:
+    input:
+        unpack(lambda w: prepared(w.target)),
+        ckpt=CKPT,
+    output:
+        f"{SELDIR}/surgical.json",
+    params:
+        train=dumps(method_train(config, "surgical")) if "surgical" in config["methods"] else "{}",
+        selection=dumps(scoring_config(config)),
+    threads: 1
+    log:
+        f"logs/{EXP}/score_surgical/{{target}}_seed{{seed}}.log",
+    benchmark:
+        f"benchmarks/{EXP}/score_surgical/{{target}}_seed{{seed}}.tsv"
+    shell:
+        "{PY} score --sets surgical --selection '{params.selection}' --data {input.data} "
+        "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {wildcards.seed} "
+        "--threads {threads} --out {output} --track --tag stage=surgical > {log} 2>&1"
+
+
+PAIR_SHARDS = config.get("pairs", {}).get("shards", 1)
+
+
+rule score_pairs:
+    input:
+        unpack(lambda w: prepared(w.target)),
+        ckpt=CKPT,
+    output:
+        f"{RES}/pairs/{{target}}/shard{{shard}}.json",
+    params:
+        train=dumps(selection_train(config)),
+        selection=dumps(scoring_config(config)),
+        seed=SEL_SEED,
+        shards=PAIR_SHARDS,
+    threads: 1
+    log:
+        f"logs/{EXP}/pairs/{{target}}_shard{{shard}}.log",
+    benchmark:
+        f"benchmarks/{EXP}/pairs/{{target}}_shard{{shard}}.tsv"
+    shell:
+        "{PY} score --sets pairs --selection '{params.selection}' --data {input.data} "
+        "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {params.seed} "
+        "--shard {wildcards.shard} --shards {params.shards} --threads {threads} --out {output} "
+        "--track --tag stage=pairs > {log} 2>&1"

@@ -1,0 +1,137 @@
+"""Validation of the workflow config and the values each rule receives.
+
+``validate`` checks a config against ``schemas/config.schema.yaml`` (unknown
+keys, wrong types, missing values) and then against the code's registries
+(method names and their parameters, dataset names, training keys), and raises
+a one-line :class:`SubtuneError` naming the key. The Snakefile calls it before
+any job runs.
+
+The ``*_params`` functions compute exactly the config values a rule depends
+on, as canonical JSON strings: the workflow passes them as Snakemake
+``params`` so that changing a value reruns exactly the jobs it affects.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import SubtuneError
+
+
+def _path(err) -> str:
+    return ".".join(str(p) for p in err.absolute_path) or "(top level)"
+
+
+def _schema_error(err) -> str:
+    import jsonschema
+
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        where = _path(err)
+        key = f"{where}.{extra[0]}" if where != "(top level)" else extra[0]
+        allowed = ", ".join(sorted(err.schema.get("properties", {}))) or "none"
+        return f"unknown config key {key} (allowed here: {allowed})"
+    if err.validator == "required":
+        missing = err.message.split("'")[1]
+        where = _path(err)
+        return f"missing config value {where + '.' if where != '(top level)' else ''}{missing}"
+    best = jsonschema.exceptions.best_match([err])
+    return f"bad config value {_path(best)}: {best.message}"
+
+
+def load_schema(path: str | Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())
+
+
+def validate(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
+    """Validate ``config`` in place (schema defaults filled in); raise SubtuneError naming the key."""
+    import jsonschema
+
+    schema = load_schema(schema_path)
+    validator_cls = jsonschema.validators.validator_for(schema)
+    set_defaults = validator_cls.VALIDATORS["properties"]
+
+    def with_defaults(validator, properties, instance, sch):
+        for prop, sub in properties.items():
+            if isinstance(instance, dict) and "default" in sub:
+                instance.setdefault(prop, json.loads(json.dumps(sub["default"])))
+        yield from set_defaults(validator, properties, instance, sch)
+
+    Validator = jsonschema.validators.extend(validator_cls, {"properties": with_defaults})
+    errors = sorted(Validator(schema).iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
+    if errors:
+        raise SubtuneError(_schema_error(errors[0]))
+    _check_registries(config)
+    return config
+
+
+def _check_registries(config: dict[str, Any]) -> None:
+    from .data.targets import TARGETS
+    from .data.targets import validate as validate_dataset
+    from .methods import REGISTRY, get_method
+    from .train import TrainConfig
+
+    for name, spec in config["methods"].items():
+        if name not in REGISTRY:
+            raise SubtuneError(f"unknown method methods.{name} (known: {', '.join(sorted(REGISTRY))})")
+        params = spec.get("params") or {}
+        get_method(name, **params)  # raises naming the method and the parameter
+        TrainConfig.from_dict({**config["train"], **(spec.get("train") or {})}, f"methods.{name}.train")
+    for name, spec in config["targets"].items():
+        if name not in TARGETS:
+            raise SubtuneError(f"unknown dataset targets.{name} (known: {', '.join(sorted(TARGETS))})")
+        validate_dataset(name, dataset_params(config, name))
+    bb = config["backbone"]
+    if bb["checkpoint"] == "pretrain":
+        if "source" not in config:
+            raise SubtuneError("backbone.checkpoint is pretrain but the config has no source section")
+        if config["source"]["dataset"] not in TARGETS:
+            raise SubtuneError(f"unknown dataset source.dataset {config['source']['dataset']!r}")
+        validate_dataset(config["source"]["dataset"], dataset_params(config, config["source"]["dataset"]))
+    if bb["checkpoint"] == "file" and not bb.get("file"):
+        raise SubtuneError("backbone.checkpoint is file but backbone.file is not set")
+    for section in ("sweep", "pairs"):
+        if section in config and config[section]["target"] not in config["targets"]:
+            raise SubtuneError(f"{section}.target {config[section]['target']!r} is not one of targets")
+    for m in config.get("sweep", {}).get("methods", []):
+        if m not in config["methods"]:
+            raise SubtuneError(f"sweep.methods: {m!r} is not one of methods")
+        if REGISTRY[m].needs == "surgical":
+            raise SubtuneError(f"sweep.methods: {m!r} is not supported in the sweep")
+
+
+# ------------------------------------------------------------ rule parameters
+def dumps(obj: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces) for params and the CLI."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def method_train(config: dict[str, Any], method: str) -> dict[str, Any]:
+    return {**config["train"], **(config["methods"][method].get("train") or {})}
+
+
+def selection_train(config: dict[str, Any]) -> dict[str, Any]:
+    return {**config["train"], **(config["selection"].get("train") or {})}
+
+
+def scoring_config(config: dict[str, Any]) -> dict[str, Any]:
+    """What scoring a candidate depends on (not epsilon, k or the stop rule)."""
+    s = config["selection"]
+    return {"strategy": s["strategy"], "scoring": s["scoring"], "folds": s.get("folds", 5)}
+
+
+def decision_config(config: dict[str, Any]) -> dict[str, Any]:
+    s = config["selection"]
+    return {k: s[k] for k in ("strategy", "stop_rule", "k", "epsilon", "scoring")} | {"folds": s.get("folds", 5)}
+
+
+def dataset_params(config: dict[str, Any], name: str, train_size: Any = "regime") -> dict[str, Any]:
+    spec = config["source"] if name == config.get("source", {}).get("dataset") else config["targets"][name]
+    params = {**(spec.get("params") or {}), "image_size": config["data"]["image_size"]}
+    if train_size != "regime":
+        params["train_size"] = train_size
+    return params

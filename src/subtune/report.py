@@ -1,0 +1,560 @@
+"""Tables and plots of an experiment (pandas + matplotlib, no pyplot state).
+
+Each function takes explicit input files and writes explicit outputs
+atomically (:func:`subtune.io.atomic_path`). Accuracies in the inputs are
+fractions; in every table and plot written here they are **percentages**
+(and gains are percentage points). Standard deviations are sample standard
+deviations over seeds (``ddof=1``), 0 when there is one seed.
+
+- :func:`main_table`: method x target test accuracy (mean ± std over seeds),
+  trainable parameters, seeds; plus the source checkpoint's accuracy and the
+  blocks each run fine-tuned.
+- :func:`profile`: the fine-tuning profile of one target (SubTuning Figs 1-2).
+- :func:`rounds`: the greedy selection rounds of every target and seed.
+- :func:`pairs`: the pair grid (SubTuning Fig. 3).
+- :func:`sweep`: accuracy against training-set size (SubTuning Fig. 4).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from . import SubtuneError
+from .io import atomic_path, read_json
+
+PathLike = str | os.PathLike
+METHOD_ORDER = ("lp", "ft", "surgical", "subtuning")
+METHOD_LABELS = {
+    "lp": "LP", "ft": "FT", "lp_ft": "LP-FT", "lp-ft": "LP-FT", "surgical": "Surgical",
+    "subtuning": "SubTuning", "bitfit": "BitFit", "lora": "LoRA", "dora": "DoRA",
+    "ssf": "SSF", "san": "SAN",
+}
+LP_LABEL = "(lp)"  # the empty block set in tables
+
+
+# ---------------------------------------------------------------- small helpers
+def method_order(methods: Iterable[str]) -> list[str]:
+    """lp, ft, surgical, subtuning first (those present), then the others alphabetically."""
+    ms = list(dict.fromkeys(methods))
+    first = [m for m in METHOD_ORDER if m in ms]
+    return first + sorted(m for m in ms if m not in METHOD_ORDER)
+
+
+def method_label(m: str) -> str:
+    return METHOD_LABELS.get(m, m)
+
+
+def fmt_params(n: float | None) -> str:
+    """Parameter count, 3 significant digits: 512, 5.13K, 11.2M."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "n/a"
+    n = float(n)
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{suffix}"
+    return f"{n:.0f}" if n == int(n) else f"{n:.3g}"
+
+
+def _std(x: pd.Series) -> float:
+    """Sample std (ddof=1); 0.0 for a single value."""
+    return float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
+
+def _as_list(files: PathLike | Sequence[PathLike]) -> list[Path]:
+    if isinstance(files, (str, os.PathLike)):
+        return [Path(files)]
+    return [Path(f) for f in files]
+
+
+def _load(path: Path) -> dict[str, Any]:
+    d = read_json(path)
+    if not isinstance(d, dict):
+        raise SubtuneError(f"{path}: expected a JSON object")
+    return d
+
+
+def _need(d: dict, key: str, path: Path, kind: type | tuple = (int, float)) -> Any:
+    if key not in d or d[key] is None:
+        raise SubtuneError(f"{path}: missing key {key!r}")
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, kind):
+        raise SubtuneError(f"{path}: key {key!r} has type {type(v).__name__}")
+    return v
+
+
+def _frac(d: dict, key: str, path: Path, required: bool = True) -> float:
+    if not required and d.get(key) is None:
+        return math.nan
+    v = float(_need(d, key, path))
+    if not 0.0 <= v <= 1.0:
+        raise SubtuneError(f"{path}: {key} = {v} is not an accuracy fraction in [0, 1]")
+    return v
+
+
+def _write_csv(df: pd.DataFrame, out: PathLike) -> None:
+    """CSV; counts (parameters, sizes) that are whole numbers are written as integers."""
+    df = df.copy()
+    for c in df.columns:
+        col = df[c]
+        countlike = "params" in c or c in ("train_size", "n_seeds", "index", "seed")
+        if countlike and pd.api.types.is_float_dtype(col):
+            df[c] = pd.Series([v if pd.isna(v) else int(v) if v == int(v) else round(v, 2) for v in col],
+                              index=df.index, dtype=object)
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False, lineterminator="\n")
+
+
+def _write_text(text: str, out: PathLike) -> None:
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=120, layout="constrained")
+
+
+def _save_png(fig, out: PathLike) -> None:
+    # Agg via the Figure's own canvas: no pyplot, no global backend switch; no
+    # "Software" metadata, so the bytes depend on the data, not the version.
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+
+
+def _md_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+    sep = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- runs
+RUN_COLUMNS = ["file", "method", "target", "seed", "test_acc", "val_acc", "trainable_params",
+               "total_params", "train_size", "wall_time_s", "blocks", "group"]
+
+
+def load_runs(run_files: Sequence[PathLike], *, need_train_size: bool = False) -> pd.DataFrame:
+    """One row per final-training metrics file (accuracies as fractions); checks every file first."""
+    rows = []
+    for f in _as_list(run_files):
+        d = _load(f)
+        mp = d.get("method_params") or {}
+        if not isinstance(mp, dict):
+            raise SubtuneError(f"{f}: method_params must be an object")
+        row = {
+            "file": str(f),
+            "method": _need(d, "method", f, str),
+            "target": str(_need(d, "target", f, str)),
+            "seed": int(_need(d, "seed", f, int)),
+            "test_acc": _frac(d, "test_acc", f),
+            "val_acc": _frac(d, "val_acc", f, required=False),
+            "trainable_params": float(_need(d, "trainable_params", f)),
+            "total_params": float(d["total_params"]) if isinstance(d.get("total_params"), (int, float)) else math.nan,
+            "train_size": math.nan,
+            "wall_time_s": float(d["wall_time_s"]) if isinstance(d.get("wall_time_s"), (int, float)) else math.nan,
+            "blocks": "+".join(mp["blocks"]) if isinstance(mp.get("blocks"), list) else None,
+            "group": int(mp["group"]) if isinstance(mp.get("group"), int) else None,
+        }
+        if need_train_size:
+            row["train_size"] = int(_need(d, "train_size", f, int))
+        elif isinstance(d.get("train_size"), int):
+            row["train_size"] = d["train_size"]
+        rows.append(row)
+    if not rows:
+        raise SubtuneError("no run files given")
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    keys = ["method", "target", "seed"] + (["train_size"] if need_train_size else [])
+    dup = df[df.duplicated(keys, keep=False)]
+    if len(dup):
+        raise SubtuneError(f"two run files for the same {'/'.join(keys)}: {', '.join(dup['file'][:2])}")
+    return df
+
+
+def _summary(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    g = df.groupby(by, sort=False)
+    out = g.agg(
+        n_seeds=("seed", "size"),
+        seeds=("seed", lambda s: ",".join(str(x) for x in sorted(s))),
+        test_acc_mean=("test_acc", "mean"),
+        test_acc_std=("test_acc", _std),
+        val_acc_mean=("val_acc", "mean"),
+        val_acc_std=("val_acc", _std),
+        trainable_params=("trainable_params", "mean"),
+        trainable_params_min=("trainable_params", "min"),
+        trainable_params_max=("trainable_params", "max"),
+        total_params=("total_params", "mean"),
+        wall_time_s_mean=("wall_time_s", "mean"),
+    ).reset_index()
+    for c in ("test_acc_mean", "test_acc_std", "val_acc_mean", "val_acc_std"):
+        out[c] = (out[c] * 100).round(4)
+    out["trainable_pct"] = (100 * out["trainable_params"] / out["total_params"]).round(4)
+    out["wall_time_s_mean"] = out["wall_time_s_mean"].round(2)
+    return out
+
+
+def _ordered(df: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
+    morder = {m: i for i, m in enumerate(method_order(df["method"]))}
+    torder = {t: i for i, t in enumerate(targets)}
+    return (df.assign(_m=df["method"].map(morder), _t=df["target"].map(torder))
+              .sort_values(["_m", "_t"]).drop(columns=["_m", "_t"]).reset_index(drop=True))
+
+
+def _cell(r: pd.Series) -> str:
+    params = fmt_params(r["trainable_params"])
+    if r["trainable_params_min"] != r["trainable_params_max"]:
+        params += " mean"
+    seeds = "" if r["n_seeds"] == r["_n_max"] else f", n={r['n_seeds']}"
+    return f"{r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f} ({params}{seeds})"
+
+
+def main_table(
+    run_files: Sequence[PathLike],
+    out_csv: PathLike,
+    out_md: PathLike,
+    checkpoint_json: PathLike | None = None,
+    selected_files: Sequence[PathLike] | None = None,
+) -> pd.DataFrame:
+    """Method x target test accuracy (percent, mean ± sample std over seeds), params, seeds.
+
+    CSV (tidy, one row per method and target): method, target, n_seeds, seeds,
+    test_acc_mean, test_acc_std, val_acc_mean, val_acc_std, trainable_params
+    (mean over seeds), trainable_params_min/max, total_params, trainable_pct,
+    wall_time_s_mean, blocks (the distinct block sets, SubTuning). Markdown: the
+    pivot (cells ``mean ± std (params)``), the source checkpoint's accuracy,
+    the selected blocks per target and seed, and the greedy selections
+    (``selected_files``: selection state files) when given.
+    """
+    runs = load_runs(run_files)
+    targets = list(dict.fromkeys(runs["target"]))
+    summ = _ordered(_summary(runs, ["method", "target"]), targets)
+    blocks = (runs.dropna(subset=["blocks"]).groupby(["method", "target"], sort=False)["blocks"]
+                  .agg(lambda s: " | ".join(dict.fromkeys(b or LP_LABEL for b in s))))
+    summ["blocks"] = [blocks.get((m, t), "") for m, t in zip(summ["method"], summ["target"])]
+    _write_csv(summ, out_csv)
+
+    # Markdown
+    n_max = int(summ["n_seeds"].max())
+    summ["_n_max"] = n_max
+    cells = {(r["method"], r["target"]): _cell(r) for _, r in summ.iterrows()}
+    methods = method_order(summ["method"])
+    rows = [[method_label(m)] + [cells.get((m, t), "–") for t in targets] for m in methods]
+    parts = [
+        "# Test accuracy (%)",
+        "",
+        f"Mean ± sample standard deviation over seeds ({n_max} seed{'s' if n_max != 1 else ''} unless "
+        "marked n=...); trainable parameters in parentheses (mean over seeds where they differ).",
+        "",
+        _md_table(["method", *targets], rows),
+    ]
+    if checkpoint_json is not None:
+        parts += ["", _checkpoint_line(Path(checkpoint_json))]
+    sel = _selection_rows(runs, targets)
+    if sel:
+        has_sub = any(r[2] for r in sel)
+        has_sur = any(r[3] for r in sel)
+        header = ["target", "seed"] + (["SubTuning blocks"] if has_sub else []) + (["Surgical group"] if has_sur else [])
+        rows2 = [[t, s] + ([b or "–"] if has_sub else []) + ([g or "–"] if has_sur else []) for t, s, b, g in sel]
+        parts += ["", "## Selected blocks per target and seed", "", _md_table(header, rows2, ["l"] * len(header))]
+    if selected_files:
+        st = _states_table(selected_files)
+        rows3 = [[r["target"], str(r["seed"]), r["selected"] or LP_LABEL,
+                  "n/a" if pd.isna(r["score"]) else f"{r['score']:.2f}", str(r["rounds"]), r["stop_reason"] or ""]
+                 for _, r in st.iterrows()]
+        parts += ["", "## Greedy selection (validation)", "",
+                  _md_table(["target", "selection seed", "selected", "val acc (%)", "rounds", "stop reason"], rows3,
+                            ["l", "l", "l", "r", "r", "l"])]
+    _write_text("\n".join(parts) + "\n", out_md)
+    return summ.drop(columns=["_n_max"])
+
+
+def _checkpoint_line(path: Path) -> str:
+    d = _load(path)
+    origin = d.get("origin") or {}
+    arch = d.get("arch", "?")
+    kind = origin.get("kind", "?")
+    if kind == "pretrained":
+        src = origin.get("source", "?")
+        acc = origin.get("source_test_acc")
+        val = origin.get("source_val_acc")
+        acc_s = f"{100 * acc:.2f}%" if isinstance(acc, (int, float)) else "n/a"
+        val_s = f" (val {100 * val:.2f}%)" if isinstance(val, (int, float)) else ""
+        return f"Source checkpoint: `{arch}` pretrained here on {src}; source test accuracy {acc_s}{val_s}."
+    name = origin.get("name") or arch
+    return f"Source checkpoint: `{name}` ({kind}); source test accuracy not measured here."
+
+
+def _selection_rows(runs: pd.DataFrame, targets: list[str]) -> list[tuple[str, str, str, str]]:
+    sub = runs[runs["method"] == "subtuning"]
+    sur = runs[runs["method"] == "surgical"]
+    keys = sorted({(t, s) for t, s in zip(sub["target"], sub["seed"])} | {(t, s) for t, s in zip(sur["target"], sur["seed"])},
+                  key=lambda k: (targets.index(k[0]), k[1]))
+    out = []
+    for t, s in keys:
+        b = sub[(sub["target"] == t) & (sub["seed"] == s)]["blocks"]
+        g = sur[(sur["target"] == t) & (sur["seed"] == s)]["group"]
+        bs = "" if b.empty or b.iloc[0] is None else (b.iloc[0].replace("+", ", ") or LP_LABEL)
+        gs = "" if g.empty or g.iloc[0] is None or pd.isna(g.iloc[0]) else str(int(g.iloc[0]))
+        out.append((t, str(s), bs, gs))
+    return out
+
+
+# ---------------------------------------------------------------- selection states
+def _target_seed(d: dict, path: Path) -> tuple[str, int | None]:
+    """Target and seed of a state file: its own keys, else the path (.../<target>/seed<S>/<file>)."""
+    target, seed = d.get("target"), d.get("seed")
+    if target is None or seed is None:
+        m = re.fullmatch(r"seed(\d+)", path.parent.name)
+        if seed is None and m:
+            seed = int(m.group(1))
+        if target is None:
+            target = path.parent.parent.name if m else path.parent.name
+    return str(target), (int(seed) if seed is not None else None)
+
+
+def _load_state(path: Path) -> dict:
+    d = _load(path)
+    for k in ("selected", "rounds"):
+        if not isinstance(d.get(k), list):
+            raise SubtuneError(f"{path}: missing key {k!r} (not a selection state file)")
+    return d
+
+
+def _states_table(state_files: Sequence[PathLike]) -> pd.DataFrame:
+    rows = []
+    for f in _as_list(state_files):
+        d = _load_state(f)
+        t, s = _target_seed(d, f)
+        score = d.get("score")
+        rows.append({"target": t, "seed": s, "selected": "+".join(d["selected"]),
+                     "score": 100 * score if isinstance(score, (int, float)) else math.nan,
+                     "rounds": len(d["rounds"]), "stop_reason": d.get("stop_reason") or ""})
+    return pd.DataFrame(rows)
+
+
+def rounds(state_files: Sequence[PathLike], out_csv: PathLike) -> pd.DataFrame:
+    """The greedy rounds of each target and seed, one row per round.
+
+    Columns: target, seed, round, base, base_score, n_candidates, chosen,
+    chosen_score, gain (points), accepted, selected (the selection after the
+    last round), done, stop_reason (on the last round's row). Scores in percent.
+    """
+    rows = []
+    for f in _as_list(state_files):
+        d = _load_state(f)
+        t, s = _target_seed(d, f)
+        rs = d["rounds"]
+        for i, r in enumerate(rs):
+            if not isinstance(r, dict) or "round" not in r:
+                raise SubtuneError(f"{f}: rounds[{i}] has no 'round'")
+            last = i == len(rs) - 1
+
+            def pct(v):
+                return round(100 * v, 4) if isinstance(v, (int, float)) else math.nan
+
+            rows.append({
+                "target": t, "seed": s, "round": int(r["round"]),
+                "base": "+".join(r.get("base") or []) or LP_LABEL,
+                "base_score": pct(r.get("base_score")),
+                "n_candidates": len(r.get("scores") or {}),
+                "chosen": r.get("chosen") or "",
+                "chosen_score": pct(r.get("chosen_score")),
+                "gain": pct(r.get("gain")),
+                "accepted": bool(r.get("accepted")),
+                "selected": ("+".join(d["selected"]) or LP_LABEL) if last else "",
+                "done": bool(d.get("done")) if last else "",
+                "stop_reason": (d.get("stop_reason") or "") if last else "",
+            })
+    cols = ["target", "seed", "round", "base", "base_score", "n_candidates", "chosen", "chosen_score",
+            "gain", "accepted", "selected", "done", "stop_reason"]
+    df = pd.DataFrame(rows, columns=cols)
+    _write_csv(df, out_csv)
+    return df
+
+
+# ---------------------------------------------------------------- score files
+def _load_scores(score_files: PathLike | Sequence[PathLike], kinds: tuple[str, ...]) -> tuple[dict, list[dict], list[str]]:
+    """Merge score shards: (first file's header, results, blocks); one target and seed, no duplicate keys."""
+    files = _as_list(score_files)
+    if not files:
+        raise SubtuneError("no score files given")
+    head: dict | None = None
+    results: dict[str, dict] = {}
+    for f in files:
+        d = _load(f)
+        kind = d.get("kind")
+        if kind not in kinds:
+            raise SubtuneError(f"{f}: score file of kind {kind!r}, expected {' or '.join(kinds)}")
+        if kind == "greedy" and d.get("round") != 1:
+            raise SubtuneError(f"{f}: greedy round {d.get('round')} scores (the profile is round 1)")
+        if not isinstance(d.get("results"), list) or not isinstance(d.get("blocks"), list):
+            raise SubtuneError(f"{f}: missing key 'results' or 'blocks'")
+        if head is None:
+            head = {**d, "file": str(f)}
+        elif (d.get("target"), d.get("seed")) != (head.get("target"), head.get("seed")):
+            raise SubtuneError(f"{f}: target/seed {d.get('target')}/{d.get('seed')} differ from "
+                               f"{head['file']} ({head.get('target')}/{head.get('seed')})")
+        for i, r in enumerate(d["results"]):
+            if not isinstance(r, dict) or "key" not in r or not isinstance(r.get("score"), (int, float)):
+                raise SubtuneError(f"{f}: results[{i}] needs 'key' and a numeric 'score'")
+            if r["key"] in results:
+                raise SubtuneError(f"{f}: block set {r['key'] or LP_LABEL!r} scored twice")
+            results[r["key"]] = r
+    assert head is not None
+    if not results:
+        raise SubtuneError(f"{files[0]}: no results")
+    return head, list(results.values()), list(head["blocks"])
+
+
+def _members(r: dict) -> list[str]:
+    b = r.get("blocks")
+    return list(b) if isinstance(b, list) else ([x for x in r["key"].split("+")] if r["key"] else [])
+
+
+def profile(score_files: PathLike | Sequence[PathLike], out_csv: PathLike, out_png: PathLike) -> pd.DataFrame:
+    """The fine-tuning profile: each block alone (plus the head) and LP (the empty set).
+
+    ``score_files``: round-1 greedy or ``profile`` score files (all shards of one
+    target and seed). CSV: block (``(lp)`` for the linear probe), index (network
+    order; -1 for LP), trainable_params, val_acc (%), delta_vs_lp (points). PNG:
+    bars per block annotated with parameter counts, LP as a horizontal line.
+    """
+    head, results, blocks = _load_scores(score_files, ("greedy", "profile"))
+    pos = {b: i for i, b in enumerate(blocks)}
+    lp = None
+    rows = []
+    for r in results:
+        mem = _members(r)
+        if not mem:
+            lp = r
+        elif len(mem) == 1:
+            if mem[0] not in pos:
+                raise SubtuneError(f"{head['file']}: block {mem[0]!r} not among the file's blocks")
+            rows.append(r)
+    if not rows:
+        raise SubtuneError(f"{head['file']}: no single-block scores (not a fine-tuning profile)")
+    rows.sort(key=lambda r: pos[_members(r)[0]])
+    lp_acc = 100 * lp["score"] if lp else math.nan
+    table = [{"block": LP_LABEL, "index": -1, "trainable_params": lp.get("trainable_params"),
+              "val_acc": round(lp_acc, 4), "delta_vs_lp": 0.0}] if lp else []
+    for r in rows:
+        acc = 100 * r["score"]
+        table.append({"block": _members(r)[0], "index": pos[_members(r)[0]],
+                      "trainable_params": r.get("trainable_params"), "val_acc": round(acc, 4),
+                      "delta_vs_lp": round(acc - lp_acc, 4) if lp else math.nan})
+    df = pd.DataFrame(table, columns=["block", "index", "trainable_params", "val_acc", "delta_vs_lp"])
+    _write_csv(df, out_csv)
+
+    bars = df[df["index"] >= 0]
+    fig = _figure(max(5.0, 0.55 * len(bars) + 2), 4.0)
+    ax = fig.add_subplot()
+    x = range(len(bars))
+    ax.bar(x, bars["val_acc"], color="tab:blue", label="fine-tune one block + head")
+    for xi, (acc, n) in enumerate(zip(bars["val_acc"], bars["trainable_params"])):
+        ax.annotate(fmt_params(n), (xi, acc), xytext=(0, 2), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=7, rotation=90)
+    if lp:
+        ax.axhline(lp_acc, color="tab:red", linestyle="--", label=f"LP {lp_acc:.2f}%")
+    vals = list(bars["val_acc"]) + ([lp_acc] if lp else [])
+    lo, hi = min(vals), max(vals)
+    pad = max(1.0, 0.15 * (hi - lo))
+    ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + 2.5 * pad))
+    ax.set_xticks(list(x), list(bars["block"]), rotation=45, ha="right")
+    ax.set_xlabel("fine-tuned block (trainable parameters above the bar)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"Fine-tuning profile: {head.get('target', '?')} (seed {head.get('seed', '?')})")
+    ax.legend(loc="best", fontsize=8)
+    _save_png(fig, out_png)
+    return df
+
+
+def pairs(score_files: PathLike | Sequence[PathLike], out_csv: PathLike, out_png: PathLike) -> pd.DataFrame:
+    """The pair grid: every pair of blocks (and each block alone, the diagonal) as a heatmap.
+
+    CSV: block_a, block_b (network order, a <= b; a == b is the block alone),
+    trainable_params, val_acc (%). PNG: symmetric block x block heatmap with values.
+    """
+    head, results, blocks = _load_scores(score_files, ("pairs",))
+    pos = {b: i for i, b in enumerate(blocks)}
+    table = []
+    for r in results:
+        mem = _members(r)
+        if not 1 <= len(mem) <= 2 or any(b not in pos for b in mem):
+            raise SubtuneError(f"{head['file']}: block set {r['key']!r} is not a single block or a pair of known blocks")
+        a, b = sorted(mem, key=pos.__getitem__) if len(mem) == 2 else (mem[0], mem[0])
+        table.append({"block_a": a, "block_b": b, "trainable_params": r.get("trainable_params"),
+                      "val_acc": round(100 * r["score"], 4)})
+    df = pd.DataFrame(table).sort_values(["block_a", "block_b"], key=lambda s: s.map(pos)).reset_index(drop=True)
+    _write_csv(df, out_csv)
+
+    used = sorted(set(df["block_a"]) | set(df["block_b"]), key=pos.__getitem__)
+    grid = pd.DataFrame(math.nan, index=used, columns=used)
+    for a, b, v in zip(df["block_a"], df["block_b"], df["val_acc"]):
+        grid.loc[a, b] = grid.loc[b, a] = v
+    import numpy as np
+
+    vals = grid.to_numpy(dtype=float)
+    n = len(used)
+    fig = _figure(max(4.5, 0.6 * n + 2.5), max(4.0, 0.6 * n + 1.5))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(vals), cmap="viridis")
+    fig.colorbar(im, ax=ax, label="validation accuracy (%)")
+    finite = vals[np.isfinite(vals)]
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for i in range(n):
+        for j in range(n):
+            if np.isfinite(vals[i, j]):
+                ax.text(j, i, f"{vals[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                        color="black" if vals[i, j] > mid else "white",
+                        fontweight="bold" if i == j else "normal")
+    ax.set_xticks(range(n), used, rotation=45, ha="right")
+    ax.set_yticks(range(n), used)
+    ax.set_title(f"Fine-tuned block pairs: {head.get('target', '?')}\n(validation accuracy %; diagonal: one block)",
+                 fontsize=10)
+    _save_png(fig, out_png)
+    return df
+
+
+# ---------------------------------------------------------------- data-size sweep
+def sweep(run_files: Sequence[PathLike], out_csv: PathLike, out_png: PathLike) -> pd.DataFrame:
+    """Test accuracy against training-set size, per method (mean ± sample std over seeds).
+
+    CSV: method, target, train_size, n_seeds, seeds, test_acc_mean, test_acc_std,
+    val_acc_mean, val_acc_std, trainable_params, ... (percent). PNG: error bars,
+    log x axis, one line per method (per method and target when there are several).
+    """
+    runs = load_runs(run_files, need_train_size=True)
+    summ = _summary(runs, ["method", "target", "train_size"])
+    targets = list(dict.fromkeys(runs["target"]))
+    morder = {m: i for i, m in enumerate(method_order(summ["method"]))}
+    summ = (summ.assign(_m=summ["method"].map(morder), _t=summ["target"].map(targets.index))
+                .sort_values(["_m", "_t", "train_size"]).drop(columns=["_m", "_t"]).reset_index(drop=True))
+    summ["train_size"] = summ["train_size"].astype(int)
+    _write_csv(summ, out_csv)
+
+    fig = _figure(6.0, 4.2)
+    ax = fig.add_subplot()
+    for (m, t), g in summ.groupby(["method", "target"], sort=False):
+        label = method_label(m) + (f" ({t})" if len(targets) > 1 else "")
+        ax.errorbar(g["train_size"], g["test_acc_mean"], yerr=g["test_acc_std"], marker="o", capsize=3, label=label)
+    ax.set_xscale("log")
+    sizes = sorted(set(summ["train_size"]))
+    if len(sizes) <= 12:
+        from matplotlib.ticker import NullFormatter
+
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training examples")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy against training-set size" + (f": {targets[0]}" if len(targets) == 1 else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_png(fig, out_png)
+    return summ

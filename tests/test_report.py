@@ -1,0 +1,268 @@
+"""Tables and plots from small, well-formed fake inputs (no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from subtune import SubtuneError
+from subtune import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BLOCKS = ["layer1.0", "layer1.1", "layer2.0", "layer2.1"]
+TRAIN = {"epochs": 2, "lr": 0.01, "weight_decay": 0.0, "batch_size": 32, "optimizer": "sgd",
+         "schedule": "cosine", "warmup_epochs": 0, "augment": False, "label_smoothing": 0.0,
+         "eval_batch_size": 256}
+
+
+def _write(path: Path, obj) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def run_json(method, target, seed, test_acc, params, *, val_acc=0.5, method_params=None, train_size=800, **extra):
+    hist = [{"epoch": 1, "train_loss": 1.0, "lr": 0.01, "val_acc": val_acc - 0.1, "val_loss": 1.2},
+            {"epoch": 2, "train_loss": 0.8, "lr": 0.0, "val_acc": val_acc, "val_loss": 1.0}]
+    return {"method": method, "method_params": method_params or {}, "target": target, "seed": seed,
+            "train": TRAIN, "history": hist, "val_acc": val_acc, "val_loss": 1.0, "test_acc": test_acc,
+            "test_loss": 1.1, "trainable_params": params, "total_params": 100_000, "wall_time_s": 1.5,
+            "device": "cpu", "epochs": 2, "train_size": train_size, "checkpoint": "ck.safetensors",
+            "notes": {}, **extra}
+
+
+# accuracies per (method, target): three seeds
+ACC = {
+    ("lp", "fmnist"): [0.80, 0.82, 0.81],
+    ("ft", "fmnist"): [0.90, 0.91, 0.95],
+    ("subtuning", "fmnist"): [0.92, 0.93, 0.94],
+    ("surgical", "fmnist"): [0.85, 0.86, 0.87],
+    ("bitfit", "fmnist"): [0.70, 0.72, 0.74],
+    ("lp", "kmnist"): [0.60, 0.62, 0.64],
+    ("ft", "kmnist"): [0.75, 0.77, 0.79],
+    ("subtuning", "kmnist"): [0.78],  # one seed only
+}
+PARAMS = {"lp": 650, "ft": 100_000, "surgical": 30_650, "bitfit": 2_650}
+SUB_BLOCKS = {("fmnist", 0): ["layer2.1"], ("fmnist", 1): ["layer1.0", "layer2.1"],
+              ("fmnist", 2): ["layer2.1"], ("kmnist", 0): ["layer1.1"]}
+SUB_PARAMS = {"layer1.0": 1_000, "layer1.1": 1_000, "layer2.0": 5_000, "layer2.1": 5_000}
+
+
+@pytest.fixture
+def run_files(tmp_path):
+    files = []
+    for (m, t), accs in ACC.items():
+        for seed, acc in enumerate(accs):
+            mp, params = {}, PARAMS.get(m)
+            if m == "subtuning":
+                blocks = SUB_BLOCKS[(t, seed)]
+                mp = {"blocks": blocks}
+                params = 650 + sum(SUB_PARAMS[b] for b in blocks)
+            if m == "surgical":
+                mp = {"group": 1}
+            files.append(_write(tmp_path / "runs" / t / m / f"seed{seed}.json",
+                                run_json(m, t, seed, acc, params, val_acc=acc + 0.01, method_params=mp)))
+    return files
+
+
+def test_main_table(run_files, tmp_path):
+    ck = _write(tmp_path / "checkpoints" / "backbone.json",
+                {"arch": "resnet18", "origin": {"kind": "pretrained", "source": "mnist", "source_test_acc": 0.9912,
+                                                "source_val_acc": 0.9901}})
+    csv, md = tmp_path / "t" / "main.csv", tmp_path / "t" / "main.md"
+    report.main_table(run_files, csv, md, checkpoint_json=ck)
+    df = pd.read_csv(csv)
+    assert set(zip(df["method"], df["target"])) == set(ACC)
+    # display order: lp, ft, surgical, subtuning, then the others alphabetically; targets in input order
+    assert list(dict.fromkeys(df["method"])) == ["lp", "ft", "surgical", "subtuning", "bitfit"]
+    assert list(df["target"][df["method"] == "lp"]) == ["fmnist", "kmnist"]
+    for (m, t), accs in ACC.items():
+        r = df[(df["method"] == m) & (df["target"] == t)].iloc[0]
+        assert r["n_seeds"] == len(accs)
+        assert r["test_acc_mean"] == pytest.approx(100 * statistics.mean(accs), abs=1e-4)
+        want_std = 100 * statistics.stdev(accs) if len(accs) > 1 else 0.0
+        assert r["test_acc_std"] == pytest.approx(want_std, abs=1e-4)
+        assert r["val_acc_mean"] == pytest.approx(100 * statistics.mean(accs) + 1, abs=1e-4)
+    sub = df[(df["method"] == "subtuning") & (df["target"] == "fmnist")].iloc[0]
+    assert sub["trainable_params"] == pytest.approx((5650 + 6650 + 5650) / 3, abs=0.01)  # seeds differ: the mean
+    assert (sub["trainable_params_min"], sub["trainable_params_max"]) == (5650, 6650)
+    assert sub["blocks"] == "layer2.1 | layer1.0+layer2.1"
+    kms = df[(df["method"] == "subtuning") & (df["target"] == "kmnist")].iloc[0]
+    assert kms["trainable_params"] == 1650 and kms["seeds"] == "0"
+    assert df[df["method"] == "ft"]["trainable_params"].tolist() == [100_000, 100_000]
+    assert "1650" in csv.read_text()  # whole counts written as integers, not 1650.0
+
+    text = md.read_text()
+    # ft fmnist: mean 92.00, std = stdev(90, 91, 95) = 2.65
+    assert "| FT | 92.00 ± 2.65 (100K) | 77.00 ± 2.00 (100K) |" in text
+    assert "| LP | 81.00 ± 1.00 (650) | 62.00 ± 2.00 (650) |" in text
+    assert "| SubTuning | 93.00 ± 1.00 (5.98K mean) | 78.00 ± 0.00 (1.65K, n=1) |" in text
+    assert "| BitFit | 72.00 ± 2.00 (2.65K) | – |" in text
+    assert "| method | fmnist | kmnist |" in text
+    lines = text.splitlines()
+    order = [next(i for i, l in enumerate(lines) if l.startswith(f"| {lab} |"))
+             for lab in ("LP", "FT", "Surgical", "SubTuning", "BitFit")]
+    assert order == sorted(order)
+    assert "source test accuracy 99.12% (val 99.01%)" in text and "mnist" in text
+    assert "## Selected blocks per target and seed" in text
+    assert "| fmnist | 1 | layer1.0, layer2.1 | 1 |" in text
+    assert "| kmnist | 0 | layer1.1 | – |" in text
+
+
+def test_main_table_selected_states(run_files, tmp_path):
+    st = _write(tmp_path / "select" / "fmnist" / "seed0" / "selected.json", {
+        "selected": ["layer2.1"], "score": 0.905, "done": True, "stop_reason": "gain below epsilon",
+        "rounds": [{"round": 1}, {"round": 2}]})
+    md = tmp_path / "main.md"
+    report.main_table(run_files, tmp_path / "main.csv", md, selected_files=[st])
+    assert "| fmnist | 0 | layer2.1 | 90.50 | 2 | gain below epsilon |" in md.read_text()
+
+
+def test_one_seed_std_is_zero(tmp_path):
+    f = _write(tmp_path / "a.json", run_json("lp", "x", 0, 0.5, 10))
+    report.main_table([f], tmp_path / "m.csv", tmp_path / "m.md")
+    assert "| LP | 50.00 ± 0.00 (10) |" in (tmp_path / "m.md").read_text()
+    assert pd.read_csv(tmp_path / "m.csv")["test_acc_std"].tolist() == [0.0]
+
+
+def test_missing_test_acc_names_file(tmp_path):
+    good = _write(tmp_path / "good.json", run_json("lp", "x", 0, 0.5, 10))
+    bad_obj = run_json("ft", "x", 0, 0.5, 10)
+    del bad_obj["test_acc"]
+    bad = _write(tmp_path / "bad_run.json", bad_obj)
+    with pytest.raises(SubtuneError, match=r"bad_run\.json.*test_acc"):
+        report.main_table([good, bad], tmp_path / "m.csv", tmp_path / "m.md")
+    assert not (tmp_path / "m.csv").exists() and not (tmp_path / "m.md").exists()
+
+
+def test_bad_runs(tmp_path):
+    pct = _write(tmp_path / "pct.json", run_json("lp", "x", 0, 91.2, 10))
+    with pytest.raises(SubtuneError, match=r"pct\.json.*fraction"):
+        report.main_table([pct], tmp_path / "m.csv", tmp_path / "m.md")
+    a = _write(tmp_path / "a.json", run_json("lp", "x", 0, 0.5, 10))
+    b = _write(tmp_path / "b.json", run_json("lp", "x", 0, 0.6, 10))
+    with pytest.raises(SubtuneError, match="two run files"):
+        report.main_table([a, b], tmp_path / "m.csv", tmp_path / "m.md")
+    with pytest.raises(SubtuneError, match="missing file"):
+        report.main_table([tmp_path / "nope.json"], tmp_path / "m.csv", tmp_path / "m.md")
+
+
+def _result(blocks, score, params):
+    return {"key": "+".join(blocks), "blocks": blocks, "score": score, "trainable_params": params,
+            "wall_time_s": 0.1, "history": []}
+
+
+def _png_ok(path: Path):
+    data = path.read_bytes()
+    assert len(data) > 1000 and data[:8] == PNG_MAGIC
+
+
+def test_profile_merges_shards(tmp_path):
+    head = {"kind": "greedy", "round": 1, "target": "fmnist", "seed": 0, "blocks": BLOCKS}
+    s0 = _write(tmp_path / "round1_shard0.json", {**head, "shard": 0, "shards": 2, "results": [
+        _result([], 0.80, 650), _result(["layer1.1"], 0.83, 1650), _result(["layer2.1"], 0.88, 5650)]})
+    s1 = _write(tmp_path / "round1_shard1.json", {**head, "shard": 1, "shards": 2, "results": [
+        _result(["layer1.0"], 0.81, 1650), _result(["layer2.0"], 0.86, 5650)]})
+    csv, png = tmp_path / "out" / "profile.csv", tmp_path / "out" / "profile.png"
+    df = report.profile([s0, s1], csv, png)
+    got = pd.read_csv(csv)
+    assert list(got["block"]) == ["(lp)", *BLOCKS]
+    assert list(got["index"]) == [-1, 0, 1, 2, 3]
+    assert list(got["trainable_params"]) == [650, 1650, 1650, 5650, 5650]
+    assert got["val_acc"].tolist() == pytest.approx([80.0, 81.0, 83.0, 86.0, 88.0])
+    assert got["delta_vs_lp"].tolist() == pytest.approx([0.0, 1.0, 3.0, 6.0, 8.0])
+    assert len(df) == 5
+    _png_ok(png)
+    # a single file works too; a later greedy round is refused
+    report.profile(s0, tmp_path / "p1.csv", tmp_path / "p1.png")
+    late = _write(tmp_path / "round2.json", {**head, "round": 2, "results": []})
+    with pytest.raises(SubtuneError, match=r"round2\.json.*round 2"):
+        report.profile([late], tmp_path / "p2.csv", tmp_path / "p2.png")
+    dup = _write(tmp_path / "dup.json", {**head, "results": [_result(["layer1.0"], 0.5, 1)]})
+    with pytest.raises(SubtuneError, match="scored twice"):
+        report.profile([s1, dup], tmp_path / "p3.csv", tmp_path / "p3.png")
+
+
+def test_rounds(tmp_path):
+    st = {
+        "config": {}, "blocks": BLOCKS, "current": ["layer2.1", "layer1.0"], "current_score": 0.9,
+        "selected": ["layer1.0", "layer2.1"], "score": 0.9, "done": True,
+        "stop_reason": "gain below epsilon (+0.0020, epsilon 0.01)",
+        "rounds": [
+            {"round": 1, "base": [], "base_score": 0.8, "scores": {"": 0.8, "layer1.0": 0.81, "layer2.1": 0.88},
+             "chosen": "layer2.1", "chosen_score": 0.88, "gain": 0.08, "accepted": True},
+            {"round": 2, "base": ["layer2.1"], "base_score": 0.88, "scores": {"layer1.0+layer2.1": 0.9},
+             "chosen": "layer1.0", "chosen_score": 0.9, "gain": 0.02, "accepted": True},
+            {"round": 3, "base": ["layer1.0", "layer2.1"], "base_score": 0.9, "scores": {"x": 0.902},
+             "chosen": "layer1.1", "chosen_score": 0.902, "gain": 0.002, "accepted": False},
+        ],
+    }
+    a = _write(tmp_path / "select" / "fmnist" / "seed0" / "selected.json", st)
+    b = _write(tmp_path / "select" / "kmnist" / "seed3" / "selected.json",
+               {**st, "rounds": st["rounds"][:1], "stop_reason": "reached k=1 blocks", "selected": ["layer2.1"]})
+    out = tmp_path / "rounds.csv"
+    report.rounds([a, b], out)
+    df = pd.read_csv(out, keep_default_na=False)
+    assert list(zip(df["target"], df["seed"], df["round"])) == [
+        ("fmnist", 0, 1), ("fmnist", 0, 2), ("fmnist", 0, 3), ("kmnist", 3, 1)]
+    assert list(df["chosen"]) == ["layer2.1", "layer1.0", "layer1.1", "layer2.1"]
+    assert [float(x) for x in df["gain"]] == pytest.approx([8.0, 2.0, 0.2, 8.0])
+    assert [float(x) for x in df["chosen_score"]] == pytest.approx([88.0, 90.0, 90.2, 88.0])
+    assert list(df["accepted"].astype(str)) == ["True", "True", "False", "True"]
+    assert list(df["base"]) == ["(lp)", "layer2.1", "layer1.0+layer2.1", "(lp)"]
+    assert list(df["n_candidates"]) == [3, 1, 1, 3]
+    assert list(df["stop_reason"]) == ["", "", "gain below epsilon (+0.0020, epsilon 0.01)", "reached k=1 blocks"]
+    assert list(df["selected"]) == ["", "", "layer1.0+layer2.1", "layer2.1"]
+    with pytest.raises(SubtuneError, match=r"notstate\.json.*selected"):
+        report.rounds([_write(tmp_path / "notstate.json", {"kind": "greedy"})], tmp_path / "r2.csv")
+
+
+def test_pairs(tmp_path):
+    blocks = BLOCKS[:3]
+    res = [_result([b], 0.8 + 0.01 * i, 1000) for i, b in enumerate(blocks)]
+    res += [_result(["layer1.0", "layer1.1"], 0.85, 2000), _result(["layer1.0", "layer2.0"], 0.87, 6000),
+            _result(["layer1.1", "layer2.0"], 0.9, 6000)]
+    head = {"kind": "pairs", "target": "fmnist", "seed": 0, "blocks": BLOCKS}
+    s0 = _write(tmp_path / "shard0.json", {**head, "results": res[:4]})
+    s1 = _write(tmp_path / "shard1.json", {**head, "results": res[4:]})
+    csv, png = tmp_path / "pairs.csv", tmp_path / "pairs.png"
+    report.pairs([s0, s1], csv, png)
+    df = pd.read_csv(csv)
+    assert list(zip(df["block_a"], df["block_b"])) == [
+        ("layer1.0", "layer1.0"), ("layer1.0", "layer1.1"), ("layer1.0", "layer2.0"),
+        ("layer1.1", "layer1.1"), ("layer1.1", "layer2.0"), ("layer2.0", "layer2.0")]
+    assert df["val_acc"].tolist() == pytest.approx([80.0, 85.0, 87.0, 81.0, 90.0, 82.0])
+    assert df["trainable_params"].tolist() == [1000, 2000, 6000, 1000, 6000, 1000]
+    _png_ok(png)
+    with pytest.raises(SubtuneError, match="expected pairs"):
+        report.pairs([_write(tmp_path / "g.json", {**head, "kind": "greedy", "round": 1})], csv, png)
+
+
+def test_sweep(tmp_path):
+    files = []
+    acc = {("lp", 100): [0.5, 0.6], ("lp", 1000): [0.7, 0.7], ("ft", 100): [0.4, 0.5], ("ft", 1000): [0.8, 0.9],
+           ("subtuning", 100): [0.6], ("subtuning", 1000): [0.85, 0.87]}
+    for (m, n), accs in acc.items():
+        for seed, a in enumerate(accs):
+            files.append(_write(tmp_path / "sweep" / f"n{n}" / m / f"seed{seed}.json",
+                                run_json(m, "fmnist", seed, a, 10, train_size=n)))
+    csv, png = tmp_path / "sweep.csv", tmp_path / "sweep.png"
+    report.sweep(files, csv, png)
+    df = pd.read_csv(csv)
+    assert list(zip(df["method"], df["train_size"])) == [
+        ("lp", 100), ("lp", 1000), ("ft", 100), ("ft", 1000), ("subtuning", 100), ("subtuning", 1000)]
+    assert df["n_seeds"].tolist() == [2, 2, 2, 2, 1, 2]
+    assert df["test_acc_mean"].tolist() == pytest.approx([55.0, 70.0, 45.0, 85.0, 60.0, 86.0])
+    want = [100 * statistics.stdev([0.5, 0.6]), 0.0, 100 * statistics.stdev([0.4, 0.5]),
+            100 * statistics.stdev([0.8, 0.9]), 0.0, 100 * math.sqrt(2) * 0.01]
+    assert df["test_acc_std"].tolist() == pytest.approx(want, abs=1e-4)
+    _png_ok(png)
+    nosize = run_json("lp", "fmnist", 9, 0.5, 10)
+    del nosize["train_size"]
+    with pytest.raises(SubtuneError, match=r"nosize\.json.*train_size"):
+        report.sweep([*files, _write(tmp_path / "nosize.json", nosize)], csv, png)

@@ -1,0 +1,142 @@
+"""The Snakemake workflow end to end on configs/test.yaml: outputs, MLflow runs, reruns, config errors."""
+
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+pytestmark = pytest.mark.skipif(
+    not FMNIST.exists(), reason="Fashion-MNIST mirror missing: apt-get install dataset-fashion-mnist (make test does)"
+)
+
+
+def workdir(tmp: Path) -> Path:
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, tmp / name)
+    for name in ("rules", "schemas", "configs"):
+        shutil.copytree(ROOT / name, tmp / name)
+    return tmp
+
+
+def smk(wd: Path, *args: str, config: str = "configs/test.yaml", check: bool = True, cores: int = 2):
+    cmd = [SNAKEMAKE, "--cores", str(cores), "--configfile", config, *args]
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MLFLOW_", "SUBTUNE_"))}
+    p = subprocess.run(cmd, cwd=wd, capture_output=True, text=True, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
+    return p
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table: {rule: count} (empty when nothing would run)."""
+    stats: dict[str, int] = {}
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == "Job stats:":
+            for row in lines[i + 3 :]:
+                m = re.match(r"^(\S+)\s+(\d+)$", row.strip())
+                if not m:
+                    break
+                if m.group(1) not in ("total", "all"):
+                    stats[m.group(1)] = int(m.group(2))
+            break
+    return stats
+
+
+def dry_run(wd: Path, config: str = "configs/test.yaml") -> dict[str, int]:
+    p = smk(wd, "--dry-run", config=config)
+    return job_stats(p.stdout + p.stderr)
+
+
+def edit_config(wd: Path, name: str, fn) -> str:
+    cfg = yaml.safe_load((wd / "configs/test.yaml").read_text())
+    fn(cfg)
+    (wd / "configs" / name).write_text(yaml.safe_dump(cfg))
+    return f"configs/{name}"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One complete run of the small config with 2 cores."""
+    wd = workdir(tmp_path_factory.mktemp("wf"))
+    p = smk(wd)
+    return wd, p.stdout + p.stderr
+
+
+def test_end_to_end_outputs(finished):
+    wd, _ = finished
+    res = wd / "results/test"
+    for rel in ["tables/main.csv", "tables/main.md", "tables/rounds.csv", "tables/profile_digits.csv",
+                "tables/profile_fmnist-new.csv", "plots/profile_digits.png", "tables/pairs_digits.csv",
+                "plots/pairs_digits.png", "tables/sweep.csv", "plots/sweep.png"]:
+        assert (res / rel).stat().st_size > 0, rel
+    md = (res / "tables/main.md").read_text()
+    for method in ("lp", "ft", "surgical", "subtuning"):
+        assert method in md.lower()
+    # every rule writes its log and benchmark
+    assert any((wd / "logs/test/train").iterdir()) and any((wd / "benchmarks/test/train").iterdir())
+
+
+def test_second_run_runs_nothing(finished):
+    wd, _ = finished
+    assert dry_run(wd) == {}
+
+
+def test_every_training_job_logged_one_mlflow_run(finished):
+    wd, _ = finished
+    n_jobs = sum(1 for _ in (wd / "results/test").glob("runs/*/*/seed*.json"))
+    n_jobs += sum(1 for _ in (wd / "results/test").glob("sweep/*/*/*/seed*.json"))
+    n_jobs += sum(1 for _ in (wd / "results/test").glob("select/*/*/round*_shard*.json"))
+    n_jobs += sum(1 for _ in (wd / "results/test").glob("select/*/*/surgical.json"))
+    n_jobs += sum(1 for _ in (wd / "results/test").glob("pairs/*/shard*.json"))
+    con = sqlite3.connect(wd / "mlflow.db")
+    (n_runs,) = con.execute("select count(*) from runs where lifecycle_stage='active'").fetchone()
+    assert n_runs == n_jobs and n_jobs > 20
+
+
+def test_epsilon_change_reruns_selection_onward_only(finished):
+    wd, _ = finished
+    cfg = edit_config(wd, "eps.yaml", lambda c: c["selection"].update(epsilon=0.2))
+    stats = dry_run(wd, cfg)
+    assert set(stats) == {"decide", "selected", "train", "train_sweep", "report_main", "report_rounds",
+                          "report_sweep"}, stats
+    # only SubTuning's final runs: 2 targets x 2 seeds, and its sweep runs: 2 sizes x 2 seeds
+    assert stats["train"] == 4 and stats["train_sweep"] == 4
+    assert stats["decide"] == 2  # round 1 of each target; later rounds follow from its decision
+
+
+def test_method_lr_change_reruns_that_method_and_aggregation_only(finished):
+    wd, _ = finished
+    cfg = edit_config(wd, "lr.yaml", lambda c: c["methods"]["lp"]["train"].update(lr=0.05))
+    stats = dry_run(wd, cfg)
+    assert stats == {"train": 4, "train_sweep": 4, "report_main": 1, "report_sweep": 1}, stats
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda c: c["selection"].update(epsilonn=0.1), "selection.epsilonn"),
+        (lambda c: c["selection"].update(epsilon="small"), "selection.epsilon"),
+        (lambda c: c["selection"].pop("k"), "selection.k"),
+        (lambda c: c["methods"].update(nosuch={}), "methods.nosuch"),
+        (lambda c: c["methods"]["lp"].update(params={"rank": 4}), "'rank'"),
+        (lambda c: c["targets"].update(cifar1000={}), "targets.cifar1000"),
+    ],
+)
+def test_bad_config_stops_before_any_job(tmp_path, edit, needle):
+    wd = workdir(tmp_path)
+    cfg = edit_config(wd, "bad.yaml", edit)
+    p = smk(wd, config=cfg, check=False)
+    assert p.returncode != 0
+    out = p.stdout + p.stderr
+    assert needle in out and "config error" in out
+    assert not (wd / "results").exists() and not (wd / "data").exists()
