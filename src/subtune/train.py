@@ -124,25 +124,30 @@ def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Ten
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    pre: Preprocess,
+    pre: Preprocess | None,
     x: torch.Tensor,
     y: torch.Tensor,
     batch_size: int = 512,
     device: torch.device | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Accuracy (fraction) and mean cross-entropy of ``model`` on (x, y); restores train/eval modes."""
+    """Accuracy (fraction) and mean cross-entropy on (x, y); restores train/eval modes.
+
+    ``x`` holds uint8 images (preprocessed with ``pre`` and run through
+    ``model``) or, with ``forward``, whatever ``forward`` takes (e.g. cached
+    prefix features).
+    """
     device = device or next(model.parameters()).device
+    forward = forward or _image_forward(model, pre, device)
     modes = {m: m.training for m in model.modules()}
     model.eval()
     correct, loss_sum = 0, 0.0
     try:
         for i in range(0, len(x), batch_size):
-            xb = pre(x[i : i + batch_size].to(device, non_blocking=True))
+            xb = x[i : i + batch_size].to(device, non_blocking=True)
             yb = y[i : i + batch_size].to(device)
-            if device.type == "cuda":
-                xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(xb)
+                logits = forward(xb)
             loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
             correct += (logits.argmax(1) == yb).sum().item()
     finally:
@@ -150,6 +155,18 @@ def evaluate(
             m.train(t)
     n = max(len(x), 1)
     return {"acc": correct / n, "loss": loss_sum / n}
+
+
+def _image_forward(model: nn.Module, pre: Preprocess | None, device: torch.device):
+    """The default forward: uint8 images -> preprocessing -> the whole model."""
+
+    def forward(xb: torch.Tensor) -> torch.Tensor:
+        xb = pre(xb) if pre is not None else xb
+        if device.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return model(xb)
+
+    return forward
 
 
 def set_modes(model: nn.Module, train_modules: list[str]) -> None:
@@ -176,10 +193,26 @@ def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+@dataclass
+class Run:
+    """One model to train: its trainable parameters and, optionally, its own forward.
+
+    ``forward`` maps a batch of the training inputs to logits; by default the
+    inputs are uint8 images run through ``pre`` and the whole model. With
+    frozen-prefix caching the inputs are cached prefix features and the
+    forward runs only the suffix.
+    """
+
+    model: nn.Module
+    trainable: Any
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+    desc: str = "train"
+
+
 def fit(
     model: nn.Module,
     trainable,
-    pre: Preprocess,
+    pre: Preprocess | None,
     train: tuple[torch.Tensor, torch.Tensor],
     evals: dict[str, tuple[torch.Tensor, torch.Tensor]],
     cfg: TrainConfig,
@@ -189,6 +222,7 @@ def fit(
     progress: bool | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     desc: str = "train",
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train ``trainable`` (a :class:`subtune.methods.Trainable`) of ``model`` on ``train``.
 
@@ -198,24 +232,44 @@ def fit(
     of the final model, ``trainable_params``, ``total_params``,
     ``wall_time_s``, ``device``.
     """
+    run = Run(model, trainable, forward, desc)
+    return fit_group([run], pre, train, evals, cfg, seed, device, final_evals, progress, on_epoch)[0]
+
+
+def has_randomness(model: nn.Module) -> bool:
+    """Whether training mode draws random numbers (dropout, drop-path, ...)."""
+    for m in model.modules():
+        p = getattr(m, "p", None) if isinstance(m, nn.modules.dropout._DropoutNd) else getattr(m, "drop_prob", None)
+        if p:
+            return True
+    return bool(getattr(model, "drop_rate", 0))
+
+
+def fit_group(
+    runs: list[Run],
+    pre: Preprocess | None,
+    train: tuple[torch.Tensor, torch.Tensor],
+    evals: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    cfg: TrainConfig,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    final_evals: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    progress: bool | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train several runs in lockstep on the same batches: the one training loop.
+
+    Each batch (same seeded order and augmentation for every run) is read
+    once and fed to every run, each with its own optimizer and schedule.
+    A run's computation is exactly what it would be alone with the same
+    seed, as long as training draws no random numbers from the global RNG
+    (no dropout / drop-path): callers group only such runs (see
+    :func:`has_randomness`); ``fit`` is the group of one.
+    """
     device = pick_device(device if isinstance(device, str) or device is None else str(device))
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [p for _, p in trainable.params]
-    for p in params:
-        p.requires_grad_(True)
-    if not params:
-        raise SubtuneError("the method selected no trainable parameters")
-
-    model.to(device)
-    pre = pre.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    opt = _optimizer(params, cfg)
     x_train, y_train = train
     n = len(x_train)
     if n == 0:
@@ -223,57 +277,86 @@ def fit(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = steps_per_epoch * cfg.warmup_epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, warmup, cfg.schedule))
+    if pre is not None:
+        pre = pre.to(device)
+
+    states = []
+    for run in runs:
+        model = run.model
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params = [p for _, p in run.trainable.params]
+        if not params:
+            raise SubtuneError("the method selected no trainable parameters")
+        for p in params:
+            p.requires_grad_(True)
+        model.to(device)
+        if device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        opt = _optimizer(params, cfg)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, warmup, cfg.schedule))
+        forward = run.forward or _image_forward(model, pre, device)
+        states.append({"params": params, "opt": opt, "sched": sched, "forward": forward, "history": [],
+                       "loss": 0.0, "time": 0.0})
 
     if progress is None:
         progress = sys.stderr.isatty()
     from tqdm.auto import tqdm
 
-    history = []
+    desc = runs[0].desc if len(runs) == 1 else f"{len(runs)} runs"
     bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
-        set_modes(model, trainable.train_modules)
+        for run, st in zip(runs, states):
+            set_modes(run.model, run.trainable.train_modules)
+            st["loss"] = 0.0
         order = torch.randperm(n, generator=gen)
-        loss_sum = 0.0
         for i in range(0, n, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             xb = augment_batch(x_train[idx], cfg.augment, gen).to(device, non_blocking=True)
             yb = y_train[idx].to(device)
-            xb = pre(xb)
-            if device.type == "cuda":
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.item() * len(idx)
-        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / n, "lr": opt.param_groups[0]["lr"]}
-        for split, (xe, ye) in evals.items():
-            r = evaluate(model, pre, xe, ye, cfg.eval_batch_size, device)
-            row[f"{split}_acc"], row[f"{split}_loss"] = r["acc"], r["loss"]
-        history.append(row)
-        if on_epoch:
-            on_epoch(row)
-        bar.set_postfix({k: round(v, 4) for k, v in row.items() if k.endswith("acc")})
+            for st in states:
+                t = time.perf_counter()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    logits = st["forward"](xb)
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+                st["opt"].zero_grad(set_to_none=True)
+                loss.backward()
+                st["opt"].step()
+                st["sched"].step()
+                st["loss"] += loss.item() * len(idx)
+                st["time"] += time.perf_counter() - t
+        for run, st in zip(runs, states):
+            t = time.perf_counter()
+            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": st["loss"] / n,
+                                   "lr": st["opt"].param_groups[0]["lr"]}
+            for split, (xe, ye) in evals.items():
+                r = evaluate(run.model, pre, xe, ye, cfg.eval_batch_size, device, st["forward"])
+                row[f"{split}_acc"], row[f"{split}_loss"] = r["acc"], r["loss"]
+            st["history"].append(row)
+            st["time"] += time.perf_counter() - t
+            if on_epoch:
+                on_epoch(row)
+        bar.set_postfix({k: round(v, 4) for k, v in states[0]["history"][-1].items() if k.endswith("acc")})
 
-    metrics: dict[str, Any] = {"history": history}
-    for split in evals:
-        metrics[f"{split}_acc"] = history[-1][f"{split}_acc"]
-        metrics[f"{split}_loss"] = history[-1][f"{split}_loss"]
-    for split, (xe, ye) in (final_evals or {}).items():
-        r = evaluate(model, pre, xe, ye, cfg.eval_batch_size, device)
-        metrics[f"{split}_acc"], metrics[f"{split}_loss"] = r["acc"], r["loss"]
-    metrics.update(
-        trainable_params=sum(p.numel() for p in params),
-        total_params=sum(p.numel() for p in model.parameters()),
-        wall_time_s=time.perf_counter() - t0,
-        device=str(device),
-        epochs=cfg.epochs,
-        train_size=n,
-    )
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return metrics
+    out = []
+    for run, st in zip(runs, states):
+        history = st["history"]
+        metrics: dict[str, Any] = {"history": history}
+        for split in evals:
+            metrics[f"{split}_acc"] = history[-1][f"{split}_acc"]
+            metrics[f"{split}_loss"] = history[-1][f"{split}_loss"]
+        for split, (xe, ye) in (final_evals or {}).items():
+            r = evaluate(run.model, pre, xe, ye, cfg.eval_batch_size, device, st["forward"])
+            metrics[f"{split}_acc"], metrics[f"{split}_loss"] = r["acc"], r["loss"]
+        metrics.update(
+            trainable_params=sum(p.numel() for p in st["params"]),
+            total_params=sum(p.numel() for p in run.model.parameters()),
+            wall_time_s=time.perf_counter() - t0 if len(runs) == 1 else st["time"],
+            device=str(device),
+            epochs=cfg.epochs,
+            train_size=n,
+        )
+        for p in run.model.parameters():
+            p.requires_grad_(False)
+        out.append(metrics)
+    return out

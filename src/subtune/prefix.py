@@ -1,0 +1,104 @@
+"""Frozen-prefix caching: compute the frozen blocks' output once, train only the rest.
+
+When the earliest trainable block of a run is ``b`` (everything before it
+frozen, in eval mode) and the inputs are not augmented, the output of the stem
+and blocks ``0..b-1`` is a fixed function of each image. :class:`PrefixCache`
+computes it once per (checkpoint, dataset, split, b) and hands it to every run
+that starts at ``b``; the run's forward is then only ``blocks[b:]`` and the
+head (:class:`subtune.models.split.Staged`).
+
+- Exact: the cached tensor is what the run would compute itself (same modules
+  in eval mode, same dtype and autocast); only the batch size of the prefix
+  computation differs, which on the CPU changes nothing or the last bits of a
+  float32 (tests/test_prefix.py bounds the features at atol 1e-5 and requires
+  identical validation accuracies).
+- Memory-bounded: entries live in memory up to ``memory_mb`` (least recently
+  used evicted first); an entry that does not fit goes to ``disk_dir`` (a
+  memory-mapped file) when one is given, else it is recomputed when asked for.
+- Invalidated by construction: the key holds the SHA-256 of the checkpoint
+  file and of the prepared data file, the split, the block index, the
+  normalisation and the device type, so a changed input never hits an old
+  entry (on-disk entries are named by the key's digest).
+- Not used when the training transform is random (augmentation): the run
+  then computes its prefix itself, and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class PrefixCache:
+    def __init__(self, memory_mb: float = 2048, disk_dir: str | Path | None = None):
+        self.budget = int(memory_mb * 2**20)
+        self.disk_dir = Path(disk_dir) if disk_dir else None
+        self._mem: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def digest(key: dict) -> str:
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+    def _used(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._mem.values())
+
+    def get(self, key: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        d = self.digest(key)
+        if d in self._mem:
+            self._mem.move_to_end(d)
+            self.hits += 1
+            return self._mem[d]
+        if self.disk_dir is not None:
+            path = self.disk_dir / f"{d}.npy"
+            if path.is_file():
+                self.hits += 1
+                return torch.from_numpy(np.load(path, mmap_mode="c"))
+        self.misses += 1
+        t = compute()
+        size = t.numel() * t.element_size()
+        if size <= self.budget:
+            while self._mem and self._used() + size > self.budget:
+                self._mem.popitem(last=False)
+            self._mem[d] = t
+        elif self.disk_dir is not None and t.dtype != torch.bfloat16:
+            self.disk_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.disk_dir / f"{d}.npy", suffix=".npy") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, t.cpu().numpy())
+            t = torch.from_numpy(np.load(self.disk_dir / f"{d}.npy", mmap_mode="c"))
+        else:
+            log.info("prefix cache: entry of %.0f MiB exceeds the %.0f MiB budget; not kept", size / 2**20,
+                     self.budget / 2**20)
+        return t
+
+
+@torch.no_grad()
+def compute_prefix(staged, pre, x: torch.Tensor, stop: int, batch_size: int, device: torch.device) -> torch.Tensor:
+    """The frozen prefix (stem and blocks before ``stop``) of uint8 images ``x``, in eval mode."""
+    model = staged.model
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    out = []
+    try:
+        for i in range(0, len(x), batch_size):
+            xb = pre(x[i : i + batch_size].to(device))
+            if device.type == "cuda":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out.append(staged.prefix(xb, stop))
+    finally:
+        for m, t in modes.items():
+            m.train(t)
+    return torch.cat(out)
