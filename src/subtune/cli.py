@@ -180,11 +180,13 @@ def cmd_score(a: argparse.Namespace) -> None:
     # Only train and validation are loaded: selection never reads the test split.
     data = load_prepared(a.data, splits=("train", "val"))
     _threads(a.threads)
-    scorer = CandidateScorer(a.checkpoint, data, int(manifest["num_classes"]), train_cfg, sel_cfg, a.seed, a.device)
-    results = []
-    for i, s in enumerate(mine, 1):
-        r = scorer.score_one(s)
-        results.append(r)
+    from .prefix import PrefixCache
+
+    cache = PrefixCache(a.cache_mb, a.cache_dir)
+    scorer = CandidateScorer(a.checkpoint, data, int(manifest["num_classes"]), train_cfg, sel_cfg, a.seed, a.device,
+                             fast=not a.no_fast, cache=cache, data_digest=manifest.get("sha256"))
+    results = scorer.score_many(mine)
+    for i, r in enumerate(results, 1):
         print(f"[{i}/{len(mine)}] {r['key'] or '(lp)'}: {r['score']:.4f} ({r['wall_time_s']:.1f}s)", flush=True)
     out = {
         "kind": a.sets, **extra, "shard": a.shard, "shards": a.shards, "blocks": blocks,
@@ -229,11 +231,26 @@ def cmd_decide(a: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- final training
 def cmd_train(a: argparse.Namespace) -> None:
+    """Final training of one method: wrap, run its phases through ``fit``, evaluate the test split once.
+
+    The method's :meth:`~subtune.methods.Method.wrap` runs after the global RNG
+    is seeded with ``--seed`` (adapter initialisation is per seed); its
+    :meth:`~subtune.methods.Method.phases` run in order (LP-FT: head, then
+    everything; the metrics are :func:`subtune.methods.fit_phases`'s).
+    ``total_params`` is the plain backbone's size (before any adapter), so
+    ``trainable_params / total_params`` compares across methods;
+    ``adapted_params`` counts the trained model with its adapters.
+    ``--save-model`` saves the merged plain timm model (:meth:`Method.merge`).
+    """
+    import dataclasses
+
+    import torch
+
     from .data.prepared import load_manifest, load_prepared
     from .io import read_json, write_json
-    from .methods import get_method
-    from .models.checkpoint import build_model, save_checkpoint
-    from .train import Preprocess, TrainConfig, fit
+    from .methods import fit_phases, get_method
+    from .models.checkpoint import build_model, create, save_checkpoint
+    from .train import Preprocess, TrainConfig
 
     cfg = TrainConfig.from_dict(a.train)
     params = dict(a.method_params or {})
@@ -253,25 +270,77 @@ def cmd_train(a: argparse.Namespace) -> None:
     method = get_method(a.method, **params)
     manifest = load_manifest(_existing(a.manifest))
     _existing(a.data)
-    model, ckpt = build_model(_existing(a.checkpoint), int(manifest["num_classes"]), seed=a.seed)
-    trainable = method.trainable(model)
+    num_classes = int(manifest["num_classes"])
+    model, ckpt = build_model(_existing(a.checkpoint), num_classes, seed=a.seed)
+    base_params = sum(p.numel() for p in model.parameters())
+    with torch.random.fork_rng():
+        torch.manual_seed(a.seed)
+        model = method.wrap(model)
+        phases = method.phases(model)
     data = load_prepared(a.data, splits=("train", "val", "test"))
     _threads(a.threads)
-    m = fit(
-        model, trainable, Preprocess(ckpt.mean, ckpt.std, ckpt.in_chans),
+    m = fit_phases(
+        model, phases, Preprocess(ckpt.mean, ckpt.std, ckpt.in_chans),
         (data["train_x"], data["train_y"]), {"val": (data["val_x"], data["val_y"])}, cfg, a.seed, a.device,
         final_evals={"test": (data["test_x"], data["test_y"])}, desc=a.method,
     )
+    notes: dict = {}
+    for t, _ in phases:
+        notes.update(t.notes)
     m.update(
         method=a.method, method_params={k: v for k, v in params.items()}, target=manifest.get("name"),
-        seed=a.seed, train=cfg.to_dict(), checkpoint=str(a.checkpoint), notes=trainable.notes,
+        seed=a.seed, train=cfg.to_dict(), checkpoint=str(a.checkpoint), notes=notes,
+        adapted_params=m["total_params"], total_params=base_params,
     )
     if a.save_model:
-        save_checkpoint(a.save_model, model.cpu(), ckpt)
+        plain = create(ckpt.arch, num_classes, ckpt.in_chans, **ckpt.model_kwargs)
+        plain.load_state_dict({k: v.cpu() for k, v in method.merge(model).items()}, strict=True)
+        save_checkpoint(a.save_model, plain, dataclasses.replace(ckpt, num_classes=num_classes))
     write_json(a.out, m)
     _track(a, m, a.out, {"stage": "final", "target": m["target"], "method": a.method, "seed": str(a.seed)})
     print(f"{a.method} on {m['target']} seed {a.seed}: val {m['val_acc']:.4f} test {m['test_acc']:.4f} "
           f"({m['trainable_params']} trainable, {m['wall_time_s']:.1f}s)")
+
+
+def cmd_multilora(a: argparse.Namespace) -> None:
+    """K tasks trained together with Multi-LoRA (shared frozen A, a B and a head per task); optionally compared."""
+    from .data.prepared import load_manifest, load_prepared
+    from .io import write_json
+    from .methods.multilora import Task, compare, train_multilora
+    from .models.checkpoint import build_model
+    from .train import Preprocess, TrainConfig
+
+    cfg = TrainConfig.from_dict(a.train)
+    known = {"rank", "alpha", "target"}
+    params = dict(a.params or {})
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise SubtuneError(f"multilora takes no parameter {unknown[0]!r} (it takes: {', '.join(sorted(known))})")
+    tasks_in = []
+    for name, data, manifest in a.task:
+        tasks_in.append((name, _existing(data), load_manifest(_existing(manifest))))
+    backbone, ckpt = build_model(_existing(a.checkpoint), 1, seed=a.seed)
+    _threads(a.threads)
+    tasks = []
+    for name, data, manifest in tasks_in:
+        d = load_prepared(data, splits=("train", "val", "test"))
+        tasks.append(Task(name, int(manifest["num_classes"]), (d["train_x"], d["train_y"]),
+                          (d["val_x"], d["val_y"]), (d["test_x"], d["test_y"])))
+    pre = Preprocess(ckpt.mean, ckpt.std, ckpt.in_chans)
+    kw = dict(seed=a.seed, rank=int(params.get("rank", 8)), alpha=params.get("alpha", 8),
+              target=params.get("target"), device=a.device, progress=None)
+    if a.compare:
+        out = compare(backbone, tasks, pre, cfg, **kw)
+    else:
+        out = {"multilora": train_multilora(backbone, tasks, pre, cfg, **kw), "tasks": [t.name for t in tasks]}
+        out["multilora"].pop("model")
+    out.update(seed=a.seed, train=cfg.to_dict(), params=params, checkpoint=str(a.checkpoint))
+    write_json(a.out, out)
+    for kind in ("multilora", "separate_lora"):
+        if kind in out:
+            r = out[kind]
+            accs = ", ".join(f"{k} {v.get('test_acc', v['val_acc']):.4f}" for k, v in r["per_task"].items())
+            print(f"{kind}: {accs} ({r['params_trained']} trained, {r['params_stored']} stored)")
 
 
 # ---------------------------------------------------------------- tracking
@@ -384,6 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--shard", type=int, default=0)
     s.add_argument("--shards", type=int, default=1)
+    s.add_argument("--no-fast", action="store_true",
+                   help="train every candidate alone through the whole network (no prefix cache, no grouping)")
+    s.add_argument("--cache-mb", type=float, default=2048, help="memory budget of the prefix cache")
+    s.add_argument("--cache-dir", help="where prefix-cache entries over the memory budget go")
     s.add_argument("--out", required=True)
     common_train(s)
 
@@ -404,6 +477,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-model", help="also save the trained model as a checkpoint")
     s.add_argument("--out", required=True)
     common_train(s)
+    s = stage("multilora", cmd_multilora,
+              "train K tasks together with Multi-LoRA (shared frozen A, one B and head per task)")
+    s.add_argument("--task", nargs=3, action="append", required=True, metavar=("NAME", "DATA", "MANIFEST"),
+                   help="one task: its name, prepared data and manifest (repeat for each task)")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--params", type=_json_arg, default={}, help="rank, alpha, target as JSON")
+    s.add_argument("--compare", action="store_true", help="also train K separate peft-LoRA runs and compare")
+    s.add_argument("--train", type=_json_arg, default={}, help="training config as JSON")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--device", default=None, help="cuda, cpu or auto (default)")
+    s.add_argument("--out", required=True)
     s = stage("track-init", cmd_track_init, "create the MLflow store and experiment once, before parallel jobs log")
     s.add_argument("--uri", help="tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     s.add_argument("--experiment", help="MLflow experiment (default $SUBTUNE_MLFLOW_EXPERIMENT)")

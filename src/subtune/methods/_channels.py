@@ -1,0 +1,59 @@
+"""Per-channel scale (and shift) parameters attached to existing timm modules with forward hooks.
+
+Shared by SSF and SAN (ours: neither is in peft, which has no SSF/SAN tuner
+for plain timm modules). The parameters are registered on the module whose
+output they act on (``<module>.ssf_scale``, ``<module>.san_scale``), so the
+timm model keeps its class and module names (block enumeration, the staged
+view and the training loop see the same model). Hooks are module-level
+functions or small callable objects holding module references, so
+``copy.deepcopy`` of the model copies them consistently.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def channel_view(v: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``v`` [C] shaped to broadcast over ``x`` along ``dim`` (1 for NCHW maps, -1 for tokens), in x's dtype."""
+    v = v.to(x.dtype)
+    if dim in (-1, x.ndim - 1):
+        return v
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    return v.view(shape)
+
+
+def out_channels(module: nn.Module) -> int:
+    """Channels of a module's output (Linear, Conv, norms, timm's PatchEmbed)."""
+    for attr in ("out_features", "out_channels", "num_features", "normalized_shape"):
+        v = getattr(module, attr, None)
+        if v is not None:
+            return int(v[0] if isinstance(v, (tuple, list, torch.Size)) else v)
+    proj = getattr(module, "proj", None)  # timm PatchEmbed
+    if proj is not None:
+        return out_channels(proj)
+    raise TypeError(f"cannot tell the output channels of {type(module).__name__}")
+
+
+def final_norms(model: nn.Module) -> list[str]:
+    """The ViT's final norm(s) with parameters (``norm`` for token pooling, ``fc_norm`` for average pooling)."""
+    return [n for n in ("norm", "fc_norm") if isinstance(getattr(model, n, None), nn.Module)
+            and any(True for _ in getattr(model, n).parameters())]
+
+
+def patch_embed_target(model: nn.Module) -> str:
+    """Where a scale on timm PatchEmbed's output merges: its norm if it has one, else its projection."""
+    norm = model.patch_embed.norm
+    return "patch_embed.norm" if any(True for _ in norm.parameters()) else "patch_embed.proj"
+
+
+def scale_rows(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """diag(s) W for a weight whose dim 0 is the output channel (Linear, Conv, norm affine)."""
+    return w * s.view(-1, *([1] * (w.ndim - 1)))
+
+
+def scale_cols(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """W diag(s) for a Linear/Conv weight whose dim 1 is the input channel."""
+    return w * s.view(1, -1, *([1] * (w.ndim - 2)))

@@ -1,0 +1,235 @@
+"""LoRA (Hu et al. 2021) and its peft variants DoRA and PiSSA: low-rank weight deltas plus the head.
+
+Uses Hugging Face **peft** (``LoraConfig`` + ``get_peft_model`` on the plain
+timm module, ``modules_to_save`` for the new head): peft implements LoRA,
+DoRA and PiSSA for ``nn.Linear`` and ``nn.Conv2d`` and their merging, so we
+do not re-implement them.
+
+Exact form, for every adapted layer with frozen weight ``W`` (rank ``r``,
+``scaling = alpha / r``)::
+
+    y = W x + b + scaling * B A dropout(x)      A: r x d_in (Kaiming-uniform, peft's default), B: d_out x r (zeros)
+
+(for a ``k x k`` convolution, ``A`` is a ``k x k`` convolution to ``r``
+channels with the layer's stride and padding, ``B`` a ``1 x 1`` convolution).
+
+- ``variant: lora`` as above; ``dora`` (peft ``use_dora``): the weight is
+  re-normalised per output channel and a trainable magnitude vector (one per
+  output channel) rescales it; ``pissa`` (peft ``init_lora_weights="pissa"``):
+  ``A``/``B`` start from the top-``r`` singular vectors of ``W`` and the
+  frozen weight becomes the residual ``W - scaling * B A`` (so the frozen base
+  weights differ from the checkpoint's, by construction, from ``wrap`` on;
+  the merged model starts equal to the checkpoint). peft has no PiSSA for
+  convolutions: ``pissa`` on a ResNet target is rejected.
+- Targets (``target``: module names relative to a block, matched as the full
+  relative name or its last components). ViT family, default
+  ``[qkv, proj, fc1, fc2]``: attention ``attn.qkv`` (timm's fused q/k/v
+  Linear, one adapter for the three) and ``attn.proj``, MLP ``mlp.fc1`` and
+  ``mlp.fc2`` of every transformer block; the patch embedding and the head
+  are not adapted. ResNet family, default (``target: null``): every 3x3
+  convolution inside the residual blocks (BasicBlock ``conv1`` and
+  ``conv2``; Bottleneck ``conv2``); not the stem, not the 1x1 convolutions
+  (downsample, Bottleneck ``conv1``/``conv3``) unless named in ``target``.
+- Trainable: ``lora_A``, ``lora_B`` (and DoRA's ``lora_magnitude_vector``) of
+  every adapted layer, and the head (peft's trained copy of it). Everything
+  else is frozen, and frozen modules stay in eval mode: BatchNorm statistics
+  do not move. Train mode is set on the adapted layers (for LoRA dropout) and
+  the head only.
+- Initialisation draws from the global torch RNG (``cmd_train`` seeds it with
+  the run's seed before :meth:`LoRA.wrap`).
+- :meth:`LoRA.merge`: peft's ``merge_and_unload`` on a copy, giving a plain
+  timm state dict (``W + scaling * B A``; DoRA's re-normalised weight).
+- CUDA: ``fit`` makes the model channels_last, which breaks peft's DoRA for
+  convolutions (it ``view``s the 4-D adapter weights); a forward pre-hook on
+  each adapted convolution keeps its adapter weights contiguous.
+
+:class:`SubTuningLoRA` (``subtuning_lora``) is the same with the adapters
+restricted to the greedily selected blocks (target module names restricted
+to the blocks' submodules; no ``layers_to_transform`` needed). With no block
+selected it is the linear probe (no peft wrapping at all).
+
+Departures from the paper: Hu et al. adapt W_q and W_v of a language model;
+here the fused qkv Linear is adapted as one matrix (as in the SubTuning
+paper's LoRA baseline, "qkv and proj"), and ResNets get convolutional LoRA,
+which the paper does not define.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .. import SubtuneError
+from ..models.blocks import block_names, family_of, head_names
+from .base import Method, Trainable, register
+
+VARIANTS = ("lora", "dora", "pissa")
+VIT_TARGETS = ("qkv", "proj", "fc1", "fc2")
+
+
+def _matches(rel: str, entry: str) -> bool:
+    return rel == entry or rel.endswith("." + entry)
+
+
+def lora_targets(model: nn.Module, target: list[str] | None = None, blocks: list[str] | None = None,
+                 who: str = "lora") -> list[str]:
+    """Full module names of the layers to adapt (see the module docstring), in network order.
+
+    ``blocks`` restricts them to those blocks (default: every block).
+    """
+    family = family_of(model)
+    known = block_names(model)
+    blocks = known if blocks is None else list(blocks)
+    for b in blocks:
+        if b not in known:
+            raise SubtuneError(f"{who}: {b!r} is not a block of this model (blocks: {', '.join(known)})")
+    if target is None and family == "vit":
+        target = list(VIT_TARGETS)
+    out: list[str] = []
+    used: set[str] = set()
+    for b in blocks:
+        for rel, mod in model.get_submodule(b).named_modules():
+            if not rel or not isinstance(mod, (nn.Linear, nn.Conv2d)):
+                continue
+            if target is None:  # ResNet default: the 3x3 convolutions
+                hit = isinstance(mod, nn.Conv2d) and tuple(mod.kernel_size) == (3, 3)
+            else:
+                hits = [e for e in target if _matches(rel, e)]
+                used.update(hits)
+                hit = bool(hits)
+            if hit:
+                out.append(f"{b}.{rel}")
+    if target is not None and blocks == known:
+        missing = [e for e in target if e not in used]
+        if missing:
+            raise SubtuneError(f"{who}: target {missing[0]!r} names no Linear/Conv2d layer inside the blocks")
+    return out
+
+
+def _check_lora_params(who: str, p: dict[str, Any]) -> None:
+    if not isinstance(p["rank"], int) or isinstance(p["rank"], bool) or p["rank"] < 1:
+        raise SubtuneError(f"{who}: rank must be a positive integer, not {p['rank']!r}")
+    if not isinstance(p["alpha"], (int, float)) or p["alpha"] <= 0:
+        raise SubtuneError(f"{who}: alpha must be a positive number, not {p['alpha']!r}")
+    if not isinstance(p["dropout"], (int, float)) or not 0 <= p["dropout"] < 1:
+        raise SubtuneError(f"{who}: dropout must be in [0, 1), not {p['dropout']!r}")
+    if p["variant"] not in VARIANTS:
+        raise SubtuneError(f"{who}: variant must be one of {', '.join(VARIANTS)}, not {p['variant']!r}")
+    t = p["target"]
+    if t is not None and (not isinstance(t, list) or not t or not all(isinstance(e, str) and e for e in t)):
+        raise SubtuneError(f"{who}: target must be null or a non-empty list of module names, not {t!r}")
+
+
+def _is_peft(model: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def _contiguous_params(module: nn.Module) -> None:
+    for p in module.parameters():
+        if not p.is_contiguous():
+            p.data = p.data.contiguous()
+
+
+def _contiguous_adapters(module: nn.Module, args: tuple) -> None:
+    """Keep a conv LoRA layer's adapter weights contiguous.
+
+    On CUDA ``fit`` converts the model to channels_last, which makes the 4-D
+    ``lora_A``/``lora_B``/magnitude weights non-contiguous, and peft's DoRA
+    for convolutions ``view``s them (a RuntimeError). Restored here before
+    the first forward, i.e. before the optimizer creates its state; the
+    optimizer's in-place updates keep them contiguous afterwards.
+    """
+    for name in ("lora_A", "lora_B", "lora_magnitude_vector"):
+        sub = getattr(module, name, None)
+        if sub is not None:
+            _contiguous_params(sub)
+
+
+@register
+class LoRA(Method):
+    name = "lora"
+    defaults = {"rank": 8, "alpha": 8, "dropout": 0.0, "variant": "lora", "target": None}
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        _check_lora_params(self.name, self.params)
+
+    def targets(self, model: nn.Module) -> list[str]:
+        return lora_targets(model, self.params["target"], who=self.name)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        if _is_peft(model):
+            raise SubtuneError(f"{self.name}: the model is already wrapped by peft")
+        targets = self.targets(model)
+        if not targets:
+            return model  # nothing to adapt (SubTuning+LoRA with no selected block): the linear probe
+        variant = self.params["variant"]
+        convs = [n for n in targets if isinstance(model.get_submodule(n), nn.Conv2d)]
+        if variant == "pissa" and convs:
+            raise SubtuneError(
+                f"{self.name}: variant 'pissa' is not supported by peft for Conv2d layers ({convs[0]}, ...); "
+                "use variant lora or dora for ResNet targets")
+        cfg = LoraConfig(
+            r=self.params["rank"], lora_alpha=self.params["alpha"], lora_dropout=float(self.params["dropout"]),
+            target_modules=targets, modules_to_save=head_names(model), use_dora=variant == "dora",
+            init_lora_weights="pissa" if variant == "pissa" else True, bias="none",
+        )
+        try:
+            wrapped = get_peft_model(model, cfg)
+        except (ValueError, TypeError, NotImplementedError) as exc:
+            raise SubtuneError(f"{self.name}: peft refused variant {variant!r}: {exc}") from None
+        for name in convs:
+            wrapped.base_model.model.get_submodule(name).register_forward_pre_hook(_contiguous_adapters)
+        return wrapped
+
+    def trainable(self, model: nn.Module) -> Trainable:
+        from peft.tuners.lora import LoraLayer
+        from peft.utils import ModulesToSaveWrapper
+
+        if not _is_peft(model):
+            if self.targets(model):
+                raise SubtuneError(f"{self.name}: call wrap(model) first and train the model it returns")
+            t = self.modules(model, [])
+            t.notes.update(variant=self.params["variant"], targets=[])
+            return t
+        params = [(n, p) for n, p in model.named_parameters()
+                  if ".lora_" in n or ".modules_to_save." in n]
+        layers = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+        heads = [n for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
+        prefix = "base_model.model."
+        return Trainable(params, layers + heads, {
+            "variant": self.params["variant"], "rank": self.params["rank"],
+            "targets": [n.removeprefix(prefix) for n in layers]})
+
+    def merge(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        if not _is_peft(model):
+            return super().merge(model)
+        model = copy.deepcopy(model)
+        _contiguous_params(model)
+        plain = model.merge_and_unload()
+        return {k: v.detach().clone() for k, v in plain.state_dict().items()}
+
+
+@register
+class SubTuningLoRA(LoRA):
+    name = "subtuning_lora"
+    defaults = {**LoRA.defaults, "blocks": []}
+    needs = "selection"
+
+    def targets(self, model: nn.Module) -> list[str]:
+        blocks = self.params["blocks"]
+        if not isinstance(blocks, list):
+            raise SubtuneError(f"{self.name}: blocks must be a list of block names, not {blocks!r}")
+        return lora_targets(model, self.params["target"], blocks, who=self.name)
+
+    def trainable(self, model: nn.Module) -> Trainable:
+        t = super().trainable(model)
+        t.notes["blocks"] = list(self.params["blocks"])
+        return t

@@ -1,0 +1,52 @@
+"""LP-FT (Kumar et al., ICLR 2022): a linear probe first, then full fine-tuning from that head.
+
+Ours (two phases of the one training loop). Exact form: phase 1 trains the
+head only (backbone frozen in eval mode, as LP) for ``lp_epochs`` epochs at
+``lp_lr``; phase 2 fine-tunes every parameter (every module in train mode, as
+FT) starting from the phase-1 head, with the method's own training config
+(``methods.lpft.train``: usually a smaller learning rate). Both phases use the
+same optimizer kind, schedule (restarted per phase) and seed; the test split is
+read once, after phase 2. ``lp_epochs: null`` means the training config's
+``epochs``.
+
+Departures: the paper's LP phase fits the head with L-BFGS logistic
+regression to convergence; here it is the same SGD/AdamW loop as every
+other method, for a fixed number of epochs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+from .. import SubtuneError
+from .base import Method, Trainable, register
+
+
+@register
+class LPFT(Method):
+    name = "lpft"
+    defaults = {"lp_epochs": None, "lp_lr": 0.01}
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        e, lr = self.params["lp_epochs"], self.params["lp_lr"]
+        if e is not None and (not isinstance(e, int) or isinstance(e, bool) or e < 1):
+            raise SubtuneError(f"{self.name}: lp_epochs must be a positive integer or null, not {e!r}")
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
+            raise SubtuneError(f"{self.name}: lp_lr must be a positive number, not {lr!r}")
+
+    def trainable(self, model: nn.Module) -> Trainable:
+        """The second (largest) phase: everything."""
+        return Trainable(list(model.named_parameters()), [""])
+
+    def phases(self, model: nn.Module) -> list[tuple[Trainable, dict[str, Any]]]:
+        lp = self.modules(model, [])
+        lp.notes["phase"] = "lp"
+        ft = self.trainable(model)
+        ft.notes["phase"] = "ft"
+        over: dict[str, Any] = {"lr": float(self.params["lp_lr"])}
+        if self.params["lp_epochs"] is not None:
+            over["epochs"] = self.params["lp_epochs"]
+        return [(lp, over), (ft, {})]

@@ -1,0 +1,145 @@
+"""SAN (Dai et al., arXiv 2409.06706): SSF-style output scales whose effect is propagated into the next layer.
+
+Ours (forward hooks on the timm modules, :mod:`._channels`): SAN is not a
+peft tuner. Exact form, for every adapted layer ``l`` with frozen weight
+``W_l``, bias ``b_l`` and a trainable scale ``s_l`` (one per output channel,
+initialised to 1, no shift)::
+
+    y_l = s_l * ((W_l diag(s_p(l))) x + b_l)
+
+where ``s_p(l)`` is the scale of the layer whose output feeds ``l`` (its
+anterior; ``s_p = 1`` if it has none). The anterior scale thus acts twice: on
+its own layer's output feature, and again on the posterior weight's input
+columns. It is computed as ``W_l (s_p * x)`` (a forward pre-hook scales the
+posterior layer's input), which is the same function.
+
+Wiring:
+
+- ViT family (the authors' code): adapted layers are the patch embedding,
+  and in every block ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``.
+  The patch-embedding scale feeds every block's ``qkv``; ``attn.proj``'s
+  scale feeds ``mlp.fc1``; ``mlp.fc1``'s scale (before the GELU) feeds
+  ``mlp.fc2``; ``qkv`` and ``proj`` have no anterior.
+- ResNet family (ours): every convolution is adapted (stem ``conv1``, each
+  block's ``conv1``/``conv2``(/``conv3``), each ``downsample.0``), the scale on
+  the convolution's output (before its BatchNorm). Inside each block,
+  ``conv1``'s scale feeds ``conv2``'s input channels (BasicBlock), and for a
+  Bottleneck the chain continues ``conv2`` -> ``conv3``. Nothing crosses block
+  boundaries (the residual stream's width changes between stages).
+
+Trainable: the scales, all normalisation affine parameters, the head. For
+the ViT these are the LayerNorms (``norm1``, ``norm2``, the final norm), as
+in the authors' code; for ResNets the BatchNorm weight and bias stand in for
+LayerNorm (our choice), with BatchNorm kept in eval mode: its running
+statistics do not move. Train mode is set on the head only.
+
+Merge (the paper's): ``W' = diag(s_l) W diag(s_p)``, ``b' = s_l * b``; a
+scale on the patch embedding merges into its projection.
+
+Departures from the authors' code (we follow the paper's formula, as
+summarised in the references): their code also multiplies the anterior scale
+by an extra trainable per-layer vector (``LTD_LTP``, init 1) inside the
+posterior weight, puts a scale on the head's output (fed by the last
+``fc2``), and trains by default with the output scales only; none of these
+are here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .. import SubtuneError
+from ..models.blocks import block_names, family_of, head_names
+from ._channels import channel_view, out_channels, patch_embed_target, scale_cols, scale_rows
+from .base import Method, Trainable, register
+
+NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+
+
+def san_wiring(model: nn.Module) -> list[tuple[str, int, str | None, str]]:
+    """(adapted module, channel dim of its output, its anterior module or None, module the scale merges into)."""
+    if family_of(model) == "vit":
+        out: list[tuple[str, int, str | None, str]] = [("patch_embed", -1, None, patch_embed_target(model))]
+        for b in block_names(model):
+            out += [
+                (f"{b}.attn.qkv", -1, "patch_embed", f"{b}.attn.qkv"),
+                (f"{b}.attn.proj", -1, None, f"{b}.attn.proj"),
+                (f"{b}.mlp.fc1", -1, f"{b}.attn.proj", f"{b}.mlp.fc1"),
+                (f"{b}.mlp.fc2", -1, f"{b}.mlp.fc1", f"{b}.mlp.fc2"),
+            ]
+        return out
+    blocks = block_names(model)
+    out = []
+    for n, m in model.named_modules():
+        if not isinstance(m, nn.Conv2d):
+            continue
+        anterior = None
+        for b in blocks:
+            if n.startswith(b + ".") and n[len(b) + 1:] in ("conv2", "conv3"):
+                prev = f"{b}.conv{int(n[-1]) - 1}"
+                anterior = prev
+        out.append((n, 1, anterior, n))
+    return out
+
+
+def _san_out(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    return output * channel_view(module.san_scale, output, module._san_dim)
+
+
+class _AnteriorScale:
+    """Forward pre-hook: the posterior layer's input times the anterior layer's scale (W diag(s_p) x)."""
+
+    def __init__(self, anterior: nn.Module, dim: int):
+        self.anterior, self.dim = anterior, dim
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        return (x * channel_view(self.anterior.san_scale, x, self.dim), *args[1:])
+
+
+@register
+class SAN(Method):
+    name = "san"
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if any(n.endswith(".san_scale") for n, _ in model.named_parameters()):
+            raise SubtuneError(f"{self.name}: the model already has SAN parameters")
+        wiring = san_wiring(model)
+        ref = next(model.parameters())
+        for name, dim, _, _ in wiring:
+            mod = model.get_submodule(name)
+            mod.register_parameter("san_scale", nn.Parameter(torch.ones(out_channels(mod), dtype=ref.dtype,
+                                                                        device=ref.device)))
+            mod._san_dim = dim
+            mod.register_forward_hook(_san_out)
+        for name, dim, anterior, _ in wiring:
+            if anterior is not None:
+                model.get_submodule(name).register_forward_pre_hook(
+                    _AnteriorScale(model.get_submodule(anterior), dim))
+        return model
+
+    def trainable(self, model: nn.Module) -> Trainable:
+        scales = [(n, p) for n, p in model.named_parameters() if n.endswith(".san_scale")]
+        if not scales:
+            raise SubtuneError(f"{self.name}: call wrap(model) first and train the model it returns")
+        heads = head_names(model)
+        norms = [(f"{mn}.{pn}", p) for mn, m in model.named_modules() if isinstance(m, NORMS)
+                 for pn, p in m.named_parameters(recurse=False) if pn in ("weight", "bias")]
+        norms = [(n, p) for n, p in norms if not any(n.startswith(h + ".") for h in heads)]
+        t = self.modules(model, [])
+        return Trainable(scales + norms + t.params, list(heads), {"scales": len(scales)})
+
+    def merge(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith(".san_scale")}
+        for name, _, anterior, target in san_wiring(model):
+            s = model.get_submodule(name).san_scale.detach()
+            w, b = f"{target}.weight", f"{target}.bias"
+            state[w] = scale_rows(state[w], s)
+            if anterior is not None:
+                state[w] = scale_cols(state[w], model.get_submodule(anterior).san_scale.detach())
+            if b in state:
+                state[b] = state[b] * s
+        return state

@@ -1,0 +1,114 @@
+"""SSF (Lian et al., NeurIPS 2022): per-channel scale and shift after chosen operations, plus the head.
+
+Ours (forward hooks on the timm modules, :mod:`._channels`): SSF is not a
+peft tuner. Exact form, at every position ``p``::
+
+    y = gamma_p * x + beta_p   (per channel)     gamma_p ~ N(1, 0.02^2), beta_p ~ N(0, 0.02^2)
+
+Positions:
+
+- ViT family (the paper's): after the patch embedding; in every block after
+  ``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1`` (before the
+  GELU) and ``mlp.fc2``; after the final norm (``norm``, or ``fc_norm`` for
+  average-pooled models).
+- ResNet family (our choice; the authors have no ResNet): after every
+  BatchNorm, i.e. after each convolution's BatchNorm (stem ``bn1``, each
+  block's ``bn1``/``bn2``(/``bn3``), each ``downsample.1``), before the
+  activation and the residual addition.
+
+Trainable: every ``ssf_scale`` / ``ssf_shift`` and the head. Everything else
+is frozen in eval mode (ResNet BatchNorm statistics do not move); train mode
+is set on the head only.
+
+Initialisation: with the ``seed`` parameter (an integer) from a dedicated
+``torch.Generator`` seeded with it; with ``seed: null`` (the default) from
+the global torch RNG, which ``cmd_train`` seeds with the run's seed before
+:meth:`SSF.wrap`.
+
+Merge (the paper's re-parameterisation into the preceding linear operation):
+``W' = diag(gamma) W``, ``b' = gamma * b + beta``. Linear/conv positions merge
+into their own weight and bias; norm positions into the norm's affine
+parameters (for ResNet the BN-then-scale merges into BatchNorm's gamma and
+beta: ``gamma' = s * gamma``, ``beta' = s * beta + shift``, the running
+statistics unchanged); the patch-embedding position into the patch
+projection (timm's PatchEmbed has no norm in ViTs; if it had one, into that).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .. import SubtuneError
+from ..models.blocks import block_names, family_of, head_names
+from ._channels import channel_view, final_norms, out_channels, patch_embed_target, scale_rows
+from .base import Method, Trainable, register
+
+INIT_STD = 0.02
+
+
+def ssf_positions(model: nn.Module) -> list[tuple[str, int, str]]:
+    """(module whose output is scaled, channel dim of that output, module the scale merges into)."""
+    if family_of(model) == "vit":
+        out = [("patch_embed", -1, patch_embed_target(model))]
+        for b in block_names(model):
+            for rel in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
+                out.append((f"{b}.{rel}", -1, f"{b}.{rel}"))
+        out += [(n, -1, n) for n in final_norms(model)]
+        return out
+    return [(n, 1, n) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _ssf_hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    d = module._ssf_dim
+    return output * channel_view(module.ssf_scale, output, d) + channel_view(module.ssf_shift, output, d)
+
+
+@register
+class SSF(Method):
+    name = "ssf"
+    defaults = {"seed": None}
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        s = self.params["seed"]
+        if s is not None and (not isinstance(s, int) or isinstance(s, bool)):
+            raise SubtuneError(f"{self.name}: seed must be an integer or null, not {s!r}")
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if any(n.endswith(".ssf_scale") for n, _ in model.named_parameters()):
+            raise SubtuneError(f"{self.name}: the model already has SSF parameters")
+        gen = None if self.params["seed"] is None else torch.Generator().manual_seed(self.params["seed"])
+        for name, dim, _ in ssf_positions(model):
+            mod = model.get_submodule(name)
+            c = out_channels(mod)
+            ref = next(model.parameters())
+            scale = torch.empty(c, dtype=ref.dtype).normal_(1.0, INIT_STD, generator=gen)
+            shift = torch.empty(c, dtype=ref.dtype).normal_(0.0, INIT_STD, generator=gen)
+            mod.register_parameter("ssf_scale", nn.Parameter(scale.to(ref.device)))
+            mod.register_parameter("ssf_shift", nn.Parameter(shift.to(ref.device)))
+            mod._ssf_dim = dim
+            mod.register_forward_hook(_ssf_hook)
+        return model
+
+    def trainable(self, model: nn.Module) -> Trainable:
+        heads = head_names(model)
+        ssf = [(n, p) for n, p in model.named_parameters() if n.endswith((".ssf_scale", ".ssf_shift"))]
+        if not ssf:
+            raise SubtuneError(f"{self.name}: call wrap(model) first and train the model it returns")
+        t = self.modules(model, [])
+        return Trainable(ssf + t.params, list(heads), {"positions": len(ssf) // 2})
+
+    def merge(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        state = {k: v.detach().clone() for k, v in model.state_dict().items() if ".ssf_" not in k}
+        for name, _, target in ssf_positions(model):
+            mod = model.get_submodule(name)
+            s, t = mod.ssf_scale.detach(), mod.ssf_shift.detach()
+            w, b = f"{target}.weight", f"{target}.bias"
+            if w not in state or b not in state:
+                raise SubtuneError(f"{self.name}: cannot merge the shift at {name}: {target} has no weight and bias")
+            state[w] = scale_rows(state[w], s)
+            state[b] = state[b] * s + t
+        return state

@@ -1,0 +1,502 @@
+"""The fine-tuning methods beyond LP/FT/Surgical/SubTuning: BitFit, LP-FT, LoRA (DoRA, PiSSA), SSF, SAN,
+SubTuning+LoRA, Multi-LoRA.
+
+Properties, for every method: only the parameters it names change in a short
+``fit`` (every other parameter and every BatchNorm buffer of frozen modules is
+bit-identical); exact trainable-parameter counts for timm resnet18 and
+vit_tiny_patch16_224 (10 classes), computed here from the architectures;
+merging into a plain timm model (strict load) gives the adapted model's
+outputs (float32, eval mode, atol = rtol = 1e-5); bad names and parameters
+raise SubtuneError naming them.
+"""
+
+import json
+
+import pytest
+import timm
+import torch
+
+from subtune import SubtuneError
+from subtune.cli import main
+from subtune.config import _check_registries
+from subtune.methods import REGISTRY, fit_phases, get_method
+from subtune.methods.multilora import MultiLoRAModel, Task, compare, pack, packed_forward
+from subtune.train import Preprocess, TrainConfig, fit
+
+CFG = TrainConfig(epochs=1, lr=1e-2, batch_size=16)
+PRE = Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 3)
+ATOL = RTOL = 1e-5
+
+
+def small(family, num_classes=3, seed=0):
+    torch.manual_seed(seed)
+    if family == "resnet":
+        # zero_init_last=False: timm zero-initialises each block's last BN scale, so a fresh ResNet's
+        # outputs would not depend on the block convolutions and the merge tests would prove nothing.
+        return timm.create_model("resnet18", num_classes=num_classes, channels=(8, 16, 32, 64), zero_init_last=False)
+    return timm.create_model("vit_tiny_patch16_224", num_classes=num_classes, img_size=32, patch_size=8, depth=2)
+
+
+def toy(family, n=32, seed=0, classes=3):
+    g = torch.Generator().manual_seed(seed)
+    hw = 16 if family == "resnet" else 32
+    return (torch.randint(0, 256, (n, 1, hw, hw), dtype=torch.uint8, generator=g),
+            torch.randint(0, classes, (n,), generator=g))
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def changed(before, after):
+    assert before.keys() == after.keys()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+KINDS = ("lora_A", "lora_B", "lora_magnitude_vector", "modules_to_save", "ssf_scale", "ssf_shift", "san_scale")
+
+
+def kind(name):
+    """What a parameter is, for 'every kind the method names moved'."""
+    for k in KINDS:
+        if k in name:
+            return k
+    if name.split(".")[0] in ("fc", "head"):
+        return "head"
+    return name.rsplit(".", 1)[-1]  # weight / bias (BitFit biases, SAN's norm affine)
+
+
+def block_of(family):
+    return {"resnet": ["layer2.1", "layer4.0"], "vit": ["blocks.1"]}[family]
+
+
+CASES = [
+    (f, name, params)
+    for f in ("resnet", "vit")
+    for name, params in [
+        ("bitfit", {}), ("lora", {"rank": 2}), ("lora", {"rank": 2, "variant": "dora"}),
+        *([("lora", {"rank": 2, "variant": "pissa"})] if f == "vit" else []),
+        ("ssf", {}), ("san", {}), ("subtuning_lora", {"rank": 2, "blocks": block_of(f)}),
+    ]
+]
+
+
+def case_id(c):
+    return f"{c[0]}-{c[1]}-{c[2].get('variant', '')}".rstrip("-")
+
+
+# ------------------------------------------------------------------ what trains
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_only_the_named_parameters_change(case):
+    family, name, params = case
+    method = get_method(name, **params)
+    model = method.wrap(small(family))
+    t = method.trainable(model)
+    before = snapshot(model)  # after wrap: PiSSA rewrites the frozen weights as residuals there, by design
+    fit(model, t, PRE, toy(family), {"val": toy(family, 8, 1)}, CFG, progress=False)
+    after = snapshot(model)
+    diff = changed(before, after)
+    assert diff and diff <= set(t.names)
+    # every kind of parameter the method names moved (the head, LoRA A/B, scales, shifts, biases, norms)
+    assert {kind(n) for n in diff} == {kind(n) for n in t.names}
+    # frozen modules stayed in eval mode: no BatchNorm statistic moved
+    buffers = [n for n, _ in model.named_buffers() if n in before]
+    assert all(torch.equal(before[b], after[b]) for b in buffers)
+    if family == "resnet":
+        assert any("running_mean" in b for b in buffers)
+
+
+def test_lpft_trains_the_head_then_everything():
+    method = get_method("lpft", lp_epochs=1, lp_lr=0.05)
+    model = method.wrap(small("resnet"))
+    (lp, lp_over), (ft, ft_over) = method.phases(model)
+    assert lp_over == {"lr": 0.05, "epochs": 1} and ft_over == {}
+    before = snapshot(model)
+    fit(model, lp, PRE, toy("resnet"), {}, TrainConfig.from_dict({**CFG.to_dict(), **lp_over}), progress=False)
+    mid = snapshot(model)
+    assert changed(before, mid) == {"fc.weight", "fc.bias"}  # phase 1: the head only, no BN statistic
+    fit(model, ft, PRE, toy("resnet"), {}, CFG, progress=False)
+    diff = changed(mid, snapshot(model))
+    assert "conv1.weight" in diff and "layer1.0.bn1.running_mean" in diff and "fc.weight" in diff
+
+    # the phases through fit_phases: metrics of the last phase, history concatenated, both settings recorded
+    method = get_method("lpft", lp_epochs=1, lp_lr=0.05)
+    model = method.wrap(small("resnet"))
+    cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=16)
+    m = fit_phases(model, method.phases(model), PRE, toy("resnet"), {"val": toy("resnet", 8, 1)}, cfg,
+                   final_evals={"test": toy("resnet", 8, 2)}, progress=False)
+    assert [r["phase"] for r in m["history"]] == [1, 2, 2] and [r["epoch"] for r in m["history"]] == [1, 2, 3]
+    assert [p["train"]["lr"] for p in m["phases"]] == [0.05, 1e-3]
+    assert [p["train"]["epochs"] for p in m["phases"]] == [1, 2] and m["epochs"] == 3
+    assert m["trainable_params"] == sum(p.numel() for p in model.parameters())
+    assert m["phases"][0]["trainable_params"] == 64 * 3 + 3
+    assert "test_acc" in m and "test_acc" in m["phases"][1] and "test_acc" not in m["phases"][0]
+    assert m["val_acc"] == m["phases"][1]["val_acc"]
+    # lp_epochs null: the LP phase takes the training config's epochs
+    assert get_method("lpft").phases(small("resnet"))[0][1] == {"lr": 0.01}
+
+
+# ------------------------------------------------------------------ exact counts
+R18_WIDTHS, D, DEPTH, NC = (64, 128, 256, 512), 192, 12, 10
+
+
+def resnet18_layout():
+    """(name, in, out, kernel) of every convolution and the BatchNorm widths of timm resnet18."""
+    convs, bns, cin = [("conv1", 3, 64, 7)], [64], 64
+    for s, w in enumerate(R18_WIDTHS):
+        for b in range(2):
+            pre = f"layer{s + 1}.{b}"
+            convs += [(f"{pre}.conv1", cin, w, 3), (f"{pre}.conv2", w, w, 3)]
+            bns += [w, w]
+            if b == 0 and s > 0:
+                convs.append((f"{pre}.downsample.0", cin, w, 1))
+                bns.append(w)
+            cin = w
+    return convs, bns
+
+
+def expected_resnet(name, params):
+    convs, bns = resnet18_layout()
+    head = 512 * NC + NC
+    r = params.get("rank", 8)
+    blocks = params.get("blocks")
+    lora_convs = [c for c in convs if c[3] == 3 and c[0].startswith("layer")
+                  and (blocks is None or any(c[0].startswith(b + ".") for b in blocks))]
+    lora = sum(r * cin * 9 + cout * r for _, cin, cout, _ in lora_convs)
+    if params.get("variant") == "dora":
+        lora += sum(cout for _, _, cout, _ in lora_convs)
+    return {
+        "bitfit": sum(bns) + head,
+        "lora": lora + head,
+        "subtuning_lora": lora + head,
+        "ssf": 2 * sum(bns) + head,
+        "san": sum(cout for _, _, cout, _ in convs) + 2 * sum(bns) + head,
+        "lpft": sum(cin * cout * k * k for _, cin, cout, k in convs) + 2 * sum(bns) + head,
+    }[name]
+
+
+def expected_vit(name, params):
+    head = D * NC + NC
+    r = params.get("rank", 8)
+    nblocks = len(params.get("blocks", range(DEPTH)))
+    # per block: qkv D->3D, proj D->D, fc1 D->4D, fc2 4D->D
+    lora = nblocks * r * ((D + 3 * D) + (D + D) + (D + 4 * D) + (4 * D + D))
+    if params.get("variant") == "dora":
+        lora += nblocks * (3 * D + D + 4 * D + D)
+    tokens = (224 // 16) ** 2 + 1
+    total = (3 * 16 * 16 * D + D + D + tokens * D
+             + DEPTH * (4 * D + 3 * D * D + 3 * D + D * D + D + 4 * D * D + 4 * D + 4 * D * D + D) + 2 * D + head)
+    return {
+        # biases: patch proj; per block norm1, qkv, proj, norm2, fc1, fc2; the final norm
+        "bitfit": D + DEPTH * (D + 3 * D + D + D + 4 * D + D) + D + head,
+        "lora": lora + head,
+        "subtuning_lora": lora + head,
+        # positions: patch embed; per block norm1, qkv, proj, norm2, fc1, fc2; the final norm (scale + shift)
+        "ssf": 2 * (D + DEPTH * (D + 3 * D + D + D + 4 * D + D) + D) + head,
+        # scales: patch embed; per block qkv, proj, fc1, fc2; LayerNorm affine: norm1, norm2, final norm
+        "san": D + DEPTH * (3 * D + D + 4 * D + D) + DEPTH * 4 * D + 2 * D + head,
+        "lpft": total,
+    }[name]
+
+
+COUNT_CASES = [
+    ("resnet18", "bitfit", {}), ("resnet18", "lora", {}), ("resnet18", "lora", {"rank": 4, "variant": "dora"}),
+    ("resnet18", "ssf", {}), ("resnet18", "san", {}), ("resnet18", "lpft", {}),
+    ("resnet18", "subtuning_lora", {"rank": 4, "blocks": ["layer1.1", "layer3.0"]}),
+    ("vit_tiny_patch16_224", "bitfit", {}), ("vit_tiny_patch16_224", "lora", {}),
+    ("vit_tiny_patch16_224", "lora", {"rank": 4, "variant": "dora"}),
+    ("vit_tiny_patch16_224", "lora", {"rank": 4, "variant": "pissa"}),
+    ("vit_tiny_patch16_224", "ssf", {}), ("vit_tiny_patch16_224", "san", {}), ("vit_tiny_patch16_224", "lpft", {}),
+    ("vit_tiny_patch16_224", "subtuning_lora", {"rank": 4, "blocks": ["blocks.0", "blocks.11"]}),
+]
+
+
+@pytest.mark.parametrize("arch,name,params", COUNT_CASES,
+                         ids=[f"{a.split('_')[0]}-{n}-{p.get('variant', '')}" for a, n, p in COUNT_CASES])
+def test_exact_trainable_counts(arch, name, params):
+    method = get_method(name, **params)
+    model = method.wrap(timm.create_model(arch, num_classes=NC))
+    got = max(t.num_params for t, _ in method.phases(model))
+    expected = expected_resnet(name, params) if arch == "resnet18" else expected_vit(name, params)
+    assert got == expected
+
+
+# ------------------------------------------------------------------ re-parameterisation
+MERGE_CASES = [c for c in CASES] + [("resnet", "lpft", {})]
+
+
+@pytest.mark.parametrize("case", MERGE_CASES, ids=case_id)
+def test_merged_plain_model_gives_the_same_outputs(case):
+    family, name, params = case
+    method = get_method(name, **params)
+    model = method.wrap(small(family))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # move every trained parameter away from its initialisation (LoRA B from zero)
+        for _, p in method.trainable(model).params:
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    model.eval()
+    x = PRE(toy(family, 6, 3)[0])
+    plain = small(family, seed=5)  # an unmodified timm model (other weights)
+    plain.load_state_dict(method.merge(model), strict=True)
+    plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x), atol=ATOL, rtol=RTOL)
+    # merging is not a no-op: the merged model differs from the original backbone
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), small(family).eval()(x), atol=1e-3)
+
+
+def test_merge_formulas_ssf_on_batchnorm_and_san():
+    ssf = get_method("ssf", seed=3)
+    m = ssf.wrap(small("resnet"))
+    bn = m.layer1[0].bn1
+    merged = ssf.merge(m)
+    torch.testing.assert_close(merged["layer1.0.bn1.weight"], bn.ssf_scale * bn.weight)
+    torch.testing.assert_close(merged["layer1.0.bn1.bias"], bn.ssf_scale * bn.bias + bn.ssf_shift)
+    assert torch.equal(merged["layer1.0.bn1.running_var"], bn.running_var)
+    # SSF init: gamma ~ N(1, 0.02), beta ~ N(0, 0.02); a given seed repeats
+    scales = torch.cat([p for n, p in m.named_parameters() if n.endswith("ssf_scale")]).detach()
+    assert abs(scales.mean().item() - 1) < 0.01 and 0.01 < scales.std().item() < 0.03
+    assert torch.equal(get_method("ssf", seed=3).wrap(small("resnet")).layer1[0].bn1.ssf_scale, bn.ssf_scale)
+
+    san = get_method("san")
+    v = san.wrap(small("vit"))
+    assert all(torch.equal(p, torch.ones_like(p)) for n, p in v.named_parameters() if n.endswith("san_scale"))
+    with torch.no_grad():
+        for n, p in v.named_parameters():
+            if n.endswith("san_scale"):
+                p.uniform_(0.5, 1.5)
+    qkv, pe, fc1, fc2 = v.blocks[1].attn.qkv, v.patch_embed, v.blocks[1].mlp.fc1, v.blocks[1].mlp.fc2
+    merged = san.merge(v)
+    # W' = diag(s_l) W diag(s_p), b' = s_l * b; the patch-embedding scale feeds every block's qkv
+    torch.testing.assert_close(merged["blocks.1.attn.qkv.weight"],
+                               qkv.san_scale[:, None] * qkv.weight * pe.san_scale[None, :])
+    torch.testing.assert_close(merged["blocks.1.attn.qkv.bias"], qkv.san_scale * qkv.bias)
+    torch.testing.assert_close(merged["blocks.1.mlp.fc2.weight"],
+                               fc2.san_scale[:, None] * fc2.weight * fc1.san_scale[None, :])
+    r = get_method("san")
+    rm = r.wrap(small("resnet"))
+    c1, c2 = rm.layer2[0].conv1, rm.layer2[0].conv2  # ResNet: conv1's scale feeds conv2's input channels
+    with torch.no_grad():
+        c1.san_scale.uniform_(0.5, 1.5)
+        c2.san_scale.uniform_(0.5, 1.5)
+    torch.testing.assert_close(r.merge(rm)["layer2.0.conv2.weight"],
+                               c2.san_scale.view(-1, 1, 1, 1) * c2.weight * c1.san_scale.view(1, -1, 1, 1))
+
+
+# ------------------------------------------------------------------ errors
+@pytest.mark.parametrize("name", ["bitfit", "lpft", "lora", "ssf", "san", "subtuning_lora"])
+def test_unknown_parameter_is_named(name):
+    assert name in REGISTRY
+    with pytest.raises(SubtuneError, match=f"method '{name}' takes no parameter 'bogus'"):
+        get_method(name, bogus=1)
+    with pytest.raises(SubtuneError, match=f"method '{name}' takes no parameter 'rnk'"):  # config validation
+        _check_registries({"methods": {name: {"params": {"rnk": 4}}}, "train": {}})
+
+
+def test_bad_names_and_values():
+    with pytest.raises(SubtuneError, match="unknown method 'dora'"):
+        get_method("dora")
+    with pytest.raises(SubtuneError, match="unknown method methods.loraa"):
+        _check_registries({"methods": {"loraa": {}}, "train": {}})
+    for kw, key in [({"variant": "qlora"}, "variant"), ({"rank": 0}, "rank"), ({"alpha": -1}, "alpha"),
+                    ({"dropout": 1.5}, "dropout"), ({"target": "qkv"}, "target")]:
+        with pytest.raises(SubtuneError, match=f"lora: {key}"):
+            get_method("lora", **kw)
+    with pytest.raises(SubtuneError, match="lpft: lp_lr"):
+        get_method("lpft", lp_lr=0)
+    with pytest.raises(SubtuneError, match="lpft: lp_epochs"):
+        get_method("lpft", lp_epochs=1.5)
+    with pytest.raises(SubtuneError, match="ssf: seed"):
+        get_method("ssf", seed="a")
+    # peft has no PiSSA for convolutions: refused before any work, naming the variant
+    with pytest.raises(SubtuneError, match="variant 'pissa' is not supported by peft for Conv2d"):
+        get_method("lora", variant="pissa").wrap(small("resnet"))
+    with pytest.raises(SubtuneError, match="target 'qkvv'"):
+        get_method("lora", target=["qkvv"]).wrap(small("vit"))
+    with pytest.raises(SubtuneError, match="not a block"):
+        get_method("subtuning_lora", blocks=["layer9.0"]).wrap(small("resnet"))
+    for name in ("lora", "ssf", "san"):
+        with pytest.raises(SubtuneError, match="call wrap"):
+            get_method(name).trainable(small("vit"))
+
+
+def test_the_workflow_config_accepts_the_methods_and_names_bad_parameters():
+    from pathlib import Path
+
+    import yaml
+
+    from subtune.config import validate
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["methods"].update({"bitfit": {}, "lpft": {"params": {"lp_epochs": 2}, "train": {"lr": 1e-4}}, "ssf": {},
+                           "lora": {"params": {"rank": 4, "variant": "dora"}}, "san": {},
+                           "subtuning_lora": {"params": {"rank": 4}}})
+    validate(json.loads(json.dumps(cfg)), root / "schemas/config.schema.yaml")
+    cfg["methods"]["san"]["params"] = {"scale_init": 1}
+    with pytest.raises(SubtuneError, match="method 'san' takes no parameter 'scale_init'"):
+        validate(cfg, root / "schemas/config.schema.yaml")
+
+
+def test_dora_on_convolutions_survives_channels_last():
+    """fit makes the model channels_last on CUDA; peft's conv DoRA would fail on its non-contiguous weights."""
+    method = get_method("lora", rank=2, variant="dora")
+    model = method.wrap(small("resnet"))
+    x = PRE(toy("resnet", 4)[0])
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+        model.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), ref, atol=ATOL, rtol=RTOL)
+
+
+# ------------------------------------------------------------------ SubTuning + LoRA
+def test_subtuning_lora_adapts_only_the_selected_blocks():
+    from peft.tuners.lora import LoraLayer
+
+    assert REGISTRY["subtuning_lora"].needs == "selection"
+    method = get_method("subtuning_lora", blocks=["layer2.1", "layer4.0"], rank=2)
+    model = method.wrap(small("resnet"))
+    t = method.trainable(model)
+    assert t.notes["targets"] == ["layer2.1.conv1", "layer2.1.conv2", "layer4.0.conv1", "layer4.0.conv2"]
+    lora_layers = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+    assert [n.removeprefix("base_model.model.") for n in lora_layers] == t.notes["targets"]
+    before = snapshot(model)
+    fit(model, t, PRE, toy("resnet"), {}, CFG, progress=False)
+    diff = changed(before, snapshot(model))
+    inside = ("base_model.model.layer2.1.", "base_model.model.layer4.0.", "base_model.model.fc.modules_to_save.")
+    assert diff and all(k.startswith(inside) and (".lora_" in k or "modules_to_save" in k) for k in diff)
+
+    vit = get_method("subtuning_lora", blocks=["blocks.1"], rank=2)
+    assert vit.trainable(vit.wrap(small("vit"))).notes["targets"] == [
+        "blocks.1.attn.qkv", "blocks.1.attn.proj", "blocks.1.mlp.fc1", "blocks.1.mlp.fc2"]
+    # nothing selected: the linear probe (no peft wrapping)
+    lp = get_method("subtuning_lora", blocks=[])
+    plain = small("resnet")
+    assert lp.wrap(plain) is plain and lp.trainable(plain).names == ["fc.weight", "fc.bias"]
+
+
+# ------------------------------------------------------------------ Multi-LoRA
+def test_multilora_tasks_share_a_frozen_a_and_learn_only_their_own_b():
+    model = MultiLoRAModel(small("resnet"), [3, 2], rank=2, seed=0)
+    t = model.trainable()
+    before = snapshot(model)
+    x, y = toy("resnet")
+    m = fit(model, t, PRE, (pack(x, 0), y), {}, CFG, progress=False, forward=packed_forward(model, PRE))
+    after = snapshot(model)
+    diff = changed(before, after)
+    assert diff <= set(t.names)  # frozen backbone, its BN statistics and every A unchanged
+    layers = model.layers()
+    assert len(layers) == 16 and all(f"backbone.{n}.A" not in diff for n, _ in layers)
+    assert all(torch.equal(layer.B[1], torch.zeros_like(layer.B[1])) for _, layer in layers)  # task 1: no data
+    assert all(layer.B[0].abs().sum() > 0 for _, layer in layers)
+    assert m["trainable_params"] == sum(2 * lay.m * 2 for _, lay in layers) + 64 * 5 + 5
+    # the other task's head rows get exactly zero gradient from task 0's samples
+    model.heads.weight.requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(packed_forward(model, PRE)(pack(x[:8], 0)), y[:8])
+    loss.backward()
+    assert torch.equal(model.heads.weight.grad[3:], torch.zeros_like(model.heads.weight.grad[3:]))
+    assert model.heads.weight.grad[:3].abs().sum() > 0
+
+
+def test_multilora_counts_trained_and_stored():
+    k, r = 3, 4
+    model = MultiLoRAModel(timm.create_model("vit_tiny_patch16_224", num_classes=NC), [10, 5, 7], rank=r)
+    dims = [(D, 3 * D), (D, D), (D, 4 * D), (4 * D, D)] * DEPTH  # (d in, m out): qkv, proj, fc1, fc2
+    heads = D * 22 + 22
+    c = model.counts()
+    assert c["multilora"]["adapter_trained"] == sum(k * m * r for _, m in dims)
+    assert c["multilora"]["adapter_stored"] == sum(d * r + k * m * r for d, m in dims)
+    assert c["separate_lora"]["adapter_trained"] == sum(k * (d * r + m * r) for d, m in dims)
+    assert c["heads"] == heads and model.trainable().num_params == c["multilora"]["params_trained"]
+    rn = MultiLoRAModel(timm.create_model("resnet18", num_classes=NC), [10, 10], rank=r)
+    convs = [(cin * 9, cout) for n, cin, cout, ks in resnet18_layout()[0] if ks == 3 and n.startswith("layer")]
+    assert rn.counts()["multilora"]["adapter_stored"] == sum(d * r + 2 * m * r for d, m in convs)
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_multilora_merges_per_task_into_plain_models(family):
+    model = MultiLoRAModel(small(family), [3, 2], rank=2, seed=1)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for _, p in model.trainable().params:
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    model.eval()
+    x = PRE(toy(family, 4, 3)[0])
+    for t, c in enumerate([3, 2]):
+        plain = small(family, num_classes=c, seed=7)
+        plain.load_state_dict(model.merge_task(t), strict=True)
+        with torch.no_grad():
+            out = model(x, torch.full((4,), t))
+            torch.testing.assert_close(plain.eval()(x), out[:, model.offsets[t]:model.offsets[t] + c],
+                                       atol=ATOL, rtol=RTOL)
+            assert torch.isinf(out).sum() == 4 * (5 - c)  # the other task's classes are masked
+
+
+def test_multilora_against_separate_lora():
+    tasks = [Task("a", 3, toy("resnet", 32, 0), toy("resnet", 8, 1), toy("resnet", 8, 2)),
+             Task("b", 2, toy("resnet", 24, 3, 2), toy("resnet", 8, 4, 2), toy("resnet", 8, 5, 2))]
+    out = compare(small("resnet"), tasks, PRE, CFG, rank=2, alpha=4)
+    ml, sep = out["multilora"], out["separate_lora"]
+    assert set(ml["per_task"]) == set(sep["per_task"]) == {"a", "b"}
+    assert all(0 <= v["test_acc"] <= 1 for r in (ml, sep) for v in r["per_task"].values())
+    assert ml["trainable_params"] == ml["params_trained"]  # what fit trained is what we count
+    assert sep["params_trained"] == ml["separate_lora_expected"]["params_trained"]  # peft's counts match the formula
+    assert ml["params_trained"] < sep["params_trained"] and ml["params_stored"] < sep["params_stored"]
+    with pytest.raises(SubtuneError, match="label_smoothing"):
+        compare(small("resnet"), tasks, PRE, TrainConfig(label_smoothing=0.1))
+
+
+# ------------------------------------------------------------------ the CLI
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from subtune.data.prepared import save_prepared
+    from subtune.models.checkpoint import Checkpoint, save_checkpoint
+
+    wd = tmp_path_factory.mktemp("methods")
+    kwargs = {"channels": [8, 16, 32, 64], "zero_init_last": False}
+    save_checkpoint(wd / "ckpt.safetensors", small("resnet"),
+                    Checkpoint("resnet18", 3, 3, 16, kwargs, (0.5,) * 3, (0.25,) * 3, {"kind": "test"}))
+    for name, k in (("t1", 3), ("t2", 2)):
+        splits = {}
+        for i, s in enumerate(("train", "val", "test")):
+            splits[f"{s}_x"], splits[f"{s}_y"] = toy("resnet", 32 if s == "train" else 8, i, k)
+        save_prepared(wd / f"{name}.safetensors", wd / f"{name}.json", splits, {
+            "name": name, "classes": [str(c) for c in range(k)], "num_classes": k, "channels": 1,
+            "image_size": 16, "splits": {"train": 32, "val": 8, "test": 8}, "seed": 0, "params": {}, "inputs": {}})
+    return wd
+
+
+def cli(*args):
+    assert main([str(a) for a in args]) == 0
+
+
+def test_cmd_train_runs_phases_wraps_and_saves_the_merged_model(files):
+    common = ["--data", files / "t1.safetensors", "--manifest", files / "t1.json",
+              "--checkpoint", files / "ckpt.safetensors", "--train", json.dumps({"epochs": 1, "batch_size": 16})]
+    cli("train", "--method", "lpft", "--method-params", '{"lp_epochs": 2, "lp_lr": 0.05}', *common,
+        "--out", files / "lpft.json")
+    m = json.loads((files / "lpft.json").read_text())
+    assert [p["train"]["lr"] for p in m["phases"]] == [0.05, 0.001] and len(m["history"]) == 3
+    assert m["trainable_params"] == m["total_params"] and "test_acc" in m
+    cli("train", "--method", "lora", "--method-params", '{"rank": 2, "variant": "dora"}', *common,
+        "--save-model", files / "lora_model.safetensors", "--out", files / "lora.json")
+    m = json.loads((files / "lora.json").read_text())
+    assert m["trainable_params"] < m["total_params"] < m["adapted_params"]
+    assert len(m["notes"]["targets"]) == 16
+    from subtune.models.checkpoint import build_model
+
+    build_model(files / "lora_model.safetensors", 3)  # the merged plain model loads strictly
+    assert main(["train", "--method", "lora", "--method-params", '{"variant": "pissa"}', *map(str, common),
+                 "--out", str(files / "x.json")]) == 2
+
+
+def test_cmd_multilora(files):
+    cli("multilora", "--task", "t1", files / "t1.safetensors", files / "t1.json",
+        "--task", "t2", files / "t2.safetensors", files / "t2.json", "--checkpoint", files / "ckpt.safetensors",
+        "--params", '{"rank": 2}', "--train", json.dumps({"epochs": 1, "batch_size": 16}), "--compare",
+        "--out", files / "ml.json")
+    out = json.loads((files / "ml.json").read_text())
+    assert out["tasks"] == ["t1", "t2"] and set(out["multilora"]["per_task"]) == {"t1", "t2"}
+    assert out["multilora"]["params_stored"] < out["separate_lora"]["params_stored"]
