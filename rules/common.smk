@@ -7,7 +7,9 @@ from subtune.config import (
     dataset_params,
     decision_config,
     dumps,
+    cache_flags,
     method_train,
+    scoring_flags,
     scoring_config,
     selection_train,
 )

@@ -4,6 +4,8 @@
 # Also the scores behind Surgical's group choice and the pair grid.
 
 SELDIR = f"{RES}/select/{{target}}/seed{{seed}}"
+# The prefix cache's memory budget changes no result: a global, not a param.
+CACHE = cache_flags(config)
 SHARDS = config["selection"]["shards"]
 
 
@@ -22,6 +24,7 @@ rule score_round:
     params:
         train=dumps(selection_train(config)),
         selection=dumps(scoring_config(config)),
+        fast=scoring_flags(config),
         state=lambda w, input: f"--state {input.state}" if input.state else "",
         shards=SHARDS,
     threads: 1
@@ -32,7 +35,7 @@ rule score_round:
     shell:
         "{PY} score --sets greedy {params.state} --selection '{params.selection}' --data {input.data} "
         "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {wildcards.seed} "
-        "--shard {wildcards.shard} --shards {params.shards} --threads {threads} --out {output} "
+        "--shard {wildcards.shard} --shards {params.shards} --threads {threads} {params.fast} {CACHE} --out {output} "
         "--track --tag stage=select --tag round={wildcards.round} > {log} 2>&1"
 
 
@@ -87,6 +90,7 @@ rule score_surgical:
     params:
         train=dumps(method_train(config, "surgical")) if "surgical" in config["methods"] else "{}",
         selection=dumps(scoring_config(config)),
+        fast=scoring_flags(config),
     threads: 1
     log:
         f"logs/{EXP}/score_surgical/{{target}}_seed{{seed}}.log",
@@ -95,7 +99,7 @@ rule score_surgical:
     shell:
         "{PY} score --sets surgical --selection '{params.selection}' --data {input.data} "
         "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {wildcards.seed} "
-        "--threads {threads} --out {output} --track --tag stage=surgical > {log} 2>&1"
+        "--threads {threads} {params.fast} {CACHE} --out {output} --track --tag stage=surgical > {log} 2>&1"
 
 
 PAIR_SHARDS = config.get("pairs", {}).get("shards", 1)
@@ -110,6 +114,7 @@ rule score_pairs:
     params:
         train=dumps(selection_train(config)),
         selection=dumps(scoring_config(config)),
+        fast=scoring_flags(config),
         seed=SEL_SEED,
         shards=PAIR_SHARDS,
     threads: 1
@@ -120,5 +125,5 @@ rule score_pairs:
     shell:
         "{PY} score --sets pairs --selection '{params.selection}' --data {input.data} "
         "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {params.seed} "
-        "--shard {wildcards.shard} --shards {params.shards} --threads {threads} --out {output} "
+        "--shard {wildcards.shard} --shards {params.shards} --threads {threads} {params.fast} {CACHE} --out {output} "
         "--track --tag stage=pairs > {log} 2>&1"

@@ -140,3 +140,14 @@ def test_bad_config_stops_before_any_job(tmp_path, edit, needle):
     out = p.stdout + p.stderr
     assert needle in out and "config error" in out
     assert not (wd / "results").exists() and not (wd / "data").exists()
+
+
+def test_fast_path_is_the_default_and_can_be_turned_off(finished):
+    wd, _ = finished
+    cfg = edit_config(wd, "slow.yaml", lambda c: c["selection"].update(fast=False))
+    p = smk(wd, "--dry-run", "--printshellcmds", config=cfg)
+    stats = job_stats(p.stdout + p.stderr)
+    assert {"score_round", "score_surgical", "score_pairs"} <= set(stats)
+    assert "--no-fast" in p.stdout and "prepare" not in stats and "pretrain" not in stats
+    default = smk(wd, "--dry-run", "--printshellcmds", "--forceall", config="configs/test.yaml")
+    assert "subtune score" in default.stdout and "--no-fast" not in default.stdout

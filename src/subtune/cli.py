@@ -148,6 +148,15 @@ def _candidate_sets(a: argparse.Namespace, blocks: list[str], sel_cfg) -> tuple[
         return select.profile_sets(blocks), {}
     if a.sets == "pairs":
         return select.pair_sets(blocks), {}
+    if a.sets == "explicit":
+        if not a.candidate:
+            raise SubtuneError("--sets explicit needs at least one --candidate (block names joined by '+')")
+        sets = [select.unkey(c) for c in a.candidate]
+        for c in sets:
+            for b in c:
+                if b not in blocks:
+                    raise SubtuneError(f"--candidate: {b!r} is not a block of this model ({', '.join(blocks)})")
+        return sets, {}
     raise SubtuneError(f"unknown --sets {a.sets!r}")
 
 
@@ -445,7 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-kwargs", type=_json_arg, default={})
 
     s = stage("score", cmd_score, "fine-tune candidate block sets and score them on validation data")
-    s.add_argument("--sets", choices=["greedy", "profile", "pairs", "surgical"], default="greedy")
+    s.add_argument("--sets", choices=["greedy", "profile", "pairs", "surgical", "explicit"], default="greedy")
+    s.add_argument("--candidate", action="append",
+                   help="with --sets explicit: a block set, names joined by '+' ('' = head only); repeatable")
     s.add_argument("--state", help="selection state after the previous round (greedy rounds > 1)")
     s.add_argument("--selection", type=_json_arg, default={}, help="selection config as JSON")
     s.add_argument("--data", required=True)

@@ -124,6 +124,16 @@ def scoring_config(config: dict[str, Any]) -> dict[str, Any]:
     return {"strategy": s["strategy"], "scoring": s["scoring"], "folds": s.get("folds", 5)}
 
 
+def scoring_flags(config: dict[str, Any]) -> str:
+    """CLI flags of the scoring jobs' fast path (exact, so not a params entry of its own)."""
+    s = config["selection"]
+    return "" if s.get("fast", True) else "--no-fast"
+
+
+def cache_flags(config: dict[str, Any]) -> str:
+    return f"--cache-mb {config['selection'].get('cache_mb', 2048)}"
+
+
 def decision_config(config: dict[str, Any]) -> dict[str, Any]:
     s = config["selection"]
     return {k: s[k] for k in ("strategy", "stop_rule", "k", "epsilon", "scoring")} | {"folds": s.get("folds", 5)}
