@@ -12,7 +12,7 @@ from subtune.models.checkpoint import Checkpoint, save_checkpoint
 from subtune.models.split import Staged
 from subtune.prefix import PrefixCache
 from subtune.scoring import CandidateScorer
-from subtune.select import SelectionConfig, pair_sets, profile_sets
+from subtune.select import SelectionConfig, profile_sets
 from subtune.train import Preprocess, Run, TrainConfig, fit, fit_group
 
 CFG = TrainConfig(epochs=2, lr=3e-3, batch_size=16)

@@ -33,10 +33,10 @@ split is not an input of anything here.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from . import SubtuneError
+from . import SubtuneError, dataclass_from_dict
 
 BlockSet = tuple[str, ...]
 Scorer = Callable[[list[BlockSet]], dict[BlockSet, float]]
@@ -53,12 +53,7 @@ class SelectionConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "selection") -> "SelectionConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SubtuneError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(known))})")
-        cfg = cls(**d)
+        cfg = dataclass_from_dict(cls, d, where)
         if cfg.strategy not in ("forward", "backward"):
             raise SubtuneError(f"{where}.strategy must be forward or backward, not {cfg.strategy!r}")
         if cfg.stop_rule not in ("paper", "code"):

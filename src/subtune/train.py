@@ -28,14 +28,14 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import SubtuneError
+from . import SubtuneError, dataclass_from_dict
 
 AUGMENTS = ("none", "flip", "crop", "crop_flip")
 
@@ -57,12 +57,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "train") -> "TrainConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SubtuneError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(known))})")
-        cfg = cls(**d)
+        cfg = dataclass_from_dict(cls, d, where)
         cfg.validate(where)
         return cfg
 
