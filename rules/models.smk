@@ -16,7 +16,7 @@ if BB["checkpoint"] == "pretrain":
             kwargs=dumps(BB.get("model_kwargs") or {}),
             train=dumps({**config["train"], **(BB.get("pretrain", {}).get("train") or {})}),
             seed=BB.get("pretrain", {}).get("seed", 0),
-        threads: workflow.cores
+        threads: 4  # capped at --cores by Snakemake
         log:
             f"logs/{EXP}/pretrain.log",
         benchmark:

@@ -151,3 +151,10 @@ def test_fast_path_is_the_default_and_can_be_turned_off(finished):
     assert "--no-fast" in p.stdout and "prepare" not in stats and "pretrain" not in stats
     default = smk(wd, "--dry-run", "--printshellcmds", "--forceall", config="configs/test.yaml")
     assert "subtune score" in default.stdout and "--no-fast" not in default.stdout
+
+
+def test_html_report(finished):
+    wd, _ = finished
+    smk(wd, "--report", "report.html")
+    html = (wd / "report.html").read_text(errors="replace")
+    assert "main.md" in html and "profile_digits.png" in html
