@@ -137,10 +137,14 @@ def cmd_blocks(a: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- selection
-def _candidate_sets(a: argparse.Namespace, blocks: list[str], sel_cfg) -> tuple[list[tuple[str, ...]], dict]:
+def _candidate_sets(a: argparse.Namespace, model, blocks: list[str], sel_cfg) -> tuple[list[tuple[str, ...]], dict]:
     from . import select
     from .io import read_json
 
+    if a.sets == "surgical":
+        from .methods import surgical_groups
+
+        return [tuple(g) for g in surgical_groups(model)], {}
     if a.sets == "greedy":
         state = read_json(a.state) if a.state else select.initial_state(blocks, sel_cfg)
         return select.candidates(state), {"round": len(state["rounds"]) + 1}
@@ -165,7 +169,6 @@ def cmd_score(a: argparse.Namespace) -> None:
     from .data.prepared import load_manifest, load_prepared
     from .io import write_json
     from .models.blocks import block_names
-    from .models.checkpoint import build_model
     from .scoring import CandidateScorer
     from .train import TrainConfig
 
@@ -175,17 +178,6 @@ def cmd_score(a: argparse.Namespace) -> None:
     _existing(a.data), _existing(a.checkpoint)
     if a.state:
         _existing(a.state)
-    model, _ = build_model(a.checkpoint, int(manifest["num_classes"]))
-    if a.sets == "surgical":
-        from .methods import surgical_groups
-
-        sets = [tuple(g) for g in surgical_groups(model)]
-        extra: dict = {}
-        blocks = block_names(model)
-    else:
-        blocks = block_names(model)
-        sets, extra = _candidate_sets(a, blocks, sel_cfg)
-    mine = select.shard(sets, a.shard, a.shards)
     # Only train and validation are loaded: selection never reads the test split.
     data = load_prepared(a.data, splits=("train", "val"))
     _threads(a.threads)
@@ -194,6 +186,9 @@ def cmd_score(a: argparse.Namespace) -> None:
     cache = PrefixCache(a.cache_mb, a.cache_dir)
     scorer = CandidateScorer(a.checkpoint, data, int(manifest["num_classes"]), train_cfg, sel_cfg, a.seed, a.device,
                              fast=not a.no_fast, cache=cache, data_digest=manifest.get("sha256"))
+    blocks = block_names(scorer.base)
+    sets, extra = _candidate_sets(a, scorer.base, blocks, sel_cfg)
+    mine = select.shard(sets, a.shard, a.shards)
     results = scorer.score_many(mine)
     for i, r in enumerate(results, 1):
         print(f"[{i}/{len(mine)}] {r['key'] or '(lp)'}: {r['score']:.4f} ({r['wall_time_s']:.1f}s)", flush=True)
@@ -519,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out-csv", required=True)
     r.add_argument("--out-md", required=True)
     r = rsub.add_parser("rounds", help="greedy rounds: chosen block and gain per round")
-    r.add_argument("--states", nargs="+", required=True)
+    r.add_argument("--states", nargs="*", default=[], help="final selection states (none: an empty table)")
     r.add_argument("--out-csv", required=True)
     for name, what in (("profile", "fine-tuning profile (round 1)"), ("pairs", "pair grid heatmap")):
         r = rsub.add_parser(name, help=what)

@@ -125,7 +125,7 @@ def scoring_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def scoring_flags(config: dict[str, Any]) -> str:
-    """CLI flags of the scoring jobs' fast path (exact, so not a params entry of its own)."""
+    """The scoring jobs' fast-path flag (a param: exact, but its floats could differ in the last bits)."""
     s = config["selection"]
     return "" if s.get("fast", True) else "--no-fast"
 
