@@ -12,7 +12,13 @@ Verification (:func:`verify`) accepts a file when
 
 - its SHA-256 equals ``sha256``, or
 - ``payload_sha256`` is given, the file is gzip, and the SHA-256 of its
-  *gunzipped* bytes equals ``payload_sha256``.
+  *gunzipped* bytes equals ``payload_sha256``, or
+- only ``md5`` is pinned (for files whose publishers give no SHA-256 that can
+  be cited, e.g. torchvision's constants) and the file's MD5 equals it.
+
+A file with no digest at all can still be checked structurally: ``check`` (a
+callable on the downloaded temporary file returning ``None`` or the reason it
+is bad) runs before the rename, exactly like a checksum.
 
 Why two digests: Debian's ``dataset-fashion-mnist`` package re-gzipped the
 upstream Fashion-MNIST files, so its ``.gz`` bytes differ from upstream's while
@@ -43,7 +49,7 @@ import shutil
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from .. import SubtuneError
@@ -54,10 +60,20 @@ log = logging.getLogger(__name__)
 ENV_MIRRORS = "SUBTUNE_MIRRORS"
 SCHEMES = ("http://", "https://", "file://")
 
-# Raw datasets the ``download`` stage knows: name -> module with NAME, FILES, MIRRORS, download().
-RAW_DATASETS = {"fashion-mnist": "subtune.data.fashion_mnist"}
+# Raw datasets the ``download`` stage knows: name -> a module (or ``module:object``) with download().
+RAW_DATASETS = {
+    "fashion-mnist": "subtune.data.fashion_mnist",
+    "cifar-10": "subtune.data.cifar:CIFAR10",
+    "cifar-100": "subtune.data.cifar:CIFAR100",
+    "cifar-10-c": "subtune.data.cifar10c",
+    "flowers102": "subtune.data.flowers102",
+    "caltech101": "subtune.data.caltech101",
+    "vtab-1k": "subtune.data.vtab",
+}
 
-Digests = tuple[str | None, str | None]  # (sha256 of the file, sha256 of its gunzipped payload)
+# (sha256 of the file, sha256 of its gunzipped payload[, md5 of the file])
+Digests = tuple[str | None, ...]
+Check = Callable[[Path], "str | None"]  # structural check of a downloaded file: None, or why it is bad
 
 
 class DownloadError(SubtuneError):
@@ -85,11 +101,24 @@ def _is_gzip(path: Path) -> bool:
         return fh.read(2) == b"\x1f\x8b"
 
 
-def verify(path: str | os.PathLike, sha256: str | None = None, payload_sha256: str | None = None) -> str | None:
+def _md5_file(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(
+    path: str | os.PathLike, sha256: str | None = None, payload_sha256: str | None = None, md5: str | None = None
+) -> str | None:
     """Return ``None`` if ``path`` verifies (see the module docstring), else the reason why not."""
     path = Path(path)
     if sha256 is None and payload_sha256 is None:
-        return None
+        if md5 is None:
+            return None
+        got = _md5_file(path)
+        return None if got == md5 else f"md5 mismatch: got {_short(got)}, expected {_short(md5)}"
     got = sha256_file(path)
     if sha256 is not None and got == sha256:
         return None
@@ -137,18 +166,25 @@ def _fetch(
     payload_sha256: str | None,
     timeout: float,
     dead: set[str],
+    md5: str | None = None,
+    check: Check | None = None,
 ) -> Path:
     dest = Path(dest_dir) / filename
     failures: list[str] = []
+
+    def bad(path: Path) -> str | None:
+        return verify(path, sha256, payload_sha256, md5) or (check(path) if check is not None else None)
+
     if dest.exists():
-        reason = verify(dest, sha256, payload_sha256)
+        reason = bad(dest)
         if reason is None:
             log.info("%s: present and verified", dest)
             return dest
         log.warning("%s exists but does not verify (%s): downloading it again", dest, reason)
         failures.append(f"existing {dest} ({reason})")
-    if sha256 is None and payload_sha256 is None:
-        log.warning("%s: no checksum pinned, the download is not verified", filename)
+    if sha256 is None and payload_sha256 is None and md5 is None:
+        log.warning("%s: no checksum pinned, the download is %s", filename,
+                    "only checked structurally" if check else "not verified")
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + filename
         if mirror in dead:
@@ -158,7 +194,7 @@ def _fetch(
         try:
             with atomic_path(dest) as tmp:
                 _download(url, tmp, timeout)
-                reason = verify(tmp, sha256, payload_sha256)
+                reason = bad(tmp)
                 if reason is not None:
                     raise _Rejected(reason)
         except _Rejected as exc:
@@ -182,13 +218,15 @@ def fetch(
     sha256: str | None = None,
     payload_sha256: str | None = None,
     timeout: float = 30.0,
+    md5: str | None = None,
+    check: Check | None = None,
 ) -> Path:
     """Download ``filename`` from the first of ``mirrors`` that serves a verified copy.
 
     Returns ``dest_dir/filename``. Uses exactly ``mirrors`` (no environment
     lookup; see :func:`fetch_all`). Raises :class:`DownloadError`.
     """
-    return _fetch(filename, mirrors, Path(dest_dir), sha256, payload_sha256, timeout, set())
+    return _fetch(filename, mirrors, Path(dest_dir), sha256, payload_sha256, timeout, set(), md5, check)
 
 
 def env_mirrors() -> list[str]:
@@ -210,13 +248,17 @@ def fetch_all(
     mirrors: list[str],
     dest_dir: str | os.PathLike,
     timeout: float = 30.0,
+    check: Check | None = None,
 ) -> dict[str, Path]:
-    """Fetch every ``{filename: (sha256, payload_sha256)}``; ``$SUBTUNE_MIRRORS`` are tried first."""
+    """Fetch every ``{filename: (sha256, payload_sha256[, md5])}``; ``$SUBTUNE_MIRRORS`` are tried first.
+
+    ``check`` (optional) runs on every downloaded file before it is renamed into place.
+    """
     order = mirror_order(mirrors)
     dead: set[str] = set()
     return {
-        name: _fetch(name, order, Path(dest_dir), sha, payload, timeout, dead)
-        for name, (sha, payload) in files.items()
+        name: _fetch(name, order, Path(dest_dir), sha, payload, timeout, dead, *md5, check=check)
+        for name, (sha, payload, *md5) in files.items()
     }
 
 
@@ -228,8 +270,9 @@ def download_dataset(name: str, dest_dir: str | os.PathLike, mirrors: list[str] 
     """
     if name not in RAW_DATASETS:
         raise SubtuneError(f"unknown raw dataset {name!r} (known: {', '.join(sorted(RAW_DATASETS))})")
-    module = importlib.import_module(RAW_DATASETS[name])
-    files = module.download(dest_dir, mirrors=mirrors)
+    module_name, _, attr = RAW_DATASETS[name].partition(":")  # "module" or "module:object"
+    spec = importlib.import_module(module_name)
+    files = (getattr(spec, attr) if attr else spec).download(dest_dir, mirrors=mirrors)
     write_json(
         Path(dest_dir) / "MANIFEST.json",
         {

@@ -32,6 +32,31 @@ Datasets:
   permutation (``test_size`` None = all 597, a smaller one takes a prefix;
   digits has fewer than 1000 images to spare for a test set, the manifest
   notes it), then val (default 200), then train (the remaining 1000).
+
+Colour datasets (images ``[N,H,W,3]``, stored ``[N,3,H,W]``; the manifest's
+``channels`` is 3). Where a dataset has an official test split, test is that
+split (``test_size`` None = all of it, a number = a seeded subset):
+
+- ``cifar10``, ``cifar100``: val (default 5000) then train from the official
+  training set (50,000); test = the official test set (10,000).
+- ``cifar10c-<corruption>`` (each of the 19 CIFAR-10-C corruptions, e.g.
+  ``cifar10c-gaussian_noise``): the Surgical fine-tuning protocol (Lee et al.
+  2022): one corruption at ``severity`` (default 5) of CIFAR-10's 10,000 test
+  images, split per class, 90 test, 10 val, 100 train (defaults test_size
+  900, val_size 100, train_size 1000). Splits are stratified: each class's
+  images are permuted (seeded) and the classes interleaved, so any size is
+  as balanced as it can be and smaller sets are prefixes of larger ones.
+- ``flowers102``: the official splits: train (1020), val (1020), test (6149);
+  ``train_size``/``val_size`` take seeded subsets of theirs.
+- ``caltech101``: TFDS's (and so VTAB's) protocol: 30 images per class
+  (seeded) form the training pool, the rest (6084 with the background class)
+  are test; val (default 200) and train are carved from the pool.
+  ``background`` (default true, as TFDS/VTAB: 102 classes) keeps
+  ``background_google``; false drops it (101 classes).
+- ``vtab-<task>`` (the 19 VTAB-1k tasks, see :data:`.vtab.TASKS`): train =
+  train800, val = val200, test = the full test split, exactly as the archive
+  lists them (``train_size`` <= 800 and ``val_size`` <= 200 take seeded
+  subsets). Class names are the label numbers (the archive has no names).
 """
 
 from __future__ import annotations
@@ -45,8 +70,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import SubtuneError
-from . import corruptions, digits, fashion_mnist
+from . import caltech101, cifar10c, corruptions, digits, fashion_mnist, flowers102, vtab
+from .cifar import CIFAR10, CIFAR100, Cifar
 from .images import resize
+from .rgb import resize_rgb
 from .prepared import SPLITS
 
 if TYPE_CHECKING:
@@ -65,11 +92,12 @@ class Params:
     test_size: int | None
     corruptions: tuple[str, ...] | None = None
     severity: int | None = None
+    background: bool | None = None
 
 
 @dataclass(frozen=True)
 class Split:
-    x: np.ndarray  # uint8 [N,H,W] at image_size
+    x: np.ndarray  # uint8 [N,H,W] (grayscale) or [N,H,W,3] (RGB) at image_size
     y: np.ndarray  # int64 [N], 0..K-1
     idx: np.ndarray  # int64 [N], indices into `source`
     source: str
@@ -98,12 +126,14 @@ class Target:
 TARGETS: dict[str, Target] = {}
 
 
-def register(name: str, *, raw: str | None = None, **defaults: Any) -> Callable[[Builder], Builder]:
+def register(
+    name: str, *, raw: str | None = None, description: str | None = None, **defaults: Any
+) -> Callable[[Builder], Builder]:
     """Register a builder under ``name``; ``defaults`` add to or override :data:`COMMON`."""
 
     def deco(fn: Builder) -> Builder:
         doc = (fn.__doc__ or "").strip().splitlines()
-        TARGETS[name] = Target(name, fn, raw, {**COMMON, **defaults}, doc[0] if doc else name)
+        TARGETS[name] = Target(name, fn, raw, {**COMMON, **defaults}, description or (doc[0] if doc else name))
         return fn
 
     return deco
@@ -126,7 +156,12 @@ def carve(n: int, seed: int, stream: int, plan: list[tuple[str, int | None]], da
 
     A size of None takes everything left. Raises naming the dataset and the pool size.
     """
-    perm = np.random.default_rng((seed, stream)).permutation(n)
+    return cut(np.random.default_rng((seed, stream)).permutation(n), plan, dataset)
+
+
+def cut(perm: np.ndarray, plan: list[tuple[str, int | None]], dataset: str) -> dict[str, np.ndarray]:
+    """Cut a given order (e.g. :func:`stratified_order`) into consecutive parts, as :func:`carve` does."""
+    n = len(perm)
     out, pos = {}, 0
     for split, size in plan:
         left = n - pos
@@ -142,6 +177,33 @@ def carve(n: int, seed: int, stream: int, plan: list[tuple[str, int | None]], da
         out[split] = perm[pos : pos + size]
         pos += size
     return out
+
+
+def stratified_order(y: np.ndarray, seed: int, stream: int) -> np.ndarray:
+    """A seeded order of ``range(len(y))`` that interleaves the classes.
+
+    Each class's indices are permuted, then taken round-robin (every class's
+    first, then every class's second, ...), so any prefix is as balanced over
+    the classes as it can be.
+    """
+    rng = np.random.default_rng((seed, stream))
+    rank = np.empty(len(y), dtype=np.int64)
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        rank[rng.permutation(members)] = np.arange(len(members))
+    return np.lexsort((y, rank))
+
+
+def _subset(idx: np.ndarray, size: int | None, seed: int, stream: int, split: str, dataset: str) -> np.ndarray:
+    """All of ``idx`` (size None) or a seeded subset of ``size`` (smaller sizes are prefixes of larger)."""
+    if size is None:
+        return np.asarray(idx, dtype=np.int64)
+    return np.asarray(idx, dtype=np.int64)[carve(len(idx), seed, stream, [(split, size)], dataset)[split]]
+
+
+def _rgb_split(x: np.ndarray, y: np.ndarray, idx: np.ndarray, source: str, size: int) -> Split:
+    idx = np.asarray(idx, dtype=np.int64)
+    return Split(resize_rgb(x[idx], size), y[idx].astype(np.int64), idx, source)
 
 
 def _split(x: np.ndarray, y: np.ndarray, idx: np.ndarray, first_class: int, source: str, size: int) -> Split:
@@ -224,6 +286,146 @@ def digits_target(raw_dir: Path | None, p: Params) -> Built:
     return Built(splits, list(digits.CLASSES), inputs, notes)
 
 
+# ------------------------------------------------------------ colour datasets
+def _cifar(spec: Cifar, raw_dir: Path, p: Params, dataset: str) -> Built:
+    train_x, train_y, test_x, test_y, classes, inputs = spec.load(raw_dir)
+    parts = carve(len(train_x), p.seed, 0, [("val", p.val_size), ("train", p.train_size)], dataset)
+    test = _subset(np.arange(len(test_x)), p.test_size, p.seed, 1, "test", dataset)
+    src_train, src_test = f"{spec.name}:train", f"{spec.name}:test"
+    splits = {
+        "train": _rgb_split(train_x, train_y, parts["train"], src_train, p.image_size),
+        "val": _rgb_split(train_x, train_y, parts["val"], src_train, p.image_size),
+        "test": _rgb_split(test_x, test_y, test, src_test, p.image_size),
+    }
+    return Built(splits, classes, inputs, _test_note(len(test), dataset))
+
+
+@register("cifar10", raw=CIFAR10.name, val_size=5000)
+def cifar10(raw_dir: Path, p: Params) -> Built:
+    """CIFAR-10 (official training set: val then train; test = the official test set)."""
+    return _cifar(CIFAR10, raw_dir, p, "cifar10")
+
+
+@register("cifar100", raw=CIFAR100.name, val_size=5000)
+def cifar100(raw_dir: Path, p: Params) -> Built:
+    """CIFAR-100, fine labels (official training set: val then train; test = the official test set)."""
+    return _cifar(CIFAR100, raw_dir, p, "cifar100")
+
+
+def _cifar10c(corruption: str) -> Builder:
+    dataset = f"cifar10c-{corruption}"
+
+    def build_c(raw_dir: Path, p: Params) -> Built:
+        x, y, offset, inputs = cifar10c.load(raw_dir, corruption, p.severity)
+        order = stratified_order(y, p.seed, 0)
+        parts = cut(order, [("test", p.test_size), ("val", p.val_size), ("train", p.train_size)], dataset)
+        source = f"{cifar10c.NAME}:{corruption}.npy"
+        splits = {}
+        for s in SPLITS:  # idx: rows of the 50,000-row .npy
+            splits[s] = Split(resize_rgb(x[parts[s]], p.image_size), y[parts[s]], parts[s] + offset, source)
+        notes = [f"{dataset}: severity {p.severity} (Surgical fine-tuning: severity 5, per class 100 train, "
+                 "10 val, 90 test)"] + _test_note(len(parts["test"]), dataset)  # fmt: skip
+        return Built(splits, list(cifar10c.CLASSES), inputs, notes)
+
+    return build_c
+
+
+for _c in cifar10c.CORRUPTIONS:
+    register(
+        f"cifar10c-{_c}",
+        raw=cifar10c.NAME,
+        description=f"CIFAR-10-C {_c}: Surgical fine-tuning's per-class 100/10/90 split of one corruption",
+        train_size=1000,
+        val_size=100,
+        test_size=900,
+        severity=5,
+    )(_cifar10c(_c))
+
+
+@register("flowers102", raw=flowers102.NAME, val_size=1020)
+def flowers102_target(raw_dir: Path, p: Params) -> Built:
+    """Oxford 102 Flowers with the official train/val/test splits."""
+    labels, official, inputs = flowers102.load_meta(raw_dir)
+    sizes = {"train": p.train_size, "val": p.val_size, "test": p.test_size}
+    splits = {}
+    for i, s in enumerate(SPLITS):
+        if sizes[s] is not None and sizes[s] > len(official[s]):
+            raise SubtuneError(
+                f"flowers102: {s}_size {sizes[s]} is larger than the official {s} split ({len(official[s])} images)"
+            )
+        idx = _subset(official[s], sizes[s], p.seed, i, s, "flowers102")
+        x = flowers102.load_images(raw_dir, idx, p.image_size)
+        splits[s] = Split(x, labels[idx], idx, f"{flowers102.NAME}:images")
+    return Built(splits, list(flowers102.CLASSES), inputs, _test_note(len(splits["test"].y), "flowers102"))
+
+
+CALTECH_TRAIN_PER_CLASS = 30  # TFDS: 30 images per class for training, the rest for test
+
+
+@register("caltech101", raw=caltech101.NAME, background=True)
+def caltech101_target(raw_dir: Path, p: Params) -> Built:
+    """Caltech-101: 30 images per class form the training pool (val, then train); the rest are test."""
+    classes, names, y_all, blobs, inputs = caltech101.load(raw_dir)
+    keep = np.arange(len(y_all))
+    if not p.background and caltech101.BACKGROUND in classes:
+        keep = np.flatnonzero(y_all != classes.index(caltech101.BACKGROUND))
+    kept = sorted({int(c) for c in y_all[keep]})
+    for c in kept:
+        if (y_all[keep] == c).sum() <= CALTECH_TRAIN_PER_CLASS:
+            raise SubtuneError(f"caltech101: class {classes[c]} has no more than {CALTECH_TRAIN_PER_CLASS} images")
+    relabel = np.full(len(classes), -1, dtype=np.int64)
+    relabel[kept] = np.arange(len(kept))
+    y = relabel[y_all]
+    order = stratified_order(y[keep], p.seed, 0)  # the first 30 of every class come first
+    n_pool = CALTECH_TRAIN_PER_CLASS * len(kept)
+    pool, test_pool = keep[order[:n_pool]], np.sort(keep[order[n_pool:]])
+    parts = carve(len(pool), p.seed, 1, [("val", p.val_size), ("train", p.train_size)], "caltech101")
+    picks = {
+        "train": pool[parts["train"]],
+        "val": pool[parts["val"]],
+        "test": _subset(test_pool, p.test_size, p.seed, 2, "test", "caltech101"),
+    }
+    where = str(Path(raw_dir) / caltech101.ARCHIVE)
+    splits = {
+        s: Split(caltech101.decode_all(blobs, names, idx, p.image_size, where), y[idx], idx, "caltech101:all-sorted")
+        for s, idx in picks.items()
+    }
+    notes = _test_note(len(picks["test"]), "caltech101")
+    return Built(splits, [classes[c] for c in kept], inputs, notes)
+
+
+def _vtab(task: str) -> Builder:
+    dataset = f"vtab-{task}"
+    folder, k = vtab.TASKS[task]
+
+    def build_v(raw_dir: Path, p: Params) -> Built:
+        lists, prefix, inputs = vtab.load_lists(raw_dir, task)
+        sizes = {"train": p.train_size, "val": p.val_size, "test": p.test_size}
+        splits = {}
+        for i, s in enumerate(SPLITS):
+            rows = lists[s]
+            if sizes[s] is not None and sizes[s] > len(rows):
+                raise SubtuneError(
+                    f"{dataset}: {s}_size {sizes[s]} is larger than {vtab.LISTS[s]} ({len(rows)} images)"
+                )
+            idx = _subset(np.arange(len(rows)), sizes[s], p.seed, i, s, dataset)
+            x = vtab.load_images(raw_dir, [rows[j][0] for j in idx], p.image_size)
+            y = np.array([rows[j][1] for j in idx], dtype=np.int64)
+            splits[s] = Split(x, y, idx, f"{vtab.NAME}:{prefix}{vtab.LISTS[s]}")
+        notes = [f"{dataset}: VTAB-1k's own splits ({folder} in {vtab.ARCHIVE}); train800val200 = train + val"]
+        return Built(splits, [str(c) for c in range(k)], inputs, notes + _test_note(len(splits["test"].y), dataset))
+
+    return build_v
+
+
+for _t, (_folder, _k) in vtab.TASKS.items():
+    register(
+        f"vtab-{_t}",
+        raw=vtab.NAME,
+        description=f"VTAB-1k {_folder} ({_k} classes): train800 / val200 / the full test split",
+    )(_vtab(_t))
+
+
 # ---------------------------------------------------------------------- build
 def _params(target: Target, seed: int, params: Mapping[str, Any]) -> Params:
     unknown = sorted(set(params) - set(target.defaults))
@@ -239,7 +441,10 @@ def _params(target: Target, seed: int, params: Mapping[str, Any]) -> Params:
         _check_int(f"{target.name}.{key}", p[key], 1, none_ok=True)
     if "corruptions" in target.defaults:
         p["corruptions"] = tuple(corruptions.check_names(p["corruptions"]))
+    if "severity" in target.defaults:
         _check_int(f"{target.name}.severity", p["severity"], 1, 5)
+    if "background" in target.defaults and not isinstance(p["background"], bool):
+        raise SubtuneError(f"{target.name}.background must be true or false, not {p['background']!r}")
     return Params(seed=int(seed), **p)
 
 
@@ -254,7 +459,8 @@ def build(
     """Build dataset ``name``: ``({split}_x/_y/_idx tensors, manifest)``.
 
     ``params``: image_size, train_size, val_size, test_size, and for fmnist-c
-    corruptions and severity (defaults per dataset, see the module docstring).
+    corruptions and severity, for cifar10c-* severity, for caltech101
+    background (defaults per dataset, see the module docstring).
     """
     import torch
 
@@ -266,9 +472,13 @@ def build(
         raw_dir = Path(raw_dir)
     built = target.builder(raw_dir, p)
     tensors: dict[str, torch.Tensor] = {}
+    channels = {1 if built.splits[s].x.ndim == 3 else built.splits[s].x.shape[-1] for s in SPLITS}
+    if len(channels) != 1:
+        raise SubtuneError(f"{name}: splits disagree on the number of channels ({sorted(channels)})")
     for s in SPLITS:
         sp = built.splits[s]
-        tensors[f"{s}_x"] = torch.from_numpy(np.ascontiguousarray(sp.x[:, None]))
+        x = sp.x[:, None] if sp.x.ndim == 3 else sp.x.transpose(0, 3, 1, 2)  # [N,C,H,W]
+        tensors[f"{s}_x"] = torch.from_numpy(np.ascontiguousarray(x))
         tensors[f"{s}_y"] = torch.from_numpy(np.ascontiguousarray(sp.y, dtype=np.int64))
         tensors[f"{s}_idx"] = torch.from_numpy(np.ascontiguousarray(sp.idx, dtype=np.int64))
     build_params = {k: v for k, v in vars(p).items() if k != "seed" and k in target.defaults}
@@ -279,7 +489,7 @@ def build(
         "description": target.description,
         "classes": list(built.classes),
         "num_classes": len(built.classes),
-        "channels": 1,
+        "channels": channels.pop(),
         "image_size": p.image_size,
         "splits": {s: len(built.splits[s].y) for s in SPLITS},
         "sources": {s: built.splits[s].source for s in SPLITS},

@@ -1,0 +1,154 @@
+"""VTAB-1k (Zhai et al. 2019) without TensorFlow: the NOAH-format redistribution.
+
+Source: ``vtab-1k.zip`` as V-PETL Bench redistributes it on the Hugging Face
+hub (dataset ``XiN0919/VTAB-1k``, 4.66 GB), a copy of the archive RepAdapter
+and NOAH distribute through Google Drive. Why this copy: a plain HTTPS file
+(no Google Drive confirmation pages, no Baidu), reachable through any hub
+mirror (set ``data.mirrors`` or ``$SUBTUNE_MIRRORS`` to
+``$HF_ENDPOINT/datasets/XiN0919/VTAB-1k/resolve/main/``), and in the format
+most PETL code reads. Its layout: ``vtab-1k/<task>/`` with ``images/...`` and
+the lists ``train800.txt``, ``val200.txt``, ``train800val200.txt``,
+``test.txt``, one ``images/<split>/<file> <label>`` line per image. The
+splits are VTAB-1k's own, as NOAH exported them from TFDS: train800 =
+train[:800], val200 = validation[:200] (their union train800val200 is the
+1,000-image training set), test = the full test split. The JPEGs are
+re-encoded, so pixels differ slightly from TFDS's.
+
+Checksum: no SHA-256 of this zip is published that we could cite, so none is
+pinned (``FILES`` has ``None``; pin it once you have a trusted copy). The
+download is still checked structurally: the zip's central directory and every
+member's CRC-32 (``zipfile.testzip``) before the file is renamed into place,
+so a truncated or damaged download is rejected. Every prepared dataset
+records the zip's SHA-256 in its manifest's ``inputs``.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .. import SubtuneError
+from ._archive import checked
+from .download import Digests, fetch_all
+from .rgb import decode
+
+NAME = "vtab-1k"
+ARCHIVE = "vtab-1k.zip"
+MIRRORS = ["https://huggingface.co/datasets/XiN0919/VTAB-1k/resolve/main/"]
+FILES: dict[str, Digests] = {ARCHIVE: (None, None)}
+LISTS = {"train": "train800.txt", "val": "val200.txt", "test": "test.txt"}
+UNION = "train800val200.txt"
+SIZES = {"train": 800, "val": 200}
+
+# our name -> (folder in the archive, number of classes)
+TASKS: dict[str, tuple[str, int]] = {
+    "cifar100": ("cifar", 100),
+    "caltech101": ("caltech101", 102),
+    "dtd": ("dtd", 47),
+    "flowers102": ("oxford_flowers102", 102),
+    "pets": ("oxford_iiit_pet", 37),
+    "svhn": ("svhn", 10),
+    "sun397": ("sun397", 397),
+    "camelyon": ("patch_camelyon", 2),
+    "eurosat": ("eurosat", 10),
+    "resisc45": ("resisc45", 45),
+    "retinopathy": ("diabetic_retinopathy", 5),
+    "clevr-count": ("clevr_count", 8),
+    "clevr-dist": ("clevr_dist", 6),
+    "dmlab": ("dmlab", 6),
+    "kitti": ("kitti", 4),
+    "dsprites-loc": ("dsprites_loc", 16),
+    "dsprites-ori": ("dsprites_ori", 16),
+    "smallnorb-azi": ("smallnorb_azi", 18),
+    "smallnorb-ele": ("smallnorb_ele", 9),
+}
+
+
+def check_zip(path: Path) -> str | None:
+    """None if ``path`` is a readable zip whose members all pass their CRC-32, else why not."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as exc:
+        return f"not a readable zip ({type(exc).__name__}: {exc})"
+    return None if bad is None else f"zip member {bad} fails its CRC-32"
+
+
+def download(dest_dir: str | os.PathLike, mirrors: list[str] | None = None) -> dict[str, Path]:
+    """Fetch ``vtab-1k.zip`` (``$SUBTUNE_MIRRORS``, then ``mirrors``, then the hub), zip-checked."""
+    return fetch_all(FILES, [*(mirrors or []), *MIRRORS], dest_dir, check=check_zip)
+
+
+def _task_dir(names: list[str], folder: str, path: Path) -> str:
+    """The archive prefix of ``folder`` (``vtab-1k/<folder>/`` or ``<folder>/``)."""
+    hits = sorted(n[: -len(LISTS["train"])] for n in names
+                  if n.endswith(f"{folder}/{LISTS['train']}") and n.split("/")[-2] == folder)  # fmt: skip
+    if not hits:
+        raise SubtuneError(f"{path}: no {folder}/{LISTS['train']} (is this NOAH's vtab-1k archive?)")
+    return min(hits, key=len)
+
+
+def _read_list(zf: zipfile.ZipFile, name: str, k: int, where: str) -> list[tuple[str, int]]:
+    try:
+        text = zf.read(name).decode()
+    except KeyError:
+        raise SubtuneError(f"{where}: archive lacks {name}") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or not 0 <= int(parts[1]) < k:
+            raise SubtuneError(f"{where}:{name}:{n}: expected 'path label' with a label in 0..{k - 1}, got {line!r}")
+        rows.append((parts[0], int(parts[1])))
+    return rows
+
+
+def load_lists(raw_dir: str | os.PathLike, task: str) -> tuple[dict[str, list[tuple[str, int]]], str, dict[str, str]]:
+    """``({split: [(member, label), ...]}, archive prefix, inputs)`` for one task (our name, see TASKS).
+
+    Checks train800 and val200 have 800 and 200 lines and, where the archive
+    has train800val200.txt, that it holds exactly their labels (1,000 lines).
+    """
+    folder, k = TASKS[task]
+    inputs = checked(raw_dir, FILES, NAME)
+    path = Path(raw_dir) / ARCHIVE
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            prefix = _task_dir(names, folder, path)
+            lists = {s: _read_list(zf, prefix + f, k, str(path)) for s, f in LISTS.items()}
+            union = _read_list(zf, prefix + UNION, k, str(path)) if prefix + UNION in names else None
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+        raise SubtuneError(f"{path}: unreadable archive ({type(exc).__name__}: {exc})") from None
+    for s, n in SIZES.items():
+        if len(lists[s]) != n:
+            raise SubtuneError(f"{path}:{prefix}{LISTS[s]}: {len(lists[s])} lines, VTAB-1k has {n}")
+    if union is not None:
+        expected = sorted(y for s in ("train", "val") for _, y in lists[s])
+        if sorted(y for _, y in union) != expected:
+            raise SubtuneError(f"{path}:{prefix}{UNION}: not the union of {LISTS['train']} and {LISTS['val']}")
+    if not lists["test"]:
+        raise SubtuneError(f"{path}:{prefix}{LISTS['test']}: empty")
+    return {s: [(prefix + m, y) for m, y in rows] for s, rows in lists.items()}, prefix, inputs
+
+
+def load_images(raw_dir: str | os.PathLike, members: list[str], size: int) -> np.ndarray:
+    """Decode and resize the listed archive members: uint8 ``[n,size,size,3]``."""
+    path = Path(raw_dir) / ARCHIVE
+    out = np.zeros((len(members), size, size, 3), dtype=np.uint8)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for pos, name in enumerate(members):
+                try:
+                    data = zf.read(name)
+                except KeyError:
+                    raise SubtuneError(f"{path}: archive lacks {name}") from None
+                out[pos] = decode(data, size, f"{path}:{name}")
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+        raise SubtuneError(f"{path}: unreadable archive ({type(exc).__name__}: {exc})") from None
+    return out
