@@ -238,3 +238,75 @@ def test_parallel_processes_create_the_store(tmp_path, monkeypatch):
     ids = _parallel(uri, tmp_path / "jobs", N_PROCS)
     df = runs_df(monkeypatch, uri, "parallel")
     assert sorted(df["run_id"]) == sorted(ids) and len(set(ids)) == N_PROCS
+
+
+# ---------------------------------------------------------------- no run twice; unreachable server; the queue
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_logging_the_same_file_twice_logs_one_run(template_db, tmp_path, monkeypatch):
+    uri = fresh_db(template_db, tmp_path / "store")
+    f = write_metrics(tmp_path / "seed0.json", metrics())
+    rid = track.log_run(metrics(), tracking_uri=uri, experiment="once", tags={}, artifact=f)
+    assert track.log_run(metrics(), tracking_uri=uri, experiment="once", tags={}, artifact=f) == rid
+    df = runs_df(monkeypatch, uri, "once")
+    assert list(df["run_id"]) == [rid] and df.iloc[0][f"tags.{track.KEY_TAG}"] == track.run_key({}, f)
+    # an attempt that died half-way (run left RUNNING) is replaced, not kept next to the new one
+    client = mlflow.MlflowClient(uri)
+    g = write_metrics(tmp_path / "seed1.json", metrics(seed=1))
+    exp_id = client.get_experiment_by_name("once").experiment_id
+    half = client.create_run(exp_id, tags={track.KEY_TAG: track.run_key({}, g)}).info.run_id
+    rid1 = track.log_run(metrics(seed=1), tracking_uri=uri, experiment="once", tags={}, artifact=g)
+    df = runs_df(monkeypatch, uri, "once")
+    assert sorted(df["run_id"]) == sorted([rid, rid1]) and half not in set(df["run_id"])
+    assert set(df["status"]) == {"FINISHED"}
+
+
+def test_unreachable_server_queues_the_run_fast_and_log_pending_logs_it_once(template_db, tmp_path, monkeypatch,
+                                                                             capsys):
+    dead = f"http://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError, match="unreachable"):
+        track.check_server(dead, 0.5)
+    pending = tmp_path / "pending"
+    f = write_metrics(tmp_path / "results" / "seed0.json", metrics())
+    rid = track.log_or_queue(metrics(), tracking_uri=dead, experiment="later", tags={"stage": "final"},
+                             artifact=f, retry_s=1, pending=pending)
+    assert rid is None and time.monotonic() - t0 < 15
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("WARNING: MLflow logging to " + dead) and "seed0.json kept" in err[0]
+    assert "log --pending" in err[0] and "unreachable" in err[0]
+    (entry,) = track.pending_runs(pending)
+    assert (entry / "seed0.json").read_bytes() == f.read_bytes() and f.is_file()
+    rec = json.loads((entry / "run.json").read_text())
+    assert rec["tracking_uri"] == dead and rec["experiment"] == "later" and rec["tags"] == {"stage": "final"}
+    # queuing the same run again keeps one entry
+    track.queue_run(metrics(), tracking_uri=dead, experiment="later", tags={}, artifact=f, pending=pending)
+    assert track.pending_runs(pending) == [entry]
+
+    # still down: `log --pending` fails quickly and keeps the queue
+    from subtune.cli import main
+
+    monkeypatch.setenv("SUBTUNE_MLFLOW_RETRY_S", "1")
+    assert main(["log", "--pending", str(pending)]) == 2
+    assert track.pending_runs(pending) == [entry]
+    capsys.readouterr()
+
+    # back (here: another store): logged once, with its tags and its metrics file; the entry is gone
+    uri = fresh_db(template_db, tmp_path / "store")
+    assert main(["log", "--pending", str(pending), "--uri", uri]) == 0
+    assert "logged 1 queued MLflow run" in capsys.readouterr().out
+    assert track.pending_runs(pending) == []
+    df = runs_df(monkeypatch, uri, "later")
+    assert len(df) == 1 and df.iloc[0]["tags.stage"] == "final" and df.iloc[0]["metrics.test_acc"] == pytest.approx(0.62)
+    client = mlflow.MlflowClient(uri)
+    assert [a.path for a in client.list_artifacts(df.iloc[0]["run_id"])] == ["seed0.json"]
+    # the metrics file itself: already logged, not logged again
+    assert main(["log", "--metrics", str(f), "--uri", uri, "--experiment", "later"]) == 0
+    assert "already logged" in capsys.readouterr().out
+    assert len(runs_df(monkeypatch, uri, "later")) == 1

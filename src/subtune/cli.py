@@ -57,7 +57,7 @@ def _track(a: argparse.Namespace, metrics: dict, out: str, tags: dict[str, str])
         return
     import os
 
-    from .track import TrackingError, log_run
+    from .track import log_or_queue
 
     tags = {
         "experiment": os.environ.get("SUBTUNE_EXPERIMENT", ""),
@@ -65,17 +65,15 @@ def _track(a: argparse.Namespace, metrics: dict, out: str, tags: dict[str, str])
         **tags,
         **_tags(a.tag),
     }
-    try:
-        run_id = log_run(
-            metrics,
-            tracking_uri=None,
-            experiment=os.environ.get("SUBTUNE_MLFLOW_EXPERIMENT", "subtune"),
-            tags={k: str(v) for k, v in tags.items() if v != ""},
-            artifact=Path(out),
-        )
+    # On failure: one WARNING line, the run queued for `log --pending`; the job still succeeds.
+    run_id = log_or_queue(
+        metrics,
+        experiment=os.environ.get("SUBTUNE_MLFLOW_EXPERIMENT", "subtune"),
+        tags={k: str(v) for k, v in tags.items() if v != ""},
+        artifact=Path(out),
+    )
+    if run_id is not None:
         print(f"logged MLflow run {run_id}")
-    except TrackingError as exc:
-        print(f"WARNING: {exc}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- data stages
@@ -352,26 +350,39 @@ def cmd_track_init(a: argparse.Namespace) -> None:
     import os
 
     from .io import write_json
-    from .track import init_store, resolve_uri
+    from .track import init_store, pending_dir, pending_runs, resolve_uri
 
     uri = resolve_uri(a.uri)
     experiment = a.experiment or os.environ.get("SUBTUNE_MLFLOW_EXPERIMENT", "subtune")
     exp_id = init_store(uri, experiment)
     write_json(a.out, {"tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id})
     print(f"MLflow store ready: {uri}, experiment {experiment!r} ({exp_id})")
+    queued = len(pending_runs())
+    if queued:
+        print(f"NOTE: {queued} earlier run{'s' if queued != 1 else ''} could not be logged and "
+              f"{'are' if queued != 1 else 'is'} queued in {pending_dir()}: python -m subtune log --pending")
 
 
 def cmd_log(a: argparse.Namespace) -> None:
-    """Log a metrics file that was computed but not logged (e.g. the tracking server was down)."""
+    """Log runs that were computed but not logged (e.g. the tracking server was down); never one twice."""
     import os
 
     from .io import read_json
-    from .track import log_run
+    from .track import _log_run, flush_pending, pending_dir
 
-    m = read_json(_existing(a.metrics))
+    if a.pending is not None:
+        logged, left = flush_pending(a.pending or None, tracking_uri=a.uri, experiment=a.experiment)
+        print(f"logged {logged} queued MLflow run{'s' if logged != 1 else ''}; {left} still queued "
+              f"in {pending_dir(a.pending or None)}")
+        if left:
+            raise SubtuneError(f"{left} run{'s' if left != 1 else ''} could not be logged (still queued)")
+        return
     experiment = a.experiment or os.environ.get("SUBTUNE_MLFLOW_EXPERIMENT", "subtune")
-    run_id = log_run(m, tracking_uri=a.uri, experiment=experiment, tags=_tags(a.tag), artifact=Path(a.metrics))
-    print(f"logged MLflow run {run_id}")
+    for f in a.metrics:
+        m = read_json(_existing(f))
+        run_id, already = _log_run(m, tracking_uri=a.uri, experiment=experiment, tags=_tags(a.tag),
+                                   artifact=Path(f), run_name=None, retry_s=None, key=None)
+        print(f"{'already logged' if already else 'logged'} MLflow run {run_id}: {f}")
 
 
 # ---------------------------------------------------------------- report
@@ -499,8 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--uri", help="tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     s.add_argument("--experiment", help="MLflow experiment (default $SUBTUNE_MLFLOW_EXPERIMENT)")
     s.add_argument("--out", required=True, help="marker file the training jobs depend on")
-    s = stage("log", cmd_log, "log a metrics JSON as one MLflow run")
-    s.add_argument("--metrics", required=True)
+    s = stage("log", cmd_log, "log runs that could not be logged at the time (queued runs, or metrics files)")
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--pending", nargs="?", const="", metavar="DIR",
+                      help="log the queued runs (default $SUBTUNE_MLFLOW_PENDING, else logs/mlflow-pending), "
+                           "each to its own URI and experiment unless --uri/--experiment")
+    what.add_argument("--metrics", nargs="+", metavar="FILE", help="metrics JSON files, one run each")
     s.add_argument("--uri", help="tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     s.add_argument("--experiment", help="MLflow experiment (default $SUBTUNE_MLFLOW_EXPERIMENT)")
     s.add_argument("--tag", action="append", help="MLflow tag KEY=VALUE (repeatable)")

@@ -37,16 +37,36 @@ right. What goes wrong without care, and what this module does about it:
 
 SQLite locking (and ``flock``) is unreliable on network filesystems
 (NFS/Lustre): on a cluster point ``MLFLOW_TRACKING_URI`` at an
-``mlflow server``; then no file lock is taken and MLflow's REST client does
-its own retries.
+``mlflow server`` (``http://host:port``); then no file lock is taken. A
+server is probed (``GET /health``) before logging and waited for at most
+``min(retry_s, 10 s)``, and MLflow's own HTTP retries (7 retries with
+backoff factor 2 by default: minutes when the server is down) are cut to 2
+retries, backoff factor 1 and a 30 s request timeout unless the
+``MLFLOW_HTTP_REQUEST_*`` variables say otherwise: a job never hangs for
+minutes on a dead server.
+
+Nothing computed is lost when logging fails: :func:`log_or_queue` (what the
+training and scoring jobs call) writes the run it could not log to a queue
+(``logs/mlflow-pending/<key>/``, or ``$SUBTUNE_MLFLOW_PENDING``: the run's
+metrics, tags, experiment, URI and a copy of its metrics file), prints one
+``WARNING:`` line, and returns; the job succeeds (Snakemake would delete a
+failed job's outputs: the result would be lost). ``python -m subtune log
+--pending`` (:func:`flush_pending`) logs the queue later. Every run carries
+the tag ``subtune.metrics_sha256`` (the SHA-256 of its metrics file): logging
+the same file again finds the finished run and logs nothing (a run that a
+dying server left unfinished is deleted and logged again), so no run is
+logged twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import random
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -56,6 +76,12 @@ from . import SubtuneError, __version__
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_RETRY_S = 60.0
+SERVER_WAIT_S = 10.0  # longest wait for an unreachable tracking server (within retry_s)
+DEFAULT_PENDING = "logs/mlflow-pending"
+KEY_TAG = "subtune.metrics_sha256"
+# MLflow's HTTP client defaults (7 retries, backoff factor 2, 120 s timeout) hang minutes on a dead server.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 HISTORY_KEYS = ("val_acc", "val_loss", "train_loss", "lr")
 FINAL_KEYS = (
     "val_acc", "val_loss", "test_acc", "test_loss", "trainable_params", "total_params",
@@ -95,6 +121,55 @@ def sqlite_path(uri: str) -> Path | None:
     if rest in ("", ":memory:"):
         return None
     return Path(rest)
+
+
+def is_server(uri: str) -> bool:
+    """True for a tracking server (``http://``/``https://``), whose availability we check before logging."""
+    return uri.startswith(("http://", "https://"))
+
+
+def check_server(uri: str, wait_s: float = SERVER_WAIT_S) -> None:
+    """Raise :class:`ConnectionError` if the tracking server at ``uri`` does not answer within ``wait_s``.
+
+    Probes ``GET <uri>/health`` (short timeouts, jittered backoff). Any HTTP
+    answer, even an error status, counts as reachable; only connection-level
+    failures (refused, timed out, unknown host) count as unreachable.
+    """
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    deadline = time.monotonic() + max(0.0, wait_s)
+    delay = 0.2
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=min(5.0, max(1.0, wait_s))):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConnectionError(f"tracking server {uri} unreachable ({reason})") from None
+            time.sleep(min(left, delay * (0.5 + random.random())))
+            delay = min(delay * 2, 2.0)
+
+
+@contextlib.contextmanager
+def _http_limits(uri: str) -> Iterator[None]:
+    """Short MLflow HTTP retries/timeouts for this call (unless set in the environment)."""
+    if not is_server(uri):
+        yield
+        return
+    added = [k for k in HTTP_DEFAULTS if k not in os.environ]
+    for k in added:
+        os.environ[k] = HTTP_DEFAULTS[k]
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 @contextlib.contextmanager
@@ -265,7 +340,9 @@ def init_store(tracking_uri: str | None = None, experiment: str = "subtune", *, 
     uri = resolve_uri(tracking_uri)
     budget = _budget(retry_s)
     try:
-        with _store_lock(uri, budget):
+        with _http_limits(uri), _store_lock(uri, budget):
+            if is_server(uri):
+                check_server(uri, min(budget, SERVER_WAIT_S))
             retry = _Retrier(budget)
             client = retry(lambda: _client(uri), "open store")  # migrates an empty database
             return retry(lambda: _get_or_create_experiment(client, uri, experiment), "experiment")
@@ -373,6 +450,28 @@ def _chunks(params: list, metrics: list, tags: list) -> Iterator[tuple[list, lis
         yield p, m, t
 
 
+def run_key(metrics: Mapping[str, Any], artifact: Path | str | None = None) -> str:
+    """A run's identity: the SHA-256 of its metrics file (else of its metrics, as canonical JSON).
+
+    Logged as the tag ``subtune.metrics_sha256``: a file that is already logged is not logged again.
+    """
+    if artifact is not None:
+        h = hashlib.sha256()
+        with open(artifact, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    text = json.dumps(metrics, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _existing_runs(client, exp_id: str, key: str) -> list:
+    from mlflow.entities import ViewType
+
+    return list(client.search_runs([exp_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'",
+                                   run_view_type=ViewType.ACTIVE_ONLY, max_results=100))
+
+
 def log_run(
     metrics: Mapping[str, Any],
     *,
@@ -382,6 +481,7 @@ def log_run(
     artifact: Path | str | None = None,
     run_name: str | None = None,
     retry_s: float | None = None,
+    key: str | None = None,
 ) -> str:
     """Log one training job as one MLflow run; return its run id.
 
@@ -389,14 +489,36 @@ def log_run(
     ``method_params.*`` (flattened), device, checkpoint. Metrics: per-epoch
     ``val_acc``/``val_loss``/``train_loss``/``lr`` (step = epoch) and the final
     ``val_acc``, ``test_acc``, losses, ``trainable_params``, ``total_params``,
-    ``wall_time_s``, ``train_size``. Tags: ``tags`` plus ``subtune.version``.
-    The metrics JSON (``artifact``) is attached as an artifact.
+    ``wall_time_s``, ``train_size``. Tags: ``tags`` plus ``subtune.version``
+    and ``subtune.metrics_sha256`` (``key``, default :func:`run_key`). The
+    metrics JSON (``artifact``) is attached as an artifact.
+
+    Idempotent: if the experiment already has a finished run with the same
+    key, its id is returned and nothing is logged; unfinished runs with the
+    key (an attempt that died half-way) are deleted first.
 
     Transient SQLite failures ("database is locked" and other operational
     errors) are retried with jittered backoff for up to ``retry_s`` seconds
-    (after waiting for the store's file lock); then :class:`TrackingError` is
-    raised (the metrics file is kept).
+    (after waiting for the store's file lock); a tracking server is waited
+    for at most ``min(retry_s, 10 s)``; then :class:`TrackingError` is raised
+    (the metrics file is kept).
     """
+    return _log_run(metrics, tracking_uri=tracking_uri, experiment=experiment, tags=tags, artifact=artifact,
+                    run_name=run_name, retry_s=retry_s, key=key)[0]
+
+
+def _log_run(
+    metrics: Mapping[str, Any],
+    *,
+    tracking_uri: str | None,
+    experiment: str,
+    tags: Mapping[str, str] | None,
+    artifact: Path | str | None,
+    run_name: str | None,
+    retry_s: float | None,
+    key: str | None,
+) -> tuple[str, bool]:
+    """:func:`log_run`, also saying whether the run was already logged (``(run_id, True)``)."""
     from mlflow.entities import Param, RunTag
 
     uri = resolve_uri(tracking_uri)
@@ -404,10 +526,12 @@ def log_run(
         raise SubtuneError(f"missing artifact file: {artifact}")
     budget = _budget(retry_s)
     retry = _Retrier(0)
+    key = key or run_key(metrics, artifact)
     now_ms = int(time.time() * 1000)
     params = [Param(k, v) for k, v in run_params(metrics).items()]
     mets = run_metrics(metrics, now_ms)
-    all_tags = {**{_name(k): str(v) for k, v in (tags or {}).items()}, "subtune.version": __version__}
+    all_tags = {**{_name(k): str(v) for k, v in (tags or {}).items()}, "subtune.version": __version__,
+                KEY_TAG: key}
     tag_list = [RunTag(k, v) for k, v in all_tags.items()]
     if run_name is None:
         parts = [str(metrics[k]) for k in ("method", "target") if metrics.get(k) is not None]
@@ -418,10 +542,16 @@ def log_run(
     run_id: str | None = None
     client = None
     try:
-        with _store_lock(uri, budget):
+        with _http_limits(uri), _store_lock(uri, budget):
+            if is_server(uri):
+                check_server(uri, min(budget, SERVER_WAIT_S))
             retry = _Retrier(budget)
             client = retry(lambda: _client(uri), "open store")
             exp_id = retry(lambda: _get_or_create_experiment(client, uri, experiment), "experiment")
+            for old in retry(lambda: _existing_runs(client, exp_id, key), "find run"):
+                if old.info.status == "FINISHED":
+                    return old.info.run_id, True
+                retry(lambda old=old: client.delete_run(old.info.run_id), "delete unfinished run")
             run = retry(lambda: client.create_run(exp_id, start_time=now_ms, run_name=run_name), "create run")
             run_id = run.info.run_id
             for p, m, t in _chunks(params, mets, tag_list):
@@ -429,12 +559,171 @@ def log_run(
             if artifact is not None:
                 retry(lambda: client.log_artifact(run_id, str(artifact)), "log artifact")
             retry(lambda: client.set_terminated(run_id, "FINISHED"), "finish run")
-        return run_id
+        return run_id, False
     except Exception as exc:
         if run_id is not None and client is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), _http_limits(uri):
                 client.set_terminated(run_id, "FAILED")
         raise TrackingError(
             f"MLflow logging to {uri} failed after {retry.retries} retries ({_one_line(exc)}); "
             f"the metrics file is kept{where}"
         ) from exc
+
+
+# ---------------------------------------------------------------- runs that could not be logged
+def pending_dir(path: Path | str | None = None) -> Path:
+    """The queue of runs not yet logged: ``path``, else ``$SUBTUNE_MLFLOW_PENDING``, else ``logs/mlflow-pending``."""
+    return Path(path or os.environ.get("SUBTUNE_MLFLOW_PENDING") or DEFAULT_PENDING).absolute()
+
+
+def queue_run(
+    metrics: Mapping[str, Any],
+    *,
+    tracking_uri: str,
+    experiment: str,
+    tags: Mapping[str, str],
+    artifact: Path | str | None,
+    run_name: str | None = None,
+    error: str = "",
+    pending: Path | str | None = None,
+) -> Path:
+    """Queue a run that could not be logged: ``<pending>/<key>/run.json`` plus a copy of its metrics file.
+
+    Written atomically (a temporary directory renamed into place); queuing the
+    same run twice keeps one entry. Returns the entry's directory.
+    """
+    key = run_key(metrics, artifact)
+    root = pending_dir(pending)
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / key
+    if dest.is_dir():
+        return dest
+    record = {
+        "format": 1, "key": key, "tracking_uri": tracking_uri, "experiment": experiment,
+        "tags": {str(k): str(v) for k, v in tags.items()}, "run_name": run_name, "metrics": metrics,
+        "artifact": Path(artifact).name if artifact is not None else None,
+        "source": str(Path(artifact).absolute()) if artifact is not None else None,
+        "queued_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "error": error,
+    }
+    tmp = root / f".{key}.{os.getpid()}.part"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        if artifact is not None:
+            shutil.copyfile(artifact, tmp / Path(artifact).name)
+        (tmp / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # queued meanwhile by someone else
+            if not dest.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def log_or_queue(
+    metrics: Mapping[str, Any],
+    *,
+    experiment: str,
+    tags: Mapping[str, str],
+    artifact: Path | str | None,
+    tracking_uri: str | None = None,
+    run_name: str | None = None,
+    retry_s: float | None = None,
+    pending: Path | str | None = None,
+) -> str | None:
+    """Log one job's run; if that fails, queue it, print one ``WARNING:`` line and return None.
+
+    What the workflow's jobs call after writing their metrics file: a tracking
+    failure never fails the job (Snakemake would delete its outputs) and never
+    loses the run (``python -m subtune log --pending`` logs the queue).
+    """
+    uri = resolve_uri(tracking_uri)
+    try:
+        return log_run(metrics, tracking_uri=uri, experiment=experiment, tags=tags, artifact=artifact,
+                       run_name=run_name, retry_s=retry_s)
+    except TrackingError as exc:
+        cause = _one_line(exc.__cause__) if exc.__cause__ is not None else str(exc)
+        try:
+            entry = queue_run(metrics, tracking_uri=uri, experiment=experiment, tags=tags, artifact=artifact,
+                              run_name=run_name, error=cause, pending=pending)
+            queued = f"queued in {entry}; log it later with `python -m subtune log --pending`"
+        except OSError as qexc:
+            queued = f"could not queue it ({_one_line(qexc)}); log it later with `python -m subtune log --metrics FILE`"
+        kept = f"metrics file {artifact} kept" if artifact is not None else "metrics not logged"
+        print(f"WARNING: MLflow logging to {uri} failed ({cause}); {kept}; run {queued}", file=sys.stderr, flush=True)
+        return None
+
+
+def pending_runs(pending: Path | str | None = None) -> list[Path]:
+    """The queued runs' directories, oldest first."""
+    root = pending_dir(pending)
+    if not root.is_dir():
+        return []
+    entries = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / "run.json").is_file()]
+    return sorted(entries, key=lambda d: ((d / "run.json").stat().st_mtime, d.name))
+
+
+@contextlib.contextmanager
+def _claim(path: Path) -> Iterator[bool]:
+    """Exclusive non-blocking lock on ``path`` (False: another process holds it)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:
+            yield True
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def flush_pending(
+    pending: Path | str | None = None,
+    *,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    retry_s: float | None = None,
+    out=None,
+) -> tuple[int, int]:
+    """Log the queued runs (each where it was meant to go, unless ``tracking_uri``/``experiment`` say otherwise).
+
+    A logged entry is removed; one already in the store (same metrics file) is
+    removed without logging it again. Stops at the first failure (the server is
+    probably still down): the rest stays queued. Returns (logged, still queued).
+    """
+    out = out or sys.stdout
+    entries = pending_runs(pending)
+    done = 0
+    for n, entry in enumerate(entries):
+        with _claim(entry / "run.json") as mine:
+            if not mine or not (entry / "run.json").is_file():
+                continue  # another `log --pending` has it
+            rec = json.loads((entry / "run.json").read_text())
+            artifact = entry / rec["artifact"] if rec.get("artifact") else None
+            try:
+                run_id, already = _log_run(
+                    rec["metrics"], tracking_uri=tracking_uri or rec["tracking_uri"],
+                    experiment=experiment or rec["experiment"], tags=rec.get("tags") or {}, artifact=artifact,
+                    run_name=rec.get("run_name"), retry_s=retry_s, key=rec["key"],
+                )
+            except TrackingError as exc:
+                left = len(entries) - n
+                print(f"WARNING: {exc}; {left} run{'s' if left != 1 else ''} still queued in {pending_dir(pending)}",
+                      file=sys.stderr, flush=True)
+                return done, left
+            what = rec.get("source") or entry.name
+            print(f"{'already logged' if already else 'logged'} MLflow run {run_id}: {what}", file=out, flush=True)
+            shutil.rmtree(entry, ignore_errors=True)
+            done += 0 if already else 1
+    return done, len(pending_runs(pending))
