@@ -1,0 +1,204 @@
+"""The workflow against a real `mlflow server` (SQLite backend, artifacts in a temporary directory).
+
+One run of the small config's training jobs with 2 parallel jobs logging to the server; the
+server is stopped mid-run: the jobs that cannot log keep their metrics files, say so in one
+line and queue their runs; after a restart `python -m subtune log --pending` logs exactly the
+missing runs (a second call logs nothing), and `mlflow.search_runs` finds every job's run once,
+with its metrics and its metrics file as an artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from subtune import track
+
+from test_workflow import FMNIST, SNAKEMAKE, job_stats, workdir
+
+mlflow = pytest.importorskip("mlflow")
+
+pytestmark = pytest.mark.skipif(
+    not FMNIST.exists(), reason="Fashion-MNIST mirror missing: apt-get install dataset-fashion-mnist (make test does)"
+)
+
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+EXPERIMENT = "subtune-test"  # configs/test.yaml's tracking.experiment
+# The training jobs of two methods that need no greedy selection (Surgical adds its two scoring jobs).
+TARGETS = [f"results/test/runs/{t}/{m}/seed{s}.json"
+           for t in ("fmnist-new", "digits") for m in ("lp", "surgical") for s in (0, 1)]
+
+
+def small_config(wd: Path) -> None:
+    """configs/test.yaml with a smaller pretraining set (the backbone is not what this test is about)."""
+    path = wd / "configs/test.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["source"]["params"].update(train_size=300, val_size=100)
+    cfg["backbone"]["pretrain"]["train"]["epochs"] = 1
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`mlflow server` on 127.0.0.1 in its own process group (stop() ends it and its workers)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 120) -> None:
+        self.starts += 1
+        log = open(self.root / f"server{self.starts}.log", "w")
+        self.proc = subprocess.Popen(
+            [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        t = time.monotonic()
+        while True:
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() - t > timeout:
+                self.stop()
+                raise AssertionError("mlflow server did not start:\n" + (self.root / f"server{self.starts}.log").read_text()[-3000:])
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # the group's workers too
+        for _ in range(50):
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path / "server")
+    s.root.mkdir()
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def finished_runs(uri: str) -> int:
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return 0
+    return len(client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'"))
+
+
+def test_parallel_jobs_log_to_a_server_that_dies_mid_run(server, tmp_path, monkeypatch):
+    (tmp_path / "wf").mkdir()
+    wd = workdir(tmp_path / "wf")
+    small_config(wd)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SUBTUNE_"))}
+    env.update(MLFLOW_TRACKING_URI=server.uri, SUBTUNE_MLFLOW_RETRY_S="3")
+    cmd = [SNAKEMAKE, *TARGETS, "--cores", "2", "--configfile", "configs/test.yaml"]
+    out = open(tmp_path / "snakemake.log", "w")
+    smk = subprocess.Popen(cmd, cwd=wd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        # Let some jobs log (2 at a time), then stop the server while the others still train.
+        t = time.monotonic()
+        while finished_runs(server.uri) < 3:
+            assert smk.poll() is None, (tmp_path / "snakemake.log").read_text()[-4000:]
+            assert time.monotonic() - t < 400, "no runs reached the server"
+            time.sleep(0.5)
+        server.stop()
+        smk.wait(600)
+    finally:
+        if smk.poll() is None:
+            smk.kill()
+    log = (tmp_path / "snakemake.log").read_text()
+    assert smk.returncode == 0, log[-4000:]  # a tracking failure does not fail a job
+
+    # Every job's metrics file is there; the jobs that could not log said so in one line and queued their run.
+    res = wd / "results/test"
+    files = sorted(res.glob("runs/*/*/seed*.json")) + sorted(res.glob("select/*/*/surgical.json"))
+    assert len(files) == len(TARGETS) + 2
+    warned = []
+    for f in sorted((wd / "logs/test").rglob("*.log")):
+        lines = [ln for ln in f.read_text().splitlines() if "WARNING: MLflow logging" in ln]
+        assert len(lines) <= 1, f
+        if lines:
+            assert server.uri in lines[0] and "kept" in lines[0] and "log --pending" in lines[0], lines[0]
+            warned.append(f)
+    queued = track.pending_runs(wd / "logs/mlflow-pending")
+    assert warned and len(queued) == len(warned), (warned, queued)
+    assert len(queued) < len(files)
+
+    # The server comes back (same store); a later command logs the missing runs, a second one nothing.
+    server.start()
+    py = [str(Path(sys.executable)), "-m", "subtune", "log", "--pending"]
+    p = subprocess.run(py, cwd=wd, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"logged {len(queued)} queued MLflow run" in p.stdout
+    p = subprocess.run(py, cwd=wd, env=env, capture_output=True, text=True)
+    assert p.returncode == 0 and "logged 0 queued MLflow runs; 0 still queued" in p.stdout, p.stdout + p.stderr
+    # ... and rerunning the workflow runs nothing (the results were never lost).
+    dry = subprocess.run(cmd + ["--dry-run"], cwd=wd, env=env, capture_output=True, text=True)
+    assert dry.returncode == 0 and job_stats(dry.stdout + dry.stderr) == {}, dry.stdout[-3000:]
+
+    # Every job is one finished run on the server, with its metrics and its metrics file as an artifact;
+    # every run is some job's (keyed by its output file's SHA-256), none twice.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    df = mlflow.search_runs(experiment_names=[EXPERIMENT])
+    assert set(df["status"]) == {"FINISHED"}
+    keys = list(df[f"tags.{track.KEY_TAG}"])
+    outputs = {track.run_key({}, f) for f in res.rglob("*.json")}
+    assert len(set(keys)) == len(keys) and set(keys) <= outputs
+    by_key = {r[f"tags.{track.KEY_TAG}"]: r for _, r in df.iterrows()}
+    client = mlflow.MlflowClient(server.uri)
+    for f in files:
+        r = by_key[track.run_key({}, f)]
+        m = json.loads(f.read_text())
+        assert r["tags.experiment"] == "test"
+        if f.name == "surgical.json":
+            assert r["tags.stage"] == "surgical" and r["metrics.val_acc"] == pytest.approx(
+                max(x["score"] for x in m["results"]))
+        else:
+            assert r["tags.stage"] == "final" and r["params.method"] == m["method"]
+            assert r["metrics.test_acc"] == pytest.approx(m["test_acc"])
+            assert r["metrics.val_acc"] == pytest.approx(m["val_acc"])
+        assert [a.path for a in client.list_artifacts(r["run_id"])] == [f.name]
+        got = Path(client.download_artifacts(r["run_id"], f.name, str(tmp_path / "dl" / r["run_id"])))
+        assert got.read_bytes() == f.read_bytes()
