@@ -19,13 +19,14 @@ rule report_main:
     output:
         csv=report(f"{RES}/tables/main.csv", category="Tables"),
         md=report(f"{RES}/tables/main.md", category="Tables"),
+        json=f"{RES}/tables/main.json",
     log:
         f"logs/{EXP}/report/main.log",
     benchmark:
         f"benchmarks/{EXP}/report/main.tsv"
     shell:
         "{PY} report main --runs {input.runs} --checkpoint {input.ckpt} --selected {input.selected} "
-        "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+        "--out-csv {output.csv} --out-md {output.md} --out-json {output.json} > {log} 2>&1"
 
 
 rule report_rounds:

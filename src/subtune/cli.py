@@ -390,7 +390,7 @@ def cmd_report(a: argparse.Namespace) -> None:
     from . import report
 
     if a.what == "main":
-        report.main_table(a.runs, a.out_csv, a.out_md, checkpoint_json=a.checkpoint, selected_files=a.selected)
+        report.main_table(a.runs, a.out_csv, a.out_md, out_json=a.out_json, checkpoint_json=a.checkpoint, selected_files=a.selected)
     elif a.what == "rounds":
         report.rounds(a.states, a.out_csv)
     elif a.what == "profile":
@@ -528,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--selected", nargs="*", help="final selection states")
     r.add_argument("--out-csv", required=True)
     r.add_argument("--out-md", required=True)
+    r.add_argument("--out-json", help="also the table as JSON, method -> target -> numbers (DVC metrics)")
     r = rsub.add_parser("rounds", help="greedy rounds: chosen block and gain per round")
     r.add_argument("--states", nargs="*", default=[], help="final selection states (none: an empty table)")
     r.add_argument("--out-csv", required=True)

@@ -17,6 +17,7 @@ deviations over seeds (``ddof=1``), 0 when there is one seed.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -221,6 +222,7 @@ def main_table(
     out_md: PathLike,
     checkpoint_json: PathLike | None = None,
     selected_files: Sequence[PathLike] | None = None,
+    out_json: PathLike | None = None,
 ) -> pd.DataFrame:
     """Method x target test accuracy (percent, mean ± sample std over seeds), params, seeds.
 
@@ -272,7 +274,29 @@ def main_table(
                   _md_table(["target", "selection seed", "selected", "val acc (%)", "rounds", "stop reason"], rows3,
                             ["l", "l", "l", "r", "r", "l"])]
     _write_text("\n".join(parts) + "\n", out_md)
+    if out_json is not None:  # DVC metrics
+        with atomic_path(out_json) as tmp:
+            tmp.write_text(json.dumps(main_metrics(summ), indent=2, sort_keys=True) + "\n")
     return summ.drop(columns=["_n_max"])
+
+
+def main_metrics(summ: pd.DataFrame) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """The main table as nested numbers, method -> target -> {test_acc_mean, ...}: DVC metrics (main.json)."""
+    def num(key: str, v: Any) -> float | int | None:
+        if v is None or pd.isna(v):
+            return None  # e.g. the std of one seed
+        f = float(v)
+        if key in ("trainable_params", "n_seeds"):
+            return int(f) if f.is_integer() else round(f, 2)
+        return round(f, 4)
+
+    out: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    for _, r in summ.iterrows():
+        out.setdefault(str(r["method"]), {})[str(r["target"])] = {
+            k: num(k, r[k]) for k in ("test_acc_mean", "test_acc_std", "val_acc_mean", "val_acc_std",
+                                      "trainable_params", "n_seeds") if k in r
+        }
+    return out
 
 
 def _checkpoint_line(path: Path) -> str:
