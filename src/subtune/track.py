@@ -135,6 +135,7 @@ def check_server(uri: str, wait_s: float = SERVER_WAIT_S) -> None:
     answer, even an error status, counts as reachable; only connection-level
     failures (refused, timed out, unknown host) count as unreachable.
     """
+    import ssl
     import urllib.error
     import urllib.request
 
@@ -149,6 +150,8 @@ def check_server(uri: str, wait_s: float = SERVER_WAIT_S) -> None:
             return  # it answered
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLError):
+                return  # it answered; TLS settings are MLflow's business (MLFLOW_TRACKING_INSECURE_TLS, ...)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ConnectionError(f"tracking server {uri} unreachable ({reason})") from None
