@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 CORES  ?= all
 
-.PHONY: setup data test reproduce pull clean
+.PHONY: setup data slurm test reproduce pull clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,22 @@ data:
 	  echo "or point SUBTUNE_MIRRORS at a mirror of the upstream files (comma-separated base URLs)."; \
 	fi
 
-test: setup data
+# A single-node SLURM cluster for tests/test_slurm.py (Debian's slurm-wlm packages;
+# the test starts and stops its own daemons, nothing is enabled system-wide).
+SLURM_PROGS := slurmctld slurmd munged sbatch squeue sinfo scontrol srun
+slurm:
+	@missing=; for p in $(SLURM_PROGS); do PATH="$$PATH:/usr/sbin:/sbin" command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then \
+	  echo "SLURM: $$(PATH="$$PATH:/usr/sbin" slurmctld -V)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing SLURM for the tests (missing:$$missing)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    slurmctld slurmd slurm-client munge >/dev/null; \
+	else \
+	  echo "SLURM is missing ($$missing): tests/test_slurm.py is skipped (sudo apt-get install slurmctld slurmd slurm-client munge)"; \
+	fi
+
+test: setup data slurm
 	$(BIN)/python -m pytest -q
 
 reproduce: setup data
