@@ -8,7 +8,9 @@ from subtune.config import (
     decision_config,
     dumps,
     cache_flags,
+    method_grid,
     method_train,
+    multilora_train,
     scoring_flags,
     scoring_config,
     selection_train,
@@ -22,6 +24,7 @@ DATA = f"data/prepared/{EXP}"
 CKPT = f"checkpoints/{EXP}/backbone.safetensors"
 RES = f"results/{EXP}"
 SEL_SEED = SEEDS[0]
+REFS = list(config.get("references") or [])  # published numbers beside ours
 
 
 def prepared(target, regime="1k"):
@@ -49,16 +52,18 @@ def sweep_sizes():
 
 
 def all_outputs():
-    out = [
-        f"{RES}/tables/main.csv",
-        f"{RES}/tables/main.md",
-        f"{RES}/tables/rounds.csv",
-    ]
-    out += expand(f"{RES}/tables/profile_{{target}}.csv", target=TARGETS)
-    out += expand(f"{RES}/plots/profile_{{target}}.png", target=TARGETS)
+    out = [f"{RES}/tables/main.csv", f"{RES}/tables/main.md"]
+    selecting = [*config["methods"], *config.get("sweep", {}).get("methods", [])]
+    if any(METHOD_REGISTRY[m].needs == "selection" for m in selecting):
+        out.append(f"{RES}/tables/rounds.csv")
+    if config["selection"].get("profile", True):
+        out += expand(f"{RES}/tables/profile_{{target}}.csv", target=TARGETS)
+        out += expand(f"{RES}/plots/profile_{{target}}.png", target=TARGETS)
     if "pairs" in config:
         t = config["pairs"]["target"]
         out += [f"{RES}/tables/pairs_{t}.csv", f"{RES}/plots/pairs_{t}.png"]
     if "sweep" in config:
         out += [f"{RES}/tables/sweep.csv", f"{RES}/plots/sweep.png"]
+    if "multilora" in config:
+        out += [f"{RES}/tables/multilora.csv", f"{RES}/tables/multilora.md"]
     return out

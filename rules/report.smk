@@ -6,7 +6,9 @@ def final_runs(w=None):
 
 
 def selected_files(w=None):
-    if "subtuning" not in METHODS and "sweep" not in config:
+    needs = any(METHOD_REGISTRY[m].needs == "selection" for m in METHODS)
+    sweep_needs = any(METHOD_REGISTRY[m].needs == "selection" for m in config.get("sweep", {}).get("methods", []))
+    if not (needs or sweep_needs):
         return []
     return expand(f"{RES}/select/{{target}}/seed{{seed}}/selected.json", target=TARGETS, seed=selection_seeds())
 
@@ -16,17 +18,21 @@ rule report_main:
         runs=final_runs,
         ckpt=CKPT.replace(".safetensors", ".json"),
         selected=selected_files,
+        refs=REFS,
     output:
         csv=report(f"{RES}/tables/main.csv", category="Tables"),
         md=report(f"{RES}/tables/main.md", category="Tables"),
         json=f"{RES}/tables/main.json",
+    params:
+        backbone=config["backbone"]["arch"],
     log:
         f"logs/{EXP}/report/main.log",
     benchmark:
         f"benchmarks/{EXP}/report/main.tsv"
     shell:
         "{PY} report main --runs {input.runs} --checkpoint {input.ckpt} --selected {input.selected} "
-        "--out-csv {output.csv} --out-md {output.md} --out-json {output.json} > {log} 2>&1"
+        "--references {input.refs} --backbone {params.backbone} --out-csv {output.csv} --out-md {output.md} --out-json {output.json} "
+        "> {log} 2>&1"
 
 
 rule report_rounds:
@@ -80,13 +86,35 @@ def sweep_runs(w=None):
 
 rule report_sweep:
     input:
-        sweep_runs,
+        runs=sweep_runs,
+        refs=REFS,
     output:
         csv=report(f"{RES}/tables/sweep.csv", category="Data-size sweep"),
         png=report(f"{RES}/plots/sweep.png", category="Data-size sweep"),
+    params:
+        backbone=config["backbone"]["arch"],
     log:
         f"logs/{EXP}/report/sweep.log",
     benchmark:
         f"benchmarks/{EXP}/report/sweep.tsv"
     shell:
-        "{PY} report sweep --runs {input} --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
+        "{PY} report sweep --runs {input.runs} --references {input.refs} --backbone {params.backbone} "
+        "--out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
+
+
+rule report_multilora:
+    input:
+        runs=expand(f"{RES}/multilora/seed{{seed}}.json", seed=SEEDS),
+        refs=REFS,
+    output:
+        csv=report(f"{RES}/tables/multilora.csv", category="Tables"),
+        md=report(f"{RES}/tables/multilora.md", category="Tables"),
+    params:
+        backbone=config["backbone"]["arch"],
+    log:
+        f"logs/{EXP}/report/multilora.log",
+    benchmark:
+        f"benchmarks/{EXP}/report/multilora.tsv"
+    shell:
+        "{PY} report multilora --runs {input.runs} --references {input.refs} --backbone {params.backbone} "
+        "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"

@@ -13,10 +13,10 @@ rule mlflow_init:
         "{PY} track-init --out {output} > {log} 2>&1"
 
 
-def method_inputs(w):
+def stage_inputs(method, target, seed):
     """What a method needs from the selection stage (SubTuning's blocks, Surgical's group scores)."""
-    needs = METHOD_REGISTRY[w.method].needs
-    sel = f"{RES}/select/{w.target}/seed{selection_seed(w.seed)}"
+    needs = METHOD_REGISTRY[method].needs
+    sel = f"{RES}/select/{target}/seed{selection_seed(seed)}"
     if needs == "selection":
         return {"selection": f"{sel}/selected.json"}
     if needs == "surgical":
@@ -24,18 +24,53 @@ def method_inputs(w):
     return {}
 
 
+def tuned_input(method, target):
+    """The values chosen on validation, when the method has a grid."""
+    return {"tuned": f"{RES}/tune/{target}/{method}.json"} if method_grid(config, method) else {}
+
+
 def method_args(w, input):
+    args = []
     if "selection" in input.keys():
-        return f"--selection-state {input.selection}"
+        args.append(f"--selection-state {input.selection}")
     if "surgical" in input.keys():
-        return f"--surgical-scores {input.surgical}"
-    return ""
+        args.append(f"--surgical-scores {input.surgical}")
+    if "tuned" in input.keys():
+        args.append(f"--tuned {input.tuned}")
+    return " ".join(args)
+
+
+rule tune:
+    input:
+        unpack(lambda w: prepared(w.target)),
+        unpack(lambda w: stage_inputs(w.method, w.target, SEL_SEED)),
+        ckpt=CKPT,
+        mlflow=f"{RES}/mlflow.json",
+    output:
+        f"{RES}/tune/{{target}}/{{method}}.json",
+    params:
+        train=lambda w: dumps(method_train(config, w.method)),
+        method=lambda w: dumps(config["methods"][w.method].get("params") or {}),
+        grid=lambda w: dumps(method_grid(config, w.method)),
+        extra=method_args,
+        seed=SEL_SEED,
+    threads: 1
+    log:
+        f"logs/{EXP}/tune/{{target}}_{{method}}.log",
+    benchmark:
+        f"benchmarks/{EXP}/tune/{{target}}_{{method}}.tsv"
+    shell:
+        "{PY} tune --method {wildcards.method} --method-params '{params.method}' --grid '{params.grid}' "
+        "{params.extra} --data {input.data} --manifest {input.manifest} --checkpoint {input.ckpt} "
+        "--train '{params.train}' --seed {params.seed} --threads {threads} --out {output} "
+        "--track --tag stage=tune > {log} 2>&1"
 
 
 rule train:
     input:
         unpack(lambda w: prepared(w.target)),
-        unpack(method_inputs),
+        unpack(lambda w: stage_inputs(w.method, w.target, w.seed)),
+        unpack(lambda w: tuned_input(w.method, w.target)),
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
     output:
@@ -56,10 +91,12 @@ rule train:
 
 
 def sweep_inputs(w):
+    # SubTuning in the sweep reuses the blocks selected in the 1k regime, and every
+    # method the values its grid chose in the 1k regime.
     sel = f"{RES}/select/{w.target}/seed{selection_seed(w.seed)}"
     needs = METHOD_REGISTRY[w.method].needs
-    # SubTuning in the sweep reuses the blocks selected in the 1k regime.
-    return {"selection": f"{sel}/selected.json"} if needs == "selection" else {}
+    out = {"selection": f"{sel}/selected.json"} if needs == "selection" else {}
+    return out | tuned_input(w.method, w.target)
 
 
 rule train_sweep:
@@ -83,3 +120,30 @@ rule train_sweep:
         "{PY} train --method {wildcards.method} --method-params '{params.method}' {params.extra} "
         "--data {input.data} --manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' "
         "--seed {wildcards.seed} --threads {threads} --out {output} --track --tag stage=sweep > {log} 2>&1"
+
+
+# Multi-LoRA: the multilora targets trained together (shared frozen A, a B and a head per task),
+# compared in the same job with K separate LoRA runs of the same rank and training config.
+rule multilora:
+    input:
+        data=lambda w: [prepared(t)["data"] for t in config["multilora"]["targets"]],
+        manifests=lambda w: [prepared(t)["manifest"] for t in config["multilora"]["targets"]],
+        ckpt=CKPT,
+        mlflow=f"{RES}/mlflow.json",
+    output:
+        f"{RES}/multilora/seed{{seed}}.json",
+    params:
+        tasks=lambda w, input: " ".join(
+            f"--task {t} {d} {m}" for t, d, m in zip(config["multilora"]["targets"], input.data, input.manifests)
+        ),
+        train=lambda w: dumps(multilora_train(config)),
+        params=lambda w: dumps(config["multilora"].get("params") or {}),
+    threads: 1
+    log:
+        f"logs/{EXP}/multilora/seed{{seed}}.log",
+    benchmark:
+        f"benchmarks/{EXP}/multilora/seed{{seed}}.tsv"
+    shell:
+        "{PY} multilora {params.tasks} --checkpoint {input.ckpt} --params '{params.params}' --compare "
+        "--train '{params.train}' --seed {wildcards.seed} --threads {threads} --out {output} "
+        "--track --tag stage=multilora > {log} 2>&1"

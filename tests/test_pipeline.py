@@ -101,3 +101,42 @@ def test_selection_never_reads_the_test_split(work, monkeypatch):
     assert asked and all("test" not in s for s in asked)
     # 3. whereas final training does need it (and says so in one line)
     assert main([str(a) for a in ("train", "--method", "lp", *common, "--out", work / "nt_lp.json")]) == 2
+
+
+def test_tuning_chooses_on_validation_and_never_reads_the_test_split(work, monkeypatch):
+    import subtune.data.prepared as prepared
+
+    src = work / "digits.safetensors"
+    with safe_open(str(src), framework="pt") as fh:
+        kept = {k: fh.get_tensor(k) for k in fh.keys() if not k.startswith("test_")}
+    notest = work / "digits_notest_tune.safetensors"
+    save_file(kept, str(notest))
+    asked = []
+    real = prepared.load_prepared
+    monkeypatch.setattr(prepared, "load_prepared", lambda p, splits=("train", "val"), **kw: asked.append(splits) or real(p, splits, **kw))
+    common = ["--manifest", work / "digits.json", "--checkpoint", work / "ckpt.safetensors",
+              "--train", json.dumps({"epochs": 1, "batch_size": 64, "lr": 0.001})]
+    out = work / "tune_lora.json"
+    cli("tune", "--method", "lora", "--method-params", json.dumps({"rank": 4}),
+        "--grid", json.dumps({"lr": [0.0001, 0.01], "rank": [2, 4]}), "--data", notest, *common, "--out", out)
+    assert asked and all("test" not in s for s in asked)
+    t = json.loads(out.read_text())
+    # the product, keys sorted (lr, rank), values in the order given
+    assert [(r["train"]["lr"], r["params"]["rank"]) for r in t["results"]] == [(0.0001, 2), (0.0001, 4), (0.01, 2), (0.01, 4)]
+    accs = [r["val_acc"] for r in t["results"]]
+    assert t["chosen_index"] == accs.index(max(accs))
+    assert t["chosen"] == {"train": t["results"][t["chosen_index"]]["train"], "params": t["results"][t["chosen_index"]]["params"]}
+    # rank 2 trains fewer parameters than rank 4: the method parameter reached the method
+    assert t["results"][0]["trainable_params"] < t["results"][1]["trainable_params"]
+    # the final run applies the chosen values and records them
+    final = work / "tuned_lora_final.json"
+    monkeypatch.setattr(prepared, "load_prepared", real)
+    cli("train", "--method", "lora", "--method-params", json.dumps({"rank": 4}), "--tuned", out,
+        "--data", src, *common, "--out", final)
+    m = json.loads(final.read_text())
+    assert m["train"]["lr"] == t["chosen"]["train"]["lr"]
+    assert m["method_params"]["rank"] == t["chosen"]["params"]["rank"]
+    assert m["tuned"]["grid"] == {"lr": [0.0001, 0.01], "rank": [2, 4]}
+    # a tuning file for another method is refused
+    assert main([str(a) for a in ("train", "--method", "ssf", "--tuned", out, "--data", src, *common,
+                                  "--out", work / "x.json")]) == 2

@@ -1,5 +1,6 @@
 """The Snakemake workflow end to end on configs/test.yaml: outputs, MLflow runs, reruns, config errors."""
 
+import json
 import re
 import shutil
 import sqlite3
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 def workdir(tmp: Path) -> Path:
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(ROOT / name, tmp / name)
-    for name in ("rules", "schemas", "configs"):
+    for name in ("rules", "schemas", "configs", "references"):
         shutil.copytree(ROOT / name, tmp / name)
     return tmp
 
@@ -77,11 +78,24 @@ def test_end_to_end_outputs(finished):
     res = wd / "results/test"
     for rel in ["tables/main.csv", "tables/main.md", "tables/rounds.csv", "tables/profile_digits.csv",
                 "tables/profile_fmnist-new.csv", "plots/profile_digits.png", "tables/pairs_digits.csv",
-                "plots/pairs_digits.png", "tables/sweep.csv", "plots/sweep.png"]:
+                "plots/pairs_digits.png", "tables/sweep.csv", "plots/sweep.png", "tables/multilora.csv",
+                "tables/multilora.md"]:
         assert (res / rel).stat().st_size > 0, rel
     md = (res / "tables/main.md").read_text()
-    for method in ("lp", "ft", "surgical", "subtuning"):
+    for method in ("lp", "ft", "surgical", "subtuning", "lora"):
         assert method in md.lower()
+    # LP's learning rate was chosen on validation from its grid, and the table says which
+    assert "## Hyperparameters chosen on validation" in md and "lr ∈ {0.003, 0.01}" in md
+    for t in ("digits", "fmnist-new"):
+        tuned = json.loads((res / f"tune/{t}/lp.json").read_text())
+        assert [r["train"]["lr"] for r in tuned["results"]] == [0.003, 0.01]
+        best = max(r["val_acc"] for r in tuned["results"])
+        assert tuned["results"][tuned["chosen_index"]]["val_acc"] == best
+        for seed in (0, 1):
+            run = json.loads((res / f"runs/{t}/lp/seed{seed}.json").read_text())
+            assert run["train"]["lr"] == tuned["chosen"]["train"]["lr"] and run["tuned"]["train"] == tuned["chosen"]["train"]
+    ml = (res / "tables/multilora.md").read_text()
+    assert "Multi-LoRA" in ml and "separate LoRA" in ml and "params stored" in ml
     # every rule writes its log and benchmark
     assert any((wd / "logs/test/train").iterdir()) and any((wd / "benchmarks/test/train").iterdir())
 
@@ -98,6 +112,8 @@ def test_every_training_job_logged_one_mlflow_run(finished):
     n_jobs += sum(1 for _ in (wd / "results/test").glob("select/*/*/round*_shard*.json"))
     n_jobs += sum(1 for _ in (wd / "results/test").glob("select/*/*/surgical.json"))
     n_jobs += sum(1 for _ in (wd / "results/test").glob("pairs/*/shard*.json"))
+    n_jobs += sum(1 for _ in (wd / "results/test").glob("tune/*/*.json"))
+    n_jobs += sum(1 for _ in (wd / "results/test").glob("multilora/seed*.json"))
     con = sqlite3.connect(wd / "mlflow.db")
     (n_runs,) = con.execute("select count(*) from runs where lifecycle_stage='active'").fetchone()
     assert n_runs == n_jobs and n_jobs > 20
@@ -116,9 +132,29 @@ def test_epsilon_change_reruns_selection_onward_only(finished):
 
 def test_method_lr_change_reruns_that_method_and_aggregation_only(finished):
     wd, _ = finished
-    cfg = edit_config(wd, "lr.yaml", lambda c: c["methods"]["lp"]["train"].update(lr=0.05))
+    cfg = edit_config(wd, "lr.yaml", lambda c: c["methods"]["lora"]["train"].update(lr=0.01))
     stats = dry_run(wd, cfg)
-    assert stats == {"train": 4, "train_sweep": 4, "report_main": 1, "report_sweep": 1}, stats
+    assert stats == {"train": 4, "report_main": 1}, stats  # LoRA: 2 targets x 2 seeds
+
+
+def test_method_param_change_reruns_that_method_and_aggregation_only(finished):
+    wd, _ = finished
+    cfg = edit_config(wd, "rank.yaml", lambda c: c["methods"]["lora"]["params"].update(rank=2))
+    assert dry_run(wd, cfg) == {"train": 4, "report_main": 1}
+
+
+def test_grid_change_reruns_that_methods_tuning_and_runs_only(finished):
+    wd, _ = finished
+    cfg = edit_config(wd, "grid.yaml", lambda c: c["methods"]["lp"]["grid"].update(lr=[0.001, 0.01]))
+    stats = dry_run(wd, cfg)
+    # LP: a tuning job per target, its final runs and its sweep runs (LP is in the sweep)
+    assert stats == {"tune": 2, "train": 4, "train_sweep": 4, "report_main": 1, "report_sweep": 1}, stats
+
+
+def test_multilora_change_reruns_multilora_only(finished):
+    wd, _ = finished
+    cfg = edit_config(wd, "ml.yaml", lambda c: c["multilora"]["params"].update(rank=2))
+    assert dry_run(wd, cfg) == {"multilora": 2, "report_multilora": 1}
 
 
 @pytest.mark.parametrize(
@@ -130,6 +166,9 @@ def test_method_lr_change_reruns_that_method_and_aggregation_only(finished):
         (lambda c: c["methods"].update(nosuch={}), "methods.nosuch"),
         (lambda c: c["methods"]["lp"].update(params={"rank": 4}), "'rank'"),
         (lambda c: c["targets"].update(cifar1000={}), "targets.cifar1000"),
+        (lambda c: c["methods"]["lp"]["grid"].update(rnk=[4]), "methods.lp.grid: 'rnk'"),
+        (lambda c: c["methods"]["lora"].update(grid={"alpha": [-1]}), "methods.lora.grid point alpha=-1"),
+        (lambda c: c["multilora"].update(targets=["digits", "cifar9"]), "multilora.targets: 'cifar9'"),
     ],
 )
 def test_bad_config_stops_before_any_job(tmp_path, edit, needle):

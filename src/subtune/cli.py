@@ -232,30 +232,12 @@ def cmd_decide(a: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- final training
-def cmd_train(a: argparse.Namespace) -> None:
-    """Final training of one method: wrap, run its phases through ``fit``, evaluate the test split once.
+def _method_params(a: argparse.Namespace, params: dict) -> dict:
+    """The method's parameters plus what it needs from earlier stages (selected blocks, Surgical's group)."""
+    from .io import read_json
+    from .methods import get_method
 
-    The method's :meth:`~subtune.methods.Method.wrap` runs after the global RNG
-    is seeded with ``--seed`` (adapter initialisation is per seed); its
-    :meth:`~subtune.methods.Method.phases` run in order (LP-FT: head, then
-    everything; the metrics are :func:`subtune.methods.fit_phases`'s).
-    ``total_params`` is the plain backbone's size (before any adapter), so
-    ``trainable_params / total_params`` compares across methods;
-    ``adapted_params`` counts the trained model with its adapters.
-    ``--save-model`` saves the merged plain timm model (:meth:`Method.merge`).
-    """
-    import dataclasses
-
-    import torch
-
-    from .data.prepared import load_manifest, load_prepared
-    from .io import read_json, write_json
-    from .methods import fit_phases, get_method
-    from .models.checkpoint import build_model, create, save_checkpoint
-    from .train import Preprocess, TrainConfig
-
-    cfg = TrainConfig.from_dict(a.train)
-    params = dict(a.method_params or {})
+    params = dict(params)
     method_cls = get_method(a.method, **params).__class__
     if method_cls.needs == "selection":
         if not a.selection_state:
@@ -269,9 +251,18 @@ def cmd_train(a: argparse.Namespace) -> None:
             raise SubtuneError(f"method {a.method!r} needs --surgical-scores (validation scores of the groups)")
         sc = read_json(_existing(a.surgical_scores))["results"]
         params["group"] = max(range(len(sc)), key=lambda i: (sc[i]["score"], -i))
+    return params
+
+
+def _fit_method(a: argparse.Namespace, params: dict, cfg, data: dict, manifest: dict, test: bool):
+    """Build the model from the checkpoint, wrap it with the method, run its phases; test read only if ``test``."""
+    import torch
+
+    from .methods import fit_phases, get_method
+    from .models.checkpoint import build_model
+    from .train import Preprocess
+
     method = get_method(a.method, **params)
-    manifest = load_manifest(_existing(a.manifest))
-    _existing(a.data)
     num_classes = int(manifest["num_classes"])
     model, ckpt = build_model(_existing(a.checkpoint), num_classes, seed=a.seed)
     base_params = sum(p.numel() for p in model.parameters())
@@ -279,12 +270,10 @@ def cmd_train(a: argparse.Namespace) -> None:
         torch.manual_seed(a.seed)
         model = method.wrap(model)
         phases = method.phases(model)
-    data = load_prepared(a.data, splits=("train", "val", "test"))
-    _threads(a.threads)
     m = fit_phases(
         model, phases, Preprocess(ckpt.mean, ckpt.std, ckpt.in_chans),
         (data["train_x"], data["train_y"]), {"val": (data["val_x"], data["val_y"])}, cfg, a.seed, a.device,
-        final_evals={"test": (data["test_x"], data["test_y"])}, desc=a.method,
+        final_evals={"test": (data["test_x"], data["test_y"])} if test else None, desc=a.method,
     )
     notes: dict = {}
     for t, _ in phases:
@@ -294,6 +283,48 @@ def cmd_train(a: argparse.Namespace) -> None:
         seed=a.seed, train=cfg.to_dict(), checkpoint=str(a.checkpoint), notes=notes,
         adapted_params=m["total_params"], total_params=base_params,
     )
+    return m, method, model, ckpt, num_classes
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    """Final training of one method: wrap, run its phases through ``fit``, evaluate the test split once.
+
+    The method's :meth:`~subtune.methods.Method.wrap` runs after the global RNG
+    is seeded with ``--seed`` (adapter initialisation is per seed); its
+    :meth:`~subtune.methods.Method.phases` run in order (LP-FT: head, then
+    everything; the metrics are :func:`subtune.methods.fit_phases`'s).
+    ``--tuned`` applies the values chosen on validation by ``tune`` over
+    ``--train`` and ``--method-params`` (recorded as ``tuned``).
+    ``total_params`` is the plain backbone's size (before any adapter), so
+    ``trainable_params / total_params`` compares across methods;
+    ``adapted_params`` counts the trained model with its adapters.
+    ``--save-model`` saves the merged plain timm model (:meth:`Method.merge`).
+    """
+    import dataclasses
+
+    from .data.prepared import load_manifest, load_prepared
+    from .io import read_json, write_json
+    from .models.checkpoint import create, save_checkpoint
+    from .train import TrainConfig
+
+    train_cfg, params, tuned = dict(a.train), dict(a.method_params or {}), None
+    if a.tuned:
+        t = read_json(_existing(a.tuned))
+        if t.get("method") != a.method:
+            raise SubtuneError(f"{a.tuned}: tuned for method {t.get('method')!r}, not {a.method!r}")
+        tuned = {**t["chosen"], "grid": t.get("grid", {}), "val_acc": t["results"][t["chosen_index"]]["val_acc"],
+                 "seed": t.get("seed")}
+        train_cfg.update(tuned["train"])
+        params.update(tuned["params"])
+    cfg = TrainConfig.from_dict(train_cfg)
+    params = _method_params(a, params)
+    manifest = load_manifest(_existing(a.manifest))
+    _existing(a.data)
+    data = load_prepared(a.data, splits=("train", "val", "test"))
+    _threads(a.threads)
+    m, method, model, ckpt, num_classes = _fit_method(a, params, cfg, data, manifest, test=True)
+    if tuned is not None:
+        m["tuned"] = tuned
     if a.save_model:
         plain = create(ckpt.arch, num_classes, ckpt.in_chans, **ckpt.model_kwargs)
         plain.load_state_dict({k: v.cpu() for k, v in method.merge(model).items()}, strict=True)
@@ -302,6 +333,47 @@ def cmd_train(a: argparse.Namespace) -> None:
     _track(a, m, a.out, {"stage": "final", "target": m["target"], "method": a.method, "seed": str(a.seed)})
     print(f"{a.method} on {m['target']} seed {a.seed}: val {m['val_acc']:.4f} test {m['test_acc']:.4f} "
           f"({m['trainable_params']} trainable, {m['wall_time_s']:.1f}s)")
+
+
+def cmd_tune(a: argparse.Namespace) -> None:
+    """Train every point of a method's grid on the training split; choose by validation accuracy.
+
+    The test split is not loaded (:mod:`subtune.tune`). Writes every point's
+    validation metrics and the chosen values; ``train --tuned`` applies them.
+    """
+    from .data.prepared import load_manifest, load_prepared
+    from .io import write_json
+    from .train import TrainConfig
+    from .tune import choose, grid_points, point_label
+
+    points = grid_points(a.method, a.grid)
+    base_params = dict(a.method_params or {})
+    cfgs = [TrainConfig.from_dict({**a.train, **p["train"]}, f"methods.{a.method}.grid") for p in points]
+    params = [_method_params(a, {**base_params, **p["params"]}) for p in points]
+    manifest = load_manifest(_existing(a.manifest))
+    _existing(a.data)
+    data = load_prepared(a.data, splits=("train", "val"))
+    _threads(a.threads)
+    results = []
+    for point, cfg, prm in zip(points, cfgs, params):
+        m, *_ = _fit_method(a, prm, cfg, data, manifest, test=False)
+        results.append({**point, "label": point_label(point), "val_acc": m["val_acc"], "val_loss": m.get("val_loss"),
+                        "train_acc": m.get("train_acc"), "wall_time_s": m["wall_time_s"],
+                        "trainable_params": m["trainable_params"]})
+        print(f"{a.method} on {m['target']} [{results[-1]['label']}]: val {m['val_acc']:.4f}")
+    best = choose(results)
+    out = {"method": a.method, "target": manifest.get("name"), "seed": a.seed, "grid": a.grid or {},
+           "train": a.train, "method_params": base_params, "results": results, "chosen_index": best,
+           "chosen": {"train": points[best]["train"], "params": points[best]["params"]}}
+    write_json(a.out, out)
+    r = results[best]
+    _track(a, {"method": a.method, "target": out["target"], "seed": a.seed, "val_acc": r["val_acc"],
+               "val_loss": r["val_loss"], "trainable_params": r["trainable_params"],
+               "wall_time_s": sum(x["wall_time_s"] for x in results),
+               "train": {**a.train, **points[best]["train"]}, "method_params": {**base_params, **points[best]["params"]}},
+           a.out, {"stage": "tune", "target": out["target"], "method": a.method, "seed": str(a.seed),
+                   "grid_points": str(len(points)), "chosen": r["label"]})
+    print(f"chosen for {a.method} on {out['target']}: {r['label']} (val {r['val_acc']:.4f})")
 
 
 def cmd_multilora(a: argparse.Namespace) -> None:
@@ -338,6 +410,13 @@ def cmd_multilora(a: argparse.Namespace) -> None:
         out["multilora"].pop("model")
     out.update(seed=a.seed, train=cfg.to_dict(), params=params, checkpoint=str(a.checkpoint))
     write_json(a.out, out)
+    # One MLflow run per job: Multi-LoRA's metrics; the comparison is in the attached metrics file.
+    r = out["multilora"]
+    _track(a, {"method": "multilora", "target": "+".join(out["tasks"]), "seed": a.seed, "train": out["train"],
+               "method_params": {**params, "tasks": ",".join(out["tasks"]), "compared": bool(a.compare)},
+               "val_acc": r["mean_val_acc"], "test_acc": r.get("mean_test_acc"),
+               "trainable_params": r["params_trained"]},
+           a.out, {"stage": "multilora", "method": "multilora", "seed": str(a.seed)})
     for kind in ("multilora", "separate_lora"):
         if kind in out:
             r = out[kind]
@@ -390,7 +469,8 @@ def cmd_report(a: argparse.Namespace) -> None:
     from . import report
 
     if a.what == "main":
-        report.main_table(a.runs, a.out_csv, a.out_md, out_json=a.out_json, checkpoint_json=a.checkpoint, selected_files=a.selected)
+        report.main_table(a.runs, a.out_csv, a.out_md, out_json=a.out_json, checkpoint_json=a.checkpoint, selected_files=a.selected,
+                          references=a.references, backbone=a.backbone)
     elif a.what == "rounds":
         report.rounds(a.states, a.out_csv)
     elif a.what == "profile":
@@ -398,7 +478,9 @@ def cmd_report(a: argparse.Namespace) -> None:
     elif a.what == "pairs":
         report.pairs(a.scores, a.out_csv, a.out_png)
     elif a.what == "sweep":
-        report.sweep(a.runs, a.out_csv, a.out_png)
+        report.sweep(a.runs, a.out_csv, a.out_png, references=a.references, backbone=a.backbone)
+    elif a.what == "multilora":
+        report.multilora(a.runs, a.out_csv, a.out_md, references=a.references, backbone=a.backbone)
     print(f"report {a.what}: {a.out_csv}" + (f", {a.out_png}" if getattr(a, "out_png", None) else ""))
 
 
@@ -492,6 +574,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--manifest", required=True)
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--save-model", help="also save the trained model as a checkpoint")
+    s.add_argument("--tuned", help="the values chosen on validation by `tune` (applied over --train/--method-params)")
+    s.add_argument("--out", required=True)
+    common_train(s)
+    s = stage("tune", cmd_tune, "train a method's grid on the training split and choose by validation (no test)")
+    s.add_argument("--method", required=True)
+    s.add_argument("--method-params", type=_json_arg, default={})
+    s.add_argument("--grid", type=_json_arg, default={}, help="hyperparameter -> values, as JSON")
+    s.add_argument("--selection-state", help="greedy selection result (SubTuning)")
+    s.add_argument("--surgical-scores", help="validation scores of the block groups (Surgical)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--checkpoint", required=True)
     s.add_argument("--out", required=True)
     common_train(s)
     s = stage("multilora", cmd_multilora,
@@ -501,10 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--params", type=_json_arg, default={}, help="rank, alpha, target as JSON")
     s.add_argument("--compare", action="store_true", help="also train K separate peft-LoRA runs and compare")
-    s.add_argument("--train", type=_json_arg, default={}, help="training config as JSON")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    s.add_argument("--device", default=None, help="cuda, cpu or auto (default)")
+    common_train(s)
     s.add_argument("--out", required=True)
     s = stage("track-init", cmd_track_init, "create the MLflow store and experiment once, before parallel jobs log")
     s.add_argument("--uri", help="tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
@@ -522,10 +613,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = stage("report", cmd_report, "aggregate results into tables (csv, markdown) and plots")
     rsub = s.add_subparsers(dest="what", metavar="TABLE", required=True)
+    def refs(r: argparse.ArgumentParser) -> None:
+        r.add_argument("--references", nargs="*", default=[], help="published numbers (references/*.csv)")
+        r.add_argument("--backbone", help="the backbone's timm name, to match published numbers")
+
     r = rsub.add_parser("main", help="method x target test accuracy (mean ± std over seeds), parameters")
     r.add_argument("--runs", nargs="+", required=True)
     r.add_argument("--checkpoint", help="checkpoint sidecar JSON (source accuracy)")
     r.add_argument("--selected", nargs="*", help="final selection states")
+    refs(r)
     r.add_argument("--out-csv", required=True)
     r.add_argument("--out-md", required=True)
     r.add_argument("--out-json", help="also the table as JSON, method -> target -> numbers (DVC metrics)")
@@ -539,8 +635,14 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--out-png", required=True)
     r = rsub.add_parser("sweep", help="data-size sweep: test accuracy against training-set size")
     r.add_argument("--runs", nargs="+", required=True)
+    refs(r)
     r.add_argument("--out-csv", required=True)
     r.add_argument("--out-png", required=True)
+    r = rsub.add_parser("multilora", help="Multi-LoRA against K separate LoRA runs: accuracy per task, parameters")
+    r.add_argument("--runs", nargs="+", required=True, help="multilora --compare outputs (one per seed)")
+    refs(r)
+    r.add_argument("--out-csv", required=True)
+    r.add_argument("--out-md", required=True)
     return p
 
 

@@ -74,6 +74,7 @@ def _check_registries(config: dict[str, Any]) -> None:
     from .data.targets import validate as validate_dataset
     from .methods import REGISTRY, get_method
     from .train import TrainConfig
+    from .tune import validate_grid
 
     for name, spec in config["methods"].items():
         if name not in REGISTRY:
@@ -81,6 +82,7 @@ def _check_registries(config: dict[str, Any]) -> None:
         params = spec.get("params") or {}
         get_method(name, **params)  # raises naming the method and the parameter
         TrainConfig.from_dict({**config["train"], **(spec.get("train") or {})}, f"methods.{name}.train")
+        validate_grid(name, spec.get("grid"), method_train(config, name), params)
     for name, spec in config["targets"].items():
         if name not in TARGETS:
             raise SubtuneError(f"unknown dataset targets.{name} (known: {', '.join(sorted(TARGETS))})")
@@ -97,6 +99,14 @@ def _check_registries(config: dict[str, Any]) -> None:
     for section in ("sweep", "pairs"):
         if section in config and config[section]["target"] not in config["targets"]:
             raise SubtuneError(f"{section}.target {config[section]['target']!r} is not one of targets")
+    for ref in config.get("references") or []:
+        if not Path(ref).is_file():
+            raise SubtuneError(f"references: missing file {ref}")
+    if "multilora" in config:
+        for t in config["multilora"]["targets"]:
+            if t not in config["targets"]:
+                raise SubtuneError(f"multilora.targets: {t!r} is not one of targets")
+        TrainConfig.from_dict(multilora_train(config), "multilora.train")
     for m in config.get("sweep", {}).get("methods", []):
         if m not in config["methods"]:
             raise SubtuneError(f"sweep.methods: {m!r} is not one of methods")
@@ -112,6 +122,15 @@ def dumps(obj: Any) -> str:
 
 def method_train(config: dict[str, Any], method: str) -> dict[str, Any]:
     return {**config["train"], **(config["methods"][method].get("train") or {})}
+
+
+def method_grid(config: dict[str, Any], method: str) -> dict[str, list]:
+    """The method's validation grid ({} when none: the configured values are used as they are)."""
+    return dict(config["methods"][method].get("grid") or {})
+
+
+def multilora_train(config: dict[str, Any]) -> dict[str, Any]:
+    return {**config["train"], **(config["multilora"].get("train") or {})}
 
 
 def selection_train(config: dict[str, Any]) -> dict[str, Any]:

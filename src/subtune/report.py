@@ -30,18 +30,19 @@ from . import SubtuneError
 from .io import atomic_path, read_json
 
 PathLike = str | os.PathLike
-METHOD_ORDER = ("lp", "ft", "surgical", "subtuning")
+METHOD_ORDER = ("lp", "ft", "lpft", "surgical", "subtuning", "bitfit", "lora", "subtuning_lora", "ssf", "san")
 METHOD_LABELS = {
     "lp": "LP", "ft": "FT", "lp_ft": "LP-FT", "lp-ft": "LP-FT", "surgical": "Surgical",
     "subtuning": "SubTuning", "bitfit": "BitFit", "lora": "LoRA", "dora": "DoRA",
-    "ssf": "SSF", "san": "SAN",
+    "ssf": "SSF", "san": "SAN", "lpft": "LP-FT", "subtuning_lora": "SubTuning+LoRA", "multilora": "Multi-LoRA",
+    "separate_lora": "separate LoRA",
 }
 LP_LABEL = "(lp)"  # the empty block set in tables
 
 
 # ---------------------------------------------------------------- small helpers
 def method_order(methods: Iterable[str]) -> list[str]:
-    """lp, ft, surgical, subtuning first (those present), then the others alphabetically."""
+    """The methods in METHOD_ORDER first (those present), then the others alphabetically."""
     ms = list(dict.fromkeys(methods))
     first = [m for m in METHOD_ORDER if m in ms]
     return first + sorted(m for m in ms if m not in METHOD_ORDER)
@@ -139,7 +140,7 @@ def _md_table(header: list[str], rows: list[list[str]], align: list[str] | None 
 
 # ---------------------------------------------------------------- runs
 RUN_COLUMNS = ["file", "method", "target", "seed", "test_acc", "val_acc", "trainable_params",
-               "total_params", "train_size", "wall_time_s", "blocks", "group"]
+               "total_params", "train_size", "wall_time_s", "blocks", "group", "tuned", "grid"]
 
 
 def load_runs(run_files: Sequence[PathLike], *, need_train_size: bool = False) -> pd.DataFrame:
@@ -163,6 +164,8 @@ def load_runs(run_files: Sequence[PathLike], *, need_train_size: bool = False) -
             "wall_time_s": float(d["wall_time_s"]) if isinstance(d.get("wall_time_s"), (int, float)) else math.nan,
             "blocks": "+".join(mp["blocks"]) if isinstance(mp.get("blocks"), list) else None,
             "group": int(mp["group"]) if isinstance(mp.get("group"), int) else None,
+            "tuned": _tuned_label(d.get("tuned")),
+            "grid": _grid_label(d.get("tuned")),
         }
         if need_train_size:
             row["train_size"] = int(_need(d, "train_size", f, int))
@@ -177,6 +180,21 @@ def load_runs(run_files: Sequence[PathLike], *, need_train_size: bool = False) -
     if len(dup):
         raise SubtuneError(f"two run files for the same {'/'.join(keys)}: {', '.join(dup['file'][:2])}")
     return df
+
+
+def _tuned_label(t: Any) -> str | None:
+    """The values chosen on validation, ``lr=0.001, rank=8`` (None when the run had no grid)."""
+    if not isinstance(t, dict):
+        return None
+    items = {**(t.get("train") or {}), **(t.get("params") or {})}
+    return ", ".join(f"{k}={v}" for k, v in sorted(items.items())) or "defaults"
+
+
+def _grid_label(t: Any) -> str | None:
+    if not isinstance(t, dict):
+        return None
+    grid = t.get("grid") or {}
+    return "; ".join(f"{k} ∈ {{{', '.join(str(v) for v in vals)}}}" for k, vals in sorted(grid.items())) or None
 
 
 def _summary(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -222,6 +240,8 @@ def main_table(
     out_md: PathLike,
     checkpoint_json: PathLike | None = None,
     selected_files: Sequence[PathLike] | None = None,
+    references: Sequence[PathLike] | None = None,
+    backbone: str | None = None,
     out_json: PathLike | None = None,
 ) -> pd.DataFrame:
     """Method x target test accuracy (percent, mean ± sample std over seeds), params, seeds.
@@ -229,10 +249,14 @@ def main_table(
     CSV (tidy, one row per method and target): method, target, n_seeds, seeds,
     test_acc_mean, test_acc_std, val_acc_mean, val_acc_std, trainable_params
     (mean over seeds), trainable_params_min/max, total_params, trainable_pct,
-    wall_time_s_mean, blocks (the distinct block sets, SubTuning). Markdown: the
+    wall_time_s_mean, blocks (the distinct block sets, SubTuning), tuned (the
+    values chosen on validation, when the method had a grid), published, diff
+    and published_source (``references``: published numbers for ``backbone``,
+    :func:`attach_published`). Markdown: the
     pivot (cells ``mean ± std (params)``), the source checkpoint's accuracy,
-    the selected blocks per target and seed, and the greedy selections
-    (``selected_files``: selection state files) when given.
+    the selected blocks per target and seed, the hyperparameters chosen on
+    validation, and the greedy selections (``selected_files``: selection
+    state files) when given.
     """
     runs = load_runs(run_files)
     targets = list(dict.fromkeys(runs["target"]))
@@ -240,6 +264,10 @@ def main_table(
     blocks = (runs.dropna(subset=["blocks"]).groupby(["method", "target"], sort=False)["blocks"]
                   .agg(lambda s: " | ".join(dict.fromkeys(b or LP_LABEL for b in s))))
     summ["blocks"] = [blocks.get((m, t), "") for m, t in zip(summ["method"], summ["target"])]
+    chosen = (runs.dropna(subset=["tuned"]).groupby(["method", "target"], sort=False)["tuned"]
+                  .agg(lambda s: " | ".join(dict.fromkeys(s))))
+    summ["tuned"] = [chosen.get((m, t), "") for m, t in zip(summ["method"], summ["target"])]
+    summ = attach_published(summ, load_references(references), backbone)
     _write_csv(summ, out_csv)
 
     # Markdown
@@ -258,6 +286,7 @@ def main_table(
     ]
     if checkpoint_json is not None:
         parts += ["", _checkpoint_line(Path(checkpoint_json))]
+    parts += _published_md(summ)
     sel = _selection_rows(runs, targets)
     if sel:
         has_sub = any(r[2] for r in sel)
@@ -265,6 +294,18 @@ def main_table(
         header = ["target", "seed"] + (["SubTuning blocks"] if has_sub else []) + (["Surgical group"] if has_sur else [])
         rows2 = [[t, s] + ([b or "–"] if has_sub else []) + ([g or "–"] if has_sur else []) for t, s, b, g in sel]
         parts += ["", "## Selected blocks per target and seed", "", _md_table(header, rows2, ["l"] * len(header))]
+    tuned = runs.dropna(subset=["tuned"])
+    if len(tuned):
+        trows = []
+        for m in method_order(tuned["method"]):
+            sub = tuned[tuned["method"] == m]
+            chosen = [" | ".join(dict.fromkeys(sub[sub["target"] == t]["tuned"])) or "–" for t in targets]
+            trows.append([method_label(m), " | ".join(dict.fromkeys(sub["grid"].dropna())) or "–", *chosen])
+        parts += ["", "## Hyperparameters chosen on validation", "",
+                  "Each grid point trained on the training split with the selection seed and scored by final-epoch "
+                  "validation accuracy (ties: the first point); test accuracy was read once, for the chosen values. "
+                  "Methods without a grid use the config's values.", "",
+                  _md_table(["method", "grid", *targets], trows, ["l"] * (2 + len(targets)))]
     if selected_files:
         st = _states_table(selected_files)
         rows3 = [[r["target"], str(r["seed"]), r["selected"] or LP_LABEL,
@@ -547,7 +588,8 @@ def pairs(score_files: PathLike | Sequence[PathLike], out_csv: PathLike, out_png
 
 
 # ---------------------------------------------------------------- data-size sweep
-def sweep(run_files: Sequence[PathLike], out_csv: PathLike, out_png: PathLike) -> pd.DataFrame:
+def sweep(run_files: Sequence[PathLike], out_csv: PathLike, out_png: PathLike,
+          references: Sequence[PathLike] | None = None, backbone: str | None = None) -> pd.DataFrame:
     """Test accuracy against training-set size, per method (mean ± sample std over seeds).
 
     CSV: method, target, train_size, n_seeds, seeds, test_acc_mean, test_acc_std,
@@ -561,13 +603,19 @@ def sweep(run_files: Sequence[PathLike], out_csv: PathLike, out_png: PathLike) -
     summ = (summ.assign(_m=summ["method"].map(morder), _t=summ["target"].map(targets.index))
                 .sort_values(["_m", "_t", "train_size"]).drop(columns=["_m", "_t"]).reset_index(drop=True))
     summ["train_size"] = summ["train_size"].astype(int)
+    summ = attach_published(summ, load_references(references), backbone)
     _write_csv(summ, out_csv)
 
     fig = _figure(6.0, 4.2)
     ax = fig.add_subplot()
     for (m, t), g in summ.groupby(["method", "target"], sort=False):
         label = method_label(m) + (f" ({t})" if len(targets) > 1 else "")
-        ax.errorbar(g["train_size"], g["test_acc_mean"], yerr=g["test_acc_std"], marker="o", capsize=3, label=label)
+        line = ax.errorbar(g["train_size"], g["test_acc_mean"], yerr=g["test_acc_std"], marker="o", capsize=3,
+                           label=label)
+        pub = g.dropna(subset=["published"])
+        if len(pub):
+            ax.plot(pub["train_size"], pub["published"], linestyle="none", marker="x", markersize=8,
+                    color=line[0].get_color(), label=f"{label}, published")
     ax.set_xscale("log")
     sizes = sorted(set(summ["train_size"]))
     if len(sizes) <= 12:
@@ -582,3 +630,162 @@ def sweep(run_files: Sequence[PathLike], out_csv: PathLike, out_png: PathLike) -
     ax.legend(fontsize=8)
     _save_png(fig, out_png)
     return summ
+
+
+# ---------------------------------------------------------------- published numbers
+REFERENCE_COLUMNS = ["backbone", "target", "method", "train_size", "metric", "value", "paper", "table", "arxiv", "note"]
+
+
+def load_references(files: Sequence[PathLike] | None) -> pd.DataFrame:
+    """Published numbers (``references/*.csv``): one row per backbone, target, method (and training size).
+
+    Columns: backbone (the timm model name the paper's backbone corresponds to),
+    target (our dataset name), method (ours), train_size (empty: the config's
+    regime), metric (``test_acc``), value (percent), paper, table, arxiv
+    (identifier and version) and note. Every row must name its source.
+    """
+    frames = []
+    for f in _as_list(files or []):
+        if not f.is_file():
+            raise SubtuneError(f"missing references file: {f}")
+        df = pd.read_csv(f, comment="#", dtype={"train_size": "Int64"})
+        missing = [c for c in REFERENCE_COLUMNS if c not in df.columns]
+        if missing:
+            raise SubtuneError(f"{f}: missing column {missing[0]!r} (columns: {', '.join(REFERENCE_COLUMNS)})")
+        bad = df[df[["paper", "table", "arxiv"]].isna().any(axis=1)]
+        if len(bad):
+            raise SubtuneError(f"{f}: row {int(bad.index[0]) + 2} has no source (paper, table, arxiv)")
+        frames.append(df.assign(file=str(f)))
+    if not frames:
+        return pd.DataFrame(columns=[*REFERENCE_COLUMNS, "file"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def attach_published(summ: pd.DataFrame, refs: pd.DataFrame, backbone: str | None) -> pd.DataFrame:
+    """Add ``published`` (percent), ``diff`` (ours - published, points) and ``published_source`` columns.
+
+    A published number is matched on the backbone (the config's timm name, with
+    or without its pretrained tag), the target, the method and, where the
+    reference gives one, the training-set size. No match: empty cells.
+    """
+    out = summ.copy()
+    out["published"], out["diff"], out["published_source"] = math.nan, math.nan, ""
+    if refs.empty or not backbone:
+        return out
+    base = backbone.split(".")[0]
+    refs = refs[(refs["metric"] == "test_acc") & refs["backbone"].isin([backbone, base])]
+    for i, r in out.iterrows():
+        m = refs[(refs["target"] == r["target"]) & (refs["method"] == r["method"])]
+        if "train_size" in out.columns:
+            m = m[m["train_size"].isna() | (m["train_size"] == r["train_size"])]
+        else:
+            m = m[m["train_size"].isna()]
+        if len(m):
+            ref = m.iloc[0]
+            out.at[i, "published"] = float(ref["value"])
+            out.at[i, "diff"] = round(float(r["test_acc_mean"]) - float(ref["value"]), 4)
+            out.at[i, "published_source"] = f"{ref['paper']}, {ref['table']}, arXiv:{ref['arxiv']}"
+    return out
+
+
+def _published_md(summ: pd.DataFrame) -> list[str]:
+    pub = summ.dropna(subset=["published"])
+    if pub.empty:
+        return []
+    rows = [[method_label(r["method"]), r["target"], f"{r['test_acc_mean']:.2f}", f"{r['published']:.2f}",
+             f"{r['diff']:+.2f}", r["published_source"]] for _, r in pub.iterrows()]
+    return ["", "## Published numbers beside ours", "",
+            "Test accuracy (%); Δ = ours − published, in points. Published numbers are matched on backbone, "
+            "target and method (`references/*.csv`).", "",
+            _md_table(["method", "target", "ours", "published", "Δ", "source"], rows,
+                      ["l", "l", "r", "r", "r", "l"])]
+
+
+# ---------------------------------------------------------------- Multi-LoRA
+def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike,
+              references: Sequence[PathLike] | None = None, backbone: str | None = None) -> pd.DataFrame:
+    """Multi-LoRA against K separate LoRA runs (``multilora --compare`` outputs, one per seed).
+
+    CSV (tidy): kind (multilora | separate_lora), task (a target, or ``mean``),
+    n_seeds, test_acc_mean, test_acc_std, val_acc_mean (percent),
+    params_trained, params_stored. Markdown: one row per kind, a column per
+    task and the mean, then the parameters trained and stored (the K heads
+    included in both).
+    """
+    rows = []
+    tasks: list[str] | None = None
+    for f in _as_list(run_files):
+        d = _load(f)
+        for kind in ("multilora", "separate_lora"):
+            if kind not in d:
+                raise SubtuneError(f"{f}: no {kind!r} result (run `multilora --compare`)")
+            r = d[kind]
+            per_task = r.get("per_task")
+            if not isinstance(per_task, dict) or not per_task:
+                raise SubtuneError(f"{f}: {kind}.per_task is missing")
+            if tasks is None:
+                tasks = list(per_task)
+            elif list(per_task) != tasks:
+                raise SubtuneError(f"{f}: tasks {list(per_task)} differ from {tasks}")
+            for t, v in per_task.items():
+                rows.append({"kind": kind, "task": t, "seed": int(_need(d, "seed", f, int)),
+                             "test_acc": _frac(v, "test_acc", f), "val_acc": _frac(v, "val_acc", f),
+                             "params_trained": float(_need(r, "params_trained", f)),
+                             "params_stored": float(_need(r, "params_stored", f))})
+    if not rows:
+        raise SubtuneError("no Multi-LoRA result files given")
+    df = pd.DataFrame(rows)
+    dup = df[df.duplicated(["kind", "task", "seed"], keep=False)]
+    if len(dup):
+        raise SubtuneError(f"two Multi-LoRA results for seed {int(dup['seed'].iloc[0])}")
+    mean = df.groupby(["kind", "seed"], sort=False).agg(
+        test_acc=("test_acc", "mean"), val_acc=("val_acc", "mean"),
+        params_trained=("params_trained", "first"), params_stored=("params_stored", "first")).reset_index()
+    df = pd.concat([df, mean.assign(task="mean")], ignore_index=True)
+    g = df.groupby(["kind", "task"], sort=False)
+    out = g.agg(n_seeds=("seed", "size"), test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", _std),
+                val_acc_mean=("val_acc", "mean"), params_trained=("params_trained", "mean"),
+                params_stored=("params_stored", "mean")).reset_index()
+    for c in ("test_acc_mean", "test_acc_std", "val_acc_mean"):
+        out[c] = (out[c] * 100).round(4)
+    refs = load_references(references)
+    out = attach_published(out.assign(method=out["kind"], target=out["task"]), refs, backbone).drop(
+        columns=["method", "target"])
+    _write_csv(out, out_csv)
+
+    cols = [*(tasks or []), "mean"]
+    n = int(out["n_seeds"].max())
+    md_rows = []
+    for kind in ("separate_lora", "multilora"):
+        sub = out[out["kind"] == kind].set_index("task")
+        cells = [f"{sub.loc[t, 'test_acc_mean']:.2f} ± {sub.loc[t, 'test_acc_std']:.2f}" for t in cols]
+        md_rows.append([method_label(kind), *cells, fmt_params(sub.loc["mean", "params_trained"]),
+                        fmt_params(sub.loc["mean", "params_stored"])])
+    k = len(tasks or [])
+    text = "\n".join([
+        "# Multi-LoRA against separate LoRA: test accuracy (%)",
+        "",
+        f"{k} tasks trained together on one backbone (one shared frozen A per adapted layer, a B and a head per "
+        f"task) against {k} separate LoRA runs with the same rank and training config. Mean ± sample standard "
+        f"deviation over {n} seed{'s' if n != 1 else ''}; parameters for all {k} tasks, heads included.",
+        "",
+        _md_table(["method", *cols, "params trained", "params stored"], md_rows),
+    ])
+    pub = out.dropna(subset=["published"])
+    if len(pub):
+        rows = [[method_label(r["kind"]), r["task"], f"{r['test_acc_mean']:.2f}", f"{r['published']:.2f}",
+                 f"{r['diff']:+.2f}", r["published_source"]] for _, r in pub.iterrows()]
+        text += "\n\n## Published numbers beside ours\n\n" + _md_table(
+            ["method", "task", "ours", "published", "Δ", "source"], rows, ["l", "l", "r", "r", "r", "l"])
+    other = refs[refs["method"].isin(["multilora", "separate_lora"])] if not refs.empty else refs
+    other = other[~other["backbone"].isin([backbone or "", (backbone or "").split(".")[0]])] if len(other) else other
+    if len(other):
+        rows = [[method_label(r["method"]), str(r["backbone"]), str(r["target"]), f"{float(r['value']):.1f}",
+                 str(r.get("note", "") if isinstance(r.get("note"), str) else ""),
+                 f"{r['paper']}, {r['table']}, arXiv:{r['arxiv']}"] for _, r in other.iterrows()]
+        text += ("\n\n## Published by the Multi-LoRA paper (other backbones and tasks: not comparable)\n\n"
+                 + _md_table(["method", "backbone", "tasks", "published", "note", "source"], rows,
+                             ["l", "l", "l", "r", "l", "l"]))
+    text += "\n"
+    _write_text(text, out_md)
+    return out
