@@ -1,0 +1,96 @@
+"""The paper configs: each validates and dry-runs to the DAG its config implies; every GPU stage asks for a GPU.
+
+No data or checkpoint is fetched: a dry run plans the downloads and the hub fetch. A dry run cannot see past
+the greedy-selection checkpoint (`decide`), so the counts are those of the first round.
+"""
+
+import contextlib
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from subtune.config import validate
+from subtune.data.targets import raw_dataset
+from subtune.methods import REGISTRY
+
+from test_workflow import ROOT, job_stats, smk, workdir
+
+PAPER = ["subtuning-vtab", "subtuning-vtab-vit", "subtuning-profiles-r18", "subtuning-datasize", "cifar10c",
+         "peft-vtab", "peft-vtab-dinov2", "multilora"]
+# the whole first-round DAG of each config (the test recomputes the main counts from the config below)
+TOTAL = {"subtuning-vtab": 199, "subtuning-vtab-vit": 199, "subtuning-profiles-r18": 134, "subtuning-datasize": 84,
+         "cifar10c": 316, "peft-vtab": 480, "peft-vtab-dinov2": 480, "multilora": 29}
+# stages that train a network (the CLI stages a GPU job runs)
+TRAINING_STAGES = {"pretrain", "score", "tune", "train", "multilora"}
+
+
+def load(name: str) -> dict:
+    with contextlib.chdir(ROOT):  # references/ paths are relative to the working directory
+        return validate(yaml.safe_load((ROOT / f"configs/{name}.yaml").read_text()), ROOT / "schemas/config.schema.yaml")
+
+
+def expected(cfg: dict) -> dict[str, int]:
+    seeds, targets, methods = cfg["seeds"], list(cfg["targets"]), cfg["methods"]
+    sel = cfg["selection"]
+    sel_seeds = len(seeds) if sel["per_seed"] else 1
+    pretrain_source = [cfg["source"]["dataset"]] if cfg["backbone"]["checkpoint"] == "pretrain" else []
+    needs = {REGISTRY[m].needs for m in methods} | {REGISTRY[m].needs for m in cfg.get("sweep", {}).get("methods", [])}
+    out = {
+        "train": len(methods) * len(targets) * len(seeds),
+        "prepare": len(targets) + len(pretrain_source) + len(cfg.get("sweep", {}).get("sizes", [])),
+        "download": len({raw_dataset(t) for t in [*targets, *pretrain_source]} - {None}),
+        "tune": sum(1 for m in methods.values() if m.get("grid")) * len(targets),
+    }
+    if "selection" in needs or sel.get("profile", True):
+        out["score_round"] = len(targets) * sel_seeds * sel["shards"]
+    if "surgical" in needs:
+        out["score_surgical"] = len(targets) * sel_seeds
+    if "multilora" in cfg:
+        out["multilora"] = len(seeds)
+    if "pairs" in cfg:
+        out["score_pairs"] = cfg["pairs"]["shards"]
+    if "sweep" in cfg:
+        out["train_sweep"] = 0  # waits on the selection checkpoint for SubTuning; checked below
+    return out
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_config_dry_run(tmp_path, name):
+    cfg = load(name)
+    wd = workdir(tmp_path)
+    p = smk(wd, "--dry-run", config=f"configs/{name}.yaml")
+    stats = job_stats(p.stdout + p.stderr)
+    for rule, n in expected(cfg).items():
+        if rule == "train_sweep":
+            continue
+        assert stats.get(rule, 0) == n, (rule, stats)
+    assert stats.get("pretrain", 0) + stats.get("fetch", 0) == 1
+    assert sum(stats.values()) + 1 == TOTAL[name], stats  # + rule all
+
+
+def _rule_stages() -> dict[str, str]:
+    """rule name -> the subtune CLI stage its shell command runs."""
+    out = {}
+    for f in sorted((ROOT / "rules").glob("*.smk")):
+        text = f.read_text()
+        for m in re.finditer(r"^\s*(?:rule|checkpoint) (\w+):(.*?)(?=^\s*(?:rule|checkpoint) \w+:|\Z)", text, re.S | re.M):
+            stage = re.search(r'"\{PY\} ([\w-]+)', m.group(2))
+            if stage:
+                out[m.group(1)] = stage.group(1)
+    return out
+
+
+def test_every_gpu_stage_asks_for_a_gpu_in_the_slurm_profile():
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    res = profile.get("set-resources") or {}
+    stages = _rule_stages()
+    assert {"train", "tune", "score_round", "multilora", "download", "report_main"} <= set(stages)
+    for rule, stage in stages.items():
+        r = {**(profile.get("default-resources") or {}), **(res.get(rule) or {})}
+        gpus = int(r.get("gpu", 0) or 0) + ("gpu" in str(r.get("gres", "")))
+        if stage in TRAINING_STAGES:
+            assert gpus >= 1, f"rule {rule} runs `{stage}` but asks for no GPU"
+        else:
+            assert gpus == 0, f"rule {rule} runs `{stage}` (CPU only) but asks for a GPU"
