@@ -16,7 +16,7 @@ from subtune.config import (
     selection_train,
 )
 from subtune.data.targets import raw_dataset
-from subtune.methods import REGISTRY as METHOD_REGISTRY
+from subtune.needs import method_needs
 
 # The interpreter running Snakemake (the project venv) runs the stages, whatever PATH says.
 PY = f"{shlex.quote(sys.executable)} -m subtune"
@@ -54,7 +54,7 @@ def sweep_sizes():
 def all_outputs():
     out = [f"{RES}/tables/main.csv", f"{RES}/tables/main.md"]
     selecting = [*config["methods"], *config.get("sweep", {}).get("methods", [])]
-    if any(METHOD_REGISTRY[m].needs == "selection" for m in selecting):
+    if any(method_needs(m) == "selection" for m in selecting):
         out.append(f"{RES}/tables/rounds.csv")
     if config["selection"].get("profile", True):
         out += expand(f"{RES}/tables/profile_{{target}}.csv", target=TARGETS)

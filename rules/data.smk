@@ -2,6 +2,8 @@
 
 
 rule download:
+    # fetches from the internet (compute nodes often cannot): runs where Snakemake runs, never as a cluster job
+    localrule: True
     output:
         "data/raw/{raw}/MANIFEST.json",
     params:

@@ -29,6 +29,8 @@ if BB["checkpoint"] == "pretrain":
 else:
 
     rule fetch:
+        # fetches from the internet (compute nodes often cannot): runs where Snakemake runs, never as a cluster job
+        localrule: True
         input:
             [BB["file"]] if BB["checkpoint"] == "file" else [],
         output:

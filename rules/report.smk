@@ -6,14 +6,16 @@ def final_runs(w=None):
 
 
 def selected_files(w=None):
-    needs = any(METHOD_REGISTRY[m].needs == "selection" for m in METHODS)
-    sweep_needs = any(METHOD_REGISTRY[m].needs == "selection" for m in config.get("sweep", {}).get("methods", []))
+    needs = any(method_needs(m) == "selection" for m in METHODS)
+    sweep_needs = any(method_needs(m) == "selection" for m in config.get("sweep", {}).get("methods", []))
     if not (needs or sweep_needs):
         return []
     return expand(f"{RES}/select/{{target}}/seed{{seed}}/selected.json", target=TARGETS, seed=selection_seeds())
 
 
 rule report_main:
+    # seconds of CPU work: runs where Snakemake runs, never as a cluster job
+    localrule: True
     input:
         runs=final_runs,
         ckpt=CKPT.replace(".safetensors", ".json"),
@@ -36,6 +38,8 @@ rule report_main:
 
 
 rule report_rounds:
+    # seconds of CPU work: runs where Snakemake runs, never as a cluster job
+    localrule: True
     input:
         selected_files,
     output:
@@ -49,6 +53,8 @@ rule report_rounds:
 
 
 rule report_profile:
+    # seconds of CPU work: runs where Snakemake runs, never as a cluster job
+    localrule: True
     input:
         lambda w: [f"{RES}/select/{w.target}/seed{SEL_SEED}/round1_shard{i}.json" for i in range(SHARDS)],
     output:
@@ -63,6 +69,8 @@ rule report_profile:
 
 
 rule report_pairs:
+    # seconds of CPU work: runs where Snakemake runs, never as a cluster job
+    localrule: True
     input:
         lambda w: expand(f"{RES}/pairs/{w.target}/shard{{i}}.json", i=range(PAIR_SHARDS)),
     output:
@@ -85,6 +93,8 @@ def sweep_runs(w=None):
 
 
 rule report_sweep:
+    # seconds of CPU work: runs where Snakemake runs, never as a cluster job
+    localrule: True
     input:
         runs=sweep_runs,
         refs=REFS,
@@ -103,6 +113,8 @@ rule report_sweep:
 
 
 rule report_multilora:
+    # seconds of CPU work: runs where Snakemake runs, never as a cluster job
+    localrule: True
     input:
         runs=expand(f"{RES}/multilora/seed{{seed}}.json", seed=SEEDS),
         refs=REFS,

@@ -40,6 +40,8 @@ rule score_round:
 
 
 checkpoint decide:
+    # seconds of CPU work: runs where Snakemake runs, never as a cluster job
+    localrule: True
     input:
         scores=lambda w: [f"{RES}/select/{w.target}/seed{w.seed}/round{w.round}_shard{i}.json" for i in range(SHARDS)],
         state=previous_state,
@@ -69,6 +71,8 @@ def final_state(w):
 
 
 rule selected:
+    # seconds of CPU work: runs where Snakemake runs, never as a cluster job
+    localrule: True
     input:
         final_state,
     output:

@@ -3,6 +3,8 @@
 
 
 rule mlflow_init:
+    # talks to the tracking store only: runs where Snakemake runs, never as a cluster job
+    localrule: True
     output:
         f"{RES}/mlflow.json",
     log:
@@ -15,7 +17,7 @@ rule mlflow_init:
 
 def stage_inputs(method, target, seed):
     """What a method needs from the selection stage (SubTuning's blocks, Surgical's group scores)."""
-    needs = METHOD_REGISTRY[method].needs
+    needs = method_needs(method)
     sel = f"{RES}/select/{target}/seed{selection_seed(seed)}"
     if needs == "selection":
         return {"selection": f"{sel}/selected.json"}
@@ -94,7 +96,7 @@ def sweep_inputs(w):
     # SubTuning in the sweep reuses the blocks selected in the 1k regime, and every
     # method the values its grid chose in the 1k regime.
     sel = f"{RES}/select/{w.target}/seed{selection_seed(w.seed)}"
-    needs = METHOD_REGISTRY[w.method].needs
+    needs = method_needs(w.method)
     out = {"selection": f"{sel}/selected.json"} if needs == "selection" else {}
     return out | tuned_input(w.method, w.target)
 

@@ -64,16 +64,18 @@ def test_dvc_yaml_covers_the_experiments():
 
 
 def small_config(wd: Path) -> None:
-    """configs/test.yaml, smaller: one seed, two methods, one greedy round, one sweep size, no pair grid."""
+    """configs/test.yaml, smaller: one seed, two methods (no grid), one greedy round, one sweep size, no pair grid or Multi-LoRA."""
     path = wd / "configs/test.yaml"
     cfg = yaml.safe_load(path.read_text())
     cfg["seeds"] = [0]
     cfg["source"]["params"].update(train_size=300, val_size=100)
     cfg["backbone"]["pretrain"]["train"]["epochs"] = 1
     cfg["methods"] = {m: cfg["methods"][m] for m in ("lp", "subtuning")}
+    cfg["methods"]["lp"].pop("grid", None)
     cfg["selection"]["k"] = 1
     cfg["sweep"].update(sizes=[60], methods=["lp", "subtuning"])
-    cfg.pop("pairs", None)
+    for key in ("pairs", "multilora"):
+        cfg.pop(key, None)
     path.write_text(yaml.safe_dump(cfg))
 
 

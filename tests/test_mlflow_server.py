@@ -39,12 +39,13 @@ TARGETS = [f"results/test/runs/{t}/{m}/seed0.json" for t in ("fmnist-new", "digi
 
 
 def small_config(wd: Path) -> None:
-    """configs/test.yaml with one seed and a smaller pretraining set (the backbone is not what this test is about)."""
+    """configs/test.yaml with one seed, a smaller pretraining set and no lp grid (neither is what this test is about)."""
     path = wd / "configs/test.yaml"
     cfg = yaml.safe_load(path.read_text())
     cfg["seeds"] = [0]
     cfg["source"]["params"].update(train_size=300, val_size=100)
     cfg["backbone"]["pretrain"]["train"]["epochs"] = 1
+    cfg["methods"]["lp"].pop("grid", None)  # no tuning jobs: one final run per target
     path.write_text(yaml.safe_dump(cfg))
 
 

@@ -239,6 +239,11 @@ def test_failed_job_reports_its_slurm_log_and_others_complete(scenario):
     assert "Error in rule prepare" in Path(failed_logs[0]).read_text(errors="replace")
     # ... and the rule's own log says why
     assert "test_size 5000" in scenario["bad_log"]
+    # downloads and the seconds-long steps ran where Snakemake ran (localrule), not as SLURM jobs
+    local = "download|mlflow_init|decide|selected|report_\\w+"
+    assert not re.search(rf"rule_({local})/", out), tail(p)
+    assert not [d.name for d in (wd / "slurm_logs").glob("rule_*") if re.fullmatch(rf"rule_({local})", d.name)]
+    assert (wd / "data/raw/fashion-mnist/MANIFEST.json").exists()
     # the good target went all the way: selection, final runs, its profile table
     res = wd / "results" / EXP
     assert (res / "select" / GOOD / "seed0" / "selected.json").exists(), tail(p)

@@ -47,8 +47,13 @@ def load_schema(path: str | Path) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
-def validate(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
-    """Validate ``config`` in place (schema defaults filled in); raise SubtuneError naming the key."""
+def validate(config: dict[str, Any], schema_path: str | Path, registries: bool = True) -> dict[str, Any]:
+    """Validate ``config`` in place (schema defaults filled in); raise SubtuneError naming the key.
+
+    ``registries=False`` checks the schema only, not the methods', datasets' and training
+    parameters (which imports torch): for a cluster job step, whose config the submitting
+    Snakemake process has checked in full already.
+    """
     import jsonschema
 
     schema = load_schema(schema_path)
@@ -65,7 +70,8 @@ def validate(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
     errors = sorted(Validator(schema).iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
     if errors:
         raise SubtuneError(_schema_error(errors[0]))
-    _check_registries(config)
+    if registries:
+        _check_registries(config)
     return config
 
 

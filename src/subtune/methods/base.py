@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from .. import SubtuneError
+from ..needs import method_needs
 from ..models.blocks import head_names, module_params
 
 REGISTRY: dict[str, type["Method"]] = {}
@@ -60,7 +61,8 @@ class Method:
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
     #: what the method needs from earlier stages: None, "selection" (greedy
-    #: selected blocks) or "surgical" (the group chosen on validation)
+    #: selected blocks) or "surgical" (the group chosen on validation); set by
+    #: :func:`register` from :data:`subtune.needs.NEEDS` (the workflow reads it there)
     needs: ClassVar[str | None] = None
 
     def __init__(self, **params: Any):
@@ -102,6 +104,7 @@ class Method:
 
 
 def register(cls: type[Method]) -> type[Method]:
+    cls.needs = method_needs(cls.name)
     REGISTRY[cls.name] = cls
     return cls
 

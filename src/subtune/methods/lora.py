@@ -221,7 +221,6 @@ class LoRA(Method):
 class SubTuningLoRA(LoRA):
     name = "subtuning_lora"
     defaults = {**LoRA.defaults, "blocks": []}
-    needs = "selection"
 
     def targets(self, model: nn.Module) -> list[str]:
         blocks = self.params["blocks"]

@@ -19,7 +19,6 @@ from .base import Method, Trainable, register
 class SubTuning(Method):
     name = "subtuning"
     defaults = {"blocks": []}
-    needs = "selection"
 
     def trainable(self, model: nn.Module) -> Trainable:
         blocks = list(self.params["blocks"])

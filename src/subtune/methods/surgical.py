@@ -43,7 +43,6 @@ def surgical_groups(model: nn.Module, n_groups: int = 4) -> list[list[str]]:
 class Surgical(Method):
     name = "surgical"
     defaults = {"group": 0}
-    needs = "surgical"
 
     def trainable(self, model: nn.Module) -> Trainable:
         groups = surgical_groups(model)
