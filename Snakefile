@@ -24,8 +24,8 @@ if workflow.overwrite_configfiles:
     config.update(copy.deepcopy(workflow.config_settings.overwrite_config))
 
 
-# A cluster job step (--mode remote) gets the config the submitting process checked in full:
-# it checks the schema only (which fills in the defaults) and does not import torch for it.
+# Checking the config imports no torch, timm or peft (subtune._lazy). A cluster job step
+# (--mode remote) gets the config the submitting process checked in full: schema only there.
 try:
     validate(config, workflow.source_path("schemas/config.schema.yaml"), registries=not workflow.remote_exec)
 except SubtuneError as exc:

@@ -94,3 +94,30 @@ def test_every_gpu_stage_asks_for_a_gpu_in_the_slurm_profile():
             assert gpus >= 1, f"rule {rule} runs `{stage}` but asks for no GPU"
         else:
             assert gpus == 0, f"rule {rule} runs `{stage}` (CPU only) but asks for a GPU"
+
+
+def test_validating_a_config_imports_no_torch():
+    """Snakemake validates the config on every invocation (dry runs, each cluster job step): in full
+    (methods, parameters, grids, datasets) and without importing torch, timm or peft for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, yaml\n"
+        "from subtune import SubtuneError\n"
+        "from subtune.config import validate\n"
+        "for c in ('config.yaml', 'configs/test.yaml', 'configs/peft-vtab.yaml', 'configs/multilora.yaml'):\n"
+        "    validate(yaml.safe_load(open(c)), 'schemas/config.schema.yaml')\n"
+        "bad = yaml.safe_load(open('configs/test.yaml'))\n"
+        "bad['methods']['lora']['params']['rank'] = 0\n"
+        "try:\n"
+        "    validate(bad, 'schemas/config.schema.yaml')\n"
+        "except SubtuneError as e:\n"
+        "    print('error:', e)\n"
+        "print(sorted(m for m in ('torch', 'timm', 'peft') if m in sys.modules))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].startswith("error: ") and "rank" in lines[0], p.stdout
+    assert lines[-1] == "[]", p.stdout

@@ -79,7 +79,7 @@ def _check_registries(config: dict[str, Any]) -> None:
     from .data.targets import TARGETS
     from .data.targets import validate as validate_dataset
     from .methods import REGISTRY, get_method
-    from .train import TrainConfig
+    from .train_config import TrainConfig
     from .tune import validate_grid
 
     for name, spec in config["methods"].items():

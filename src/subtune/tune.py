@@ -66,7 +66,7 @@ def grid_points(method: str, grid: dict[str, list] | None) -> list[dict[str, dic
 def validate_grid(method: str, grid: dict[str, list] | None, train: dict[str, Any], params: dict[str, Any]) -> None:
     """Every point builds a valid training config and method (raises naming the method and the key)."""
     from .methods import get_method
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     for p in grid_points(method, grid):
         TrainConfig.from_dict({**train, **p["train"]}, f"methods.{method}.grid")

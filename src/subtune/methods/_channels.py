@@ -10,9 +10,11 @@ functions or small callable objects holding module references, so
 """
 
 from __future__ import annotations
+from .._lazy import lazy
 
-import torch
-import torch.nn as nn
+torch = lazy("torch")
+nn = lazy("torch.nn")
+
 
 
 def channel_view(v: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -32,12 +32,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
-import torch.nn as nn
-
 from .. import SubtuneError
 from ..needs import method_needs
 from ..models.blocks import head_names, module_params
+from .._lazy import lazy
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
 
 REGISTRY: dict[str, type["Method"]] = {}
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import torch.nn as nn
 
 from .base import Method, Trainable, register
+from .._lazy import lazy
+
+nn = lazy("torch.nn")
 
 
 @register

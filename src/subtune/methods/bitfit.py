@@ -19,10 +19,12 @@ weight and bias; nothing is added, so the trained model is a plain timm model
 
 from __future__ import annotations
 
-import torch.nn as nn
 
 from ..models.blocks import head_names
 from .base import Method, Trainable, register
+from .._lazy import lazy
+
+nn = lazy("torch.nn")
 
 
 @register

@@ -59,12 +59,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import torch
-import torch.nn as nn
-
 from .. import SubtuneError
 from ..models.blocks import block_names, family_of, head_names
 from .base import Method, Trainable, register
+from .._lazy import lazy
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
 
 VARIANTS = ("lora", "dora", "pissa")
 VIT_TARGETS = ("qkv", "proj", "fc1", "fc2")

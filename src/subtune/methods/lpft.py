@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn as nn
-
 from .. import SubtuneError
 from .base import Method, Trainable, register
+from .._lazy import lazy
+
+nn = lazy("torch.nn")
 
 
 @register

@@ -48,15 +48,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn as nn
-
 from .. import SubtuneError
 from ..models.blocks import block_names, family_of, head_names
 from ._channels import channel_view, out_channels, patch_embed_target, scale_cols, scale_rows
 from .base import Method, Trainable, register
+from .._lazy import lazy
 
-NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+torch = lazy("torch")
+nn = lazy("torch.nn")
+
+def _norm_types() -> tuple[type, ...]:
+    return (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
 def san_wiring(model: nn.Module) -> list[tuple[str, int, str | None, str]]:
@@ -126,7 +128,7 @@ class SAN(Method):
         if not scales:
             raise SubtuneError(f"{self.name}: call wrap(model) first and train the model it returns")
         heads = head_names(model)
-        norms = [(f"{mn}.{pn}", p) for mn, m in model.named_modules() if isinstance(m, NORMS)
+        norms = [(f"{mn}.{pn}", p) for mn, m in model.named_modules() if isinstance(m, _norm_types())
                  for pn, p in m.named_parameters(recurse=False) if pn in ("weight", "bias")]
         norms = [(n, p) for n, p in norms if not any(n.startswith(h + ".") for h in heads)]
         t = self.modules(model, [])

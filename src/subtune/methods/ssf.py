@@ -38,13 +38,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn as nn
-
 from .. import SubtuneError
 from ..models.blocks import block_names, family_of, head_names
 from ._channels import channel_view, final_norms, out_channels, patch_embed_target, scale_rows
 from .base import Method, Trainable, register
+from .._lazy import lazy
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
 
 INIT_STD = 0.02
 

@@ -8,11 +8,13 @@ as in the authors' code.
 
 from __future__ import annotations
 
-import torch.nn as nn
 
 from .. import SubtuneError
 from ..models.blocks import block_names
 from .base import Method, Trainable, register
+from .._lazy import lazy
+
+nn = lazy("torch.nn")
 
 
 @register

@@ -16,11 +16,13 @@ methods of their own here.
 
 from __future__ import annotations
 
-import torch.nn as nn
 
 from .. import SubtuneError
 from ..models.blocks import block_names, family_of, other_names
 from .base import Method, Trainable, register
+from .._lazy import lazy
+
+nn = lazy("torch.nn")
 
 
 def surgical_groups(model: nn.Module, n_groups: int = 4) -> list[list[str]]:

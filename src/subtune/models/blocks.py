@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch.nn as nn
-
 from .. import SubtuneError
+from .._lazy import lazy
+
+nn = lazy("torch.nn")
 
 
 @dataclass(frozen=True)
@@ -53,29 +54,34 @@ def _vit_blocks(model: nn.Module) -> list[str]:
     return [f"blocks.{i}" for i in range(len(model.blocks))]
 
 
-def _register_builtin() -> None:
-    from timm.models.resnet import ResNet
-    from timm.models.vision_transformer import VisionTransformer
-
-    register_family("resnet", ResNet)(_resnet_blocks)
-    register_family("vit", VisionTransformer)(_vit_blocks)
+_builtin_registered = False
 
 
-_register_builtin()
+def _families() -> list[tuple[str, type, Callable[[nn.Module], list[str]]]]:
+    """The known families; timm's ResNet and VisionTransformer are added on first use
+    (importing timm takes seconds, and config validation needs none of this)."""
+    global _builtin_registered
+    if not _builtin_registered:
+        _builtin_registered = True
+        from timm.models.resnet import ResNet
+        from timm.models.vision_transformer import VisionTransformer
+
+        _FAMILIES[:0] = [("resnet", ResNet, _resnet_blocks), ("vit", VisionTransformer, _vit_blocks)]
+    return _FAMILIES
 
 
 def family_of(model: nn.Module) -> str:
-    for name, cls, _ in _FAMILIES:
+    for name, cls, _ in _families():
         if isinstance(model, cls):
             return name
     raise SubtuneError(
         f"unsupported backbone class {type(model).__name__}: known families are "
-        + ", ".join(n for n, _, _ in _FAMILIES)
+        + ", ".join(n for n, _, _ in _families())
     )
 
 
 def block_names(model: nn.Module) -> list[str]:
-    for _, cls, fn in _FAMILIES:
+    for _, cls, fn in _families():
         if isinstance(model, cls):
             return fn(model)
     family_of(model)  # raises
