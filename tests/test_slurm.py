@@ -36,6 +36,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from slurm_cluster import SlurmCluster, missing_programs  # noqa: E402
+from test_workflow import job_stats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -137,22 +138,6 @@ def smk_cmd(config: str, *args: str) -> list[str]:
 def run_slurm(cluster: SlurmCluster, wd: Path, config: str, *args: str) -> subprocess.CompletedProcess:
     cmd = smk_cmd(config, "--workflow-profile", "profiles/slurm-test", *args)
     return subprocess.run(cmd, cwd=wd, env=clean_env(cluster.env), capture_output=True, text=True, timeout=600)
-
-
-def job_stats(output: str) -> dict[str, int]:
-    """Snakemake's 'Job stats' table: {rule: count}."""
-    stats: dict[str, int] = {}
-    lines = output.splitlines()
-    for i, line in enumerate(lines):
-        if line.strip() == "Job stats:":
-            for row in lines[i + 3:]:
-                m = re.match(r"^(\S+)\s+(\d+)$", row.strip())
-                if not m:
-                    break
-                if m.group(1) not in ("total", "all"):
-                    stats[m.group(1)] = int(m.group(2))
-            break
-    return stats
 
 
 def outputs(wd: Path) -> dict[str, int]:
