@@ -24,10 +24,9 @@ if workflow.overwrite_configfiles:
     config.update(copy.deepcopy(workflow.config_settings.overwrite_config))
 
 
-# Checking the config imports no torch, timm or peft (subtune._lazy). A cluster job step
-# (--mode remote) gets the config the submitting process checked in full: schema only there.
+# Checking the config imports no torch, timm or peft (subtune._lazy): cheap here and in every job step.
 try:
-    validate(config, workflow.source_path("schemas/config.schema.yaml"), registries=not workflow.remote_exec)
+    validate(config, workflow.source_path("schemas/config.schema.yaml"))
 except SubtuneError as exc:
     raise WorkflowError(f"config error: {exc}") from None
 

@@ -47,12 +47,11 @@ def load_schema(path: str | Path) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
-def validate(config: dict[str, Any], schema_path: str | Path, registries: bool = True) -> dict[str, Any]:
+def validate(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
     """Validate ``config`` in place (schema defaults filled in); raise SubtuneError naming the key.
 
-    ``registries=False`` checks the schema only, not the methods', datasets' and training
-    parameters (which imports torch): for a cluster job step, whose config the submitting
-    Snakemake process has checked in full already.
+    Imports no torch, timm or peft (the methods load them on first use): Snakemake runs
+    this on every invocation and in every cluster job step.
     """
     import jsonschema
 
@@ -70,8 +69,7 @@ def validate(config: dict[str, Any], schema_path: str | Path, registries: bool =
     errors = sorted(Validator(schema).iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
     if errors:
         raise SubtuneError(_schema_error(errors[0]))
-    if registries:
-        _check_registries(config)
+    _check_registries(config)
     return config
 
 
@@ -87,7 +85,7 @@ def _check_registries(config: dict[str, Any]) -> None:
             raise SubtuneError(f"unknown method methods.{name} (known: {', '.join(sorted(REGISTRY))})")
         params = spec.get("params") or {}
         get_method(name, **params)  # raises naming the method and the parameter
-        TrainConfig.from_dict({**config["train"], **(spec.get("train") or {})}, f"methods.{name}.train")
+        TrainConfig.from_dict(method_train(config, name), f"methods.{name}.train")
         validate_grid(name, spec.get("grid"), method_train(config, name), params)
     for name, spec in config["targets"].items():
         if name not in TARGETS:

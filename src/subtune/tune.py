@@ -24,14 +24,14 @@ accuracy; we keep the epoch count fixed and pick the lr.
 from __future__ import annotations
 
 import itertools
+from dataclasses import fields
 from typing import Any
 
 from . import SubtuneError
+from .train_config import TrainConfig
 
-TRAIN_KEYS = frozenset({
-    "epochs", "lr", "weight_decay", "batch_size", "optimizer", "schedule",
-    "warmup_epochs", "augment", "label_smoothing",
-})
+# the training keys a grid may vary (evaluation batch size changes no result)
+TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig)) - {"eval_batch_size"}
 
 
 def _method_defaults(method: str) -> dict[str, Any]:
@@ -66,8 +66,6 @@ def grid_points(method: str, grid: dict[str, list] | None) -> list[dict[str, dic
 def validate_grid(method: str, grid: dict[str, list] | None, train: dict[str, Any], params: dict[str, Any]) -> None:
     """Every point builds a valid training config and method (raises naming the method and the key)."""
     from .methods import get_method
-    from .train_config import TrainConfig
-
     for p in grid_points(method, grid):
         TrainConfig.from_dict({**train, **p["train"]}, f"methods.{method}.grid")
         try:
