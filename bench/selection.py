@@ -170,13 +170,16 @@ def main() -> None:
     def run(fast: bool):
         scorer = CandidateScorer(str(ckpt), data, k, train_cfg, sel, a.seed, fast=fast,
                                  cache=PrefixCache(memory_mb=8192), data_digest=manifest.get("sha256"))
-        n = []
+        n, per_round = [], []
 
         def counting(sets):
             n.append(len(sets))
-            return scorer(sets)
+            out, dt = timed(lambda: scorer(sets))
+            per_round.append(f"{len(sets)} candidates {dt:.1f} s = {dt / t_ft:.2f} FT")
+            return out
 
         state, dt = timed(lambda: greedy(blocks, counting, sel))
+        print(f"  {'optimized' if fast else 'naive'} rounds: " + "; ".join(per_round))
         return state, dt, sum(n)
 
     opt_state, t_opt, n_opt = run(True)
