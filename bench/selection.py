@@ -170,17 +170,17 @@ def main() -> None:
     def run(fast: bool):
         scorer = CandidateScorer(str(ckpt), data, k, train_cfg, sel, a.seed, fast=fast,
                                  cache=PrefixCache(memory_mb=8192), data_digest=manifest.get("sha256"))
-        n, per_round = [], []
+        rounds = []  # (candidates, seconds) per round
 
         def counting(sets):
-            n.append(len(sets))
             out, dt = timed(lambda: scorer(sets))
-            per_round.append(f"{len(sets)} candidates {dt:.1f} s = {dt / t_ft:.2f} FT")
+            rounds.append((len(sets), dt))
             return out
 
         state, dt = timed(lambda: greedy(blocks, counting, sel))
-        print(f"  {'optimized' if fast else 'naive'} rounds: " + "; ".join(per_round))
-        return state, dt, sum(n)
+        print(f"  {'optimized' if fast else 'naive'} rounds: "
+              + "; ".join(f"{c} candidates {s:.1f} s = {s / t_ft:.2f} FT" for c, s in rounds))
+        return state, dt, sum(c for c, _ in rounds)
 
     opt_state, t_opt, n_opt = run(True)
     print(f"optimized greedy selection: {t_opt:.1f} s for {n_opt} candidates in {len(opt_state['rounds'])} rounds "
