@@ -140,3 +140,50 @@ def test_pairs_and_shards():
     assert len(pairs) == 5 + 10
     parts = [shard(pairs, i, 3) for i in range(3)]
     assert sorted(sum(parts, [])) == sorted(pairs)
+
+
+# ------------------------------------------------------------------ backward elimination
+TWELVE = [f"blocks.{i}" for i in range(12)]
+
+
+def test_backward_paper_rule_compares_each_removal_with_the_best_so_far():
+    # every block is worth 0.009: each removal alone is within epsilon 0.01 of the previous
+    # round, but the second one is 0.018 below the best (the full set): stop after one removal
+    sc = additive({b: 0.009 for b in TWELVE}, base=0.4)
+    st = greedy(TWELVE, sc, SelectionConfig(strategy="backward", epsilon=0.01))
+    assert st["selected"] == TWELVE[1:]  # ties: the earliest block is removed first
+    assert st["score"] == pytest.approx(0.4 + 11 * 0.009)
+    assert [r["accepted"] for r in st["rounds"]] == [True, False]
+    assert st["rounds"][-1]["below_best"] == pytest.approx(-0.018)
+    assert "more than epsilon below the best so far" in st["stop_reason"]
+    # the code rule walks the same path and answers the best set seen: the full set
+    code = greedy(TWELVE, additive({b: 0.009 for b in TWELVE}, base=0.4),
+                  SelectionConfig(strategy="backward", stop_rule="code", epsilon=0.01))
+    assert code["selected"] == TWELVE and len(code["rounds"]) == 2
+
+
+def test_backward_paper_rule_stops_where_the_cumulative_loss_passes_epsilon():
+    # removals cost 0.004 each: 0.004, 0.008 are within 0.01 of the best, 0.012 is not
+    sc = additive({b: 0.004 for b in TWELVE}, base=0.4)
+    st = greedy(TWELVE, sc, SelectionConfig(strategy="backward", epsilon=0.01))
+    assert st["selected"] == TWELVE[2:]
+    assert [r["accepted"] for r in st["rounds"]] == [True, True, False]
+
+
+@pytest.mark.parametrize("rule", ["paper", "code"])
+def test_backward_can_end_at_the_empty_set(rule):
+    # every block hurts: the linear probe (no block) is best
+    sc = additive({b: -0.02 for b in BLOCKS}, base=0.5)
+    st = greedy(BLOCKS, sc, SelectionConfig(strategy="backward", stop_rule=rule, epsilon=0.01))
+    assert st["selected"] == [] and st["score"] == pytest.approx(0.5)
+    assert st["current"] == [] and st["done"] and st["stop_reason"] == "no candidates left"
+    assert sc.calls[-1][-1] == ()  # the last round scored the empty set (the LP)
+    assert candidates(st) == []
+
+
+def test_backward_state_with_an_empty_current_set_is_done():
+    st = initial_state(["b0"], SelectionConfig(strategy="backward"))
+    assert candidates(st) == [("b0",), ()]
+    st = decide(st, {("b0",): 0.5, (): 0.6})
+    assert st["current"] == [] and st["selected"] == [] and st["done"]
+    assert candidates(st) == [] and candidates({**st, "done": False}) == []
