@@ -10,6 +10,7 @@ from subtune.config import (
     cache_flags,
     method_grid,
     method_train,
+    multilora_grid,
     multilora_train,
     scoring_flags,
     scoring_config,

@@ -125,7 +125,8 @@ rule train_sweep:
 
 
 # Multi-LoRA: the multilora targets trained together (shared frozen A, a B and a head per task),
-# compared in the same job with K separate LoRA runs of the same rank and training config.
+# compared in the same job with K separate LoRA runs of the same rank, training config and grid (each
+# side chooses on validation; the same number of optimizer steps per task on both sides).
 rule multilora:
     input:
         data=lambda w: [prepared(t)["data"] for t in config["multilora"]["targets"]],
@@ -140,6 +141,7 @@ rule multilora:
         ),
         train=lambda w: dumps(multilora_train(config)),
         params=lambda w: dumps(config["multilora"].get("params") or {}),
+        grid=lambda w: dumps(multilora_grid(config)),
     threads: 1
     log:
         f"logs/{EXP}/multilora/seed{{seed}}.log",
@@ -147,5 +149,5 @@ rule multilora:
         f"benchmarks/{EXP}/multilora/seed{{seed}}.tsv"
     shell:
         "{PY} multilora {params.tasks} --checkpoint {input.ckpt} --params '{params.params}' --compare "
-        "--train '{params.train}' --seed {wildcards.seed} --threads {threads} --out {output} "
+        "--grid '{params.grid}' --train '{params.train}' --seed {wildcards.seed} --threads {threads} --out {output} "
         "--track --tag stage=multilora > {log} 2>&1"

@@ -392,12 +392,13 @@ def test_multilora_tasks_share_a_frozen_a_and_learn_only_their_own_b():
     assert all(torch.equal(layer.B[1], torch.zeros_like(layer.B[1])) for _, layer in layers)  # task 1: no data
     assert all(layer.B[0].abs().sum() > 0 for _, layer in layers)
     assert m["trainable_params"] == sum(2 * lay.m * 2 for _, lay in layers) + 64 * 5 + 5
-    # the other task's head rows get exactly zero gradient from task 0's samples
-    model.heads.weight.requires_grad_(True)
+    # the other task's head gets exactly zero gradient from task 0's samples
+    for h in model.heads:
+        h.weight.requires_grad_(True)
     loss = torch.nn.functional.cross_entropy(packed_forward(model, PRE)(pack(x[:8], 0)), y[:8])
     loss.backward()
-    assert torch.equal(model.heads.weight.grad[3:], torch.zeros_like(model.heads.weight.grad[3:]))
-    assert model.heads.weight.grad[:3].abs().sum() > 0
+    assert torch.equal(model.heads[1].weight.grad, torch.zeros_like(model.heads[1].weight.grad))
+    assert model.heads[0].weight.grad.abs().sum() > 0
 
 
 def test_multilora_counts_trained_and_stored():
@@ -444,8 +445,6 @@ def test_multilora_against_separate_lora():
     assert ml["trainable_params"] == ml["params_trained"]  # what fit trained is what we count
     assert sep["params_trained"] == ml["separate_lora_expected"]["params_trained"]  # peft's counts match the formula
     assert ml["params_trained"] < sep["params_trained"] and ml["params_stored"] < sep["params_stored"]
-    with pytest.raises(SubtuneError, match="label_smoothing"):
-        compare(small("resnet"), tasks, PRE, TrainConfig(label_smoothing=0.1))
 
 
 # ------------------------------------------------------------------ the CLI

@@ -384,7 +384,11 @@ def cmd_multilora(a: argparse.Namespace) -> None:
     from .models.checkpoint import build_model
     from .train import Preprocess, TrainConfig
 
+    from .config import multilora_grid_points
+
     cfg = TrainConfig.from_dict(a.train)
+    for point in multilora_grid_points(a.grid):  # a bad grid fails before any data is loaded
+        TrainConfig.from_dict({**a.train, **point["train"]}, "multilora.grid")
     known = {"rank", "alpha", "target"}
     params = dict(a.params or {})
     unknown = sorted(set(params) - known)
@@ -402,26 +406,29 @@ def cmd_multilora(a: argparse.Namespace) -> None:
                           (d["val_x"], d["val_y"]), (d["test_x"], d["test_y"])))
     pre = Preprocess(ckpt.mean, ckpt.std, ckpt.in_chans)
     kw = dict(seed=a.seed, rank=int(params.get("rank", 8)), alpha=params.get("alpha", 8),
-              target=params.get("target"), device=a.device, progress=None)
+              target=params.get("target"), device=a.device, progress=None, grid=a.grid)
     if a.compare:
         out = compare(backbone, tasks, pre, cfg, **kw)
     else:
         out = {"multilora": train_multilora(backbone, tasks, pre, cfg, **kw), "tasks": [t.name for t in tasks]}
         out["multilora"].pop("model")
-    out.update(seed=a.seed, train=cfg.to_dict(), params=params, checkpoint=str(a.checkpoint))
+    out.update(seed=a.seed, train=cfg.to_dict(), params=params, grid=a.grid or {}, checkpoint=str(a.checkpoint))
     write_json(a.out, out)
     # One MLflow run per job: Multi-LoRA's metrics; the comparison is in the attached metrics file.
     r = out["multilora"]
-    _track(a, {"method": "multilora", "target": "+".join(out["tasks"]), "seed": a.seed, "train": out["train"],
-               "method_params": {**params, "tasks": ",".join(out["tasks"]), "compared": bool(a.compare)},
+    _track(a, {"method": "multilora", "target": "+".join(out["tasks"]), "seed": a.seed, "train": r["train"],
+               "method_params": {**params, **r["chosen"]["params"], "tasks": ",".join(out["tasks"]),
+                                 "compared": bool(a.compare)},
                "val_acc": r["mean_val_acc"], "test_acc": r.get("mean_test_acc"),
-               "trainable_params": r["params_trained"]},
+               "trainable_params": r["params_trained"], "wall_time_s": r["wall_time_s"]},
            a.out, {"stage": "multilora", "method": "multilora", "seed": str(a.seed)})
     for kind in ("multilora", "separate_lora"):
         if kind in out:
             r = out[kind]
-            accs = ", ".join(f"{k} {v.get('test_acc', v['val_acc']):.4f}" for k, v in r["per_task"].items())
-            print(f"{kind}: {accs} ({r['params_trained']} trained, {r['params_stored']} stored)")
+            accs = ", ".join(f"{k} {v.get('test_acc', v['val_acc']):.4f} ({v['optimizer_steps']} steps)"
+                             for k, v in r["per_task"].items())
+            print(f"{kind}: {accs} ({r['params_trained']} trained, {r['params_stored']} stored, "
+                  f"{r['wall_time_s']:.1f}s)")
 
 
 # ---------------------------------------------------------------- tracking
@@ -595,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--params", type=_json_arg, default={}, help="rank, alpha, target as JSON")
     s.add_argument("--compare", action="store_true", help="also train K separate peft-LoRA runs and compare")
+    s.add_argument("--grid", type=_json_arg, default={},
+                   help="hyperparameter -> values, as JSON (training keys, rank, alpha): both sides choose on "
+                        "validation")
     common_train(s)
     s.add_argument("--out", required=True)
     s = stage("track-init", cmd_track_init, "create the MLflow store and experiment once, before parallel jobs log")

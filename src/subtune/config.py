@@ -111,6 +111,9 @@ def _check_registries(config: dict[str, Any]) -> None:
             if t not in config["targets"]:
                 raise SubtuneError(f"multilora.targets: {t!r} is not one of targets")
         TrainConfig.from_dict(multilora_train(config), "multilora.train")
+        for point in multilora_grid_points(config["multilora"].get("grid")):
+            TrainConfig.from_dict({**multilora_train(config), **point["train"]}, "multilora.grid")
+            get_method("lora", **{**(config["multilora"].get("params") or {}), **point["params"]})
     for m in config.get("sweep", {}).get("methods", []):
         if m not in config["methods"]:
             raise SubtuneError(f"sweep.methods: {m!r} is not one of methods")
@@ -135,6 +138,40 @@ def method_grid(config: dict[str, Any], method: str) -> dict[str, list]:
 
 def multilora_train(config: dict[str, Any]) -> dict[str, Any]:
     return {**config["train"], **(config["multilora"].get("train") or {})}
+
+
+MULTILORA_GRID_PARAMS = ("alpha", "rank")
+
+
+def multilora_grid_points(grid: dict[str, list] | None) -> list[dict[str, dict[str, Any]]]:
+    """``multilora.grid`` as points ``[{"train": {...}, "params": {...}}, ...]`` (one empty point for no grid).
+
+    Keys: training keys (``lr``, ``weight_decay``, ``epochs``, ...) and
+    ``rank``/``alpha``, tried on both sides of the comparison; the points are
+    the Cartesian product, keys sorted, values in the order given (as
+    :func:`subtune.tune.grid_points`).
+    """
+    import itertools
+
+    from .tune import TRAIN_KEYS
+
+    grid = grid or {}
+    for key, values in grid.items():
+        if key not in TRAIN_KEYS and key not in MULTILORA_GRID_PARAMS:
+            raise SubtuneError(f"multilora.grid: {key!r} is neither a training key nor one of "
+                               f"{', '.join(MULTILORA_GRID_PARAMS)} (allowed: "
+                               f"{', '.join(sorted(TRAIN_KEYS | set(MULTILORA_GRID_PARAMS)))})")
+        if not isinstance(values, list) or not values:
+            raise SubtuneError(f"multilora.grid.{key}: give a non-empty list of values, not {values!r}")
+    keys = sorted(grid)
+    return [{"train": {k: v for k, v in zip(keys, combo) if k in TRAIN_KEYS},
+             "params": {k: v for k, v in zip(keys, combo) if k not in TRAIN_KEYS}}
+            for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def multilora_grid(config: dict[str, Any]) -> dict[str, list]:
+    """The Multi-LoRA comparison's validation grid ({}: the configured values only)."""
+    return dict(config["multilora"].get("grid") or {})
 
 
 def selection_train(config: dict[str, Any]) -> dict[str, Any]:

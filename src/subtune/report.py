@@ -702,15 +702,29 @@ def _published_md(summ: pd.DataFrame) -> list[str]:
 
 
 # ---------------------------------------------------------------- Multi-LoRA
+def _ml_number(d: dict, key: str, path: Path) -> float:
+    """A non-negative number, or NaN when the key is absent (older Multi-LoRA result files)."""
+    if d.get(key) is None:
+        return math.nan
+    v = float(_need(d, key, path))
+    if v < 0:
+        raise SubtuneError(f"{path}: {key} = {v} is negative")
+    return v
+
+
 def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike,
               references: Sequence[PathLike] | None = None, backbone: str | None = None) -> pd.DataFrame:
     """Multi-LoRA against K separate LoRA runs (``multilora --compare`` outputs, one per seed).
 
     CSV (tidy): kind (multilora | separate_lora), task (a target, or ``mean``),
     n_seeds, test_acc_mean, test_acc_std, val_acc_mean (percent),
-    params_trained, params_stored. Markdown: one row per kind, a column per
-    task and the mean, then the parameters trained and stored (the K heads
-    included in both).
+    params_trained, params_stored, optimizer_steps (the chosen point's
+    optimizer steps on the task; on ``mean`` rows the mean over tasks),
+    wall_time_s (the kind's whole grid, all tasks) and wall_time_chosen_s
+    (the chosen points' training only), each a mean over seeds. Markdown:
+    one row per kind, a column per task and the mean, then the parameters
+    trained and stored (the K heads included in both), the optimizer steps
+    per task and the wall time (files without steps or times show n/a).
     """
     rows = []
     tasks: list[str] | None = None
@@ -731,7 +745,10 @@ def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike
                 rows.append({"kind": kind, "task": t, "seed": int(_need(d, "seed", f, int)),
                              "test_acc": _frac(v, "test_acc", f), "val_acc": _frac(v, "val_acc", f),
                              "params_trained": float(_need(r, "params_trained", f)),
-                             "params_stored": float(_need(r, "params_stored", f))})
+                             "params_stored": float(_need(r, "params_stored", f)),
+                             "optimizer_steps": _ml_number(v, "optimizer_steps", f),
+                             "wall_time_s": _ml_number(r, "wall_time_s", f),
+                             "wall_time_chosen_s": _ml_number(r, "wall_time_chosen_s", f)})
     if not rows:
         raise SubtuneError("no Multi-LoRA result files given")
     df = pd.DataFrame(rows)
@@ -740,12 +757,15 @@ def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike
         raise SubtuneError(f"two Multi-LoRA results for seed {int(dup['seed'].iloc[0])}")
     mean = df.groupby(["kind", "seed"], sort=False).agg(
         test_acc=("test_acc", "mean"), val_acc=("val_acc", "mean"),
-        params_trained=("params_trained", "first"), params_stored=("params_stored", "first")).reset_index()
+        params_trained=("params_trained", "first"), params_stored=("params_stored", "first"),
+        optimizer_steps=("optimizer_steps", "mean"), wall_time_s=("wall_time_s", "first"),
+        wall_time_chosen_s=("wall_time_chosen_s", "first")).reset_index()
     df = pd.concat([df, mean.assign(task="mean")], ignore_index=True)
     g = df.groupby(["kind", "task"], sort=False)
     out = g.agg(n_seeds=("seed", "size"), test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", _std),
                 val_acc_mean=("val_acc", "mean"), params_trained=("params_trained", "mean"),
-                params_stored=("params_stored", "mean")).reset_index()
+                params_stored=("params_stored", "mean"), optimizer_steps=("optimizer_steps", "mean"),
+                wall_time_s=("wall_time_s", "mean"), wall_time_chosen_s=("wall_time_chosen_s", "mean")).reset_index()
     for c in ("test_acc_mean", "test_acc_std", "val_acc_mean"):
         out[c] = (out[c] * 100).round(4)
     refs = load_references(references)
@@ -759,17 +779,28 @@ def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike
     for kind in ("separate_lora", "multilora"):
         sub = out[out["kind"] == kind].set_index("task")
         cells = [f"{sub.loc[t, 'test_acc_mean']:.2f} ± {sub.loc[t, 'test_acc_std']:.2f}" for t in cols]
+        steps = [sub.loc[t, "optimizer_steps"] for t in tasks or []]
+        if any(math.isnan(x) for x in steps):
+            steps_cell = "n/a"
+        else:
+            steps_cell = f"{steps[0]:g}" if len(set(steps)) == 1 else " / ".join(f"{x:g}" for x in steps)
+        wall = sub.loc["mean", "wall_time_s"]
         md_rows.append([method_label(kind), *cells, fmt_params(sub.loc["mean", "params_trained"]),
-                        fmt_params(sub.loc["mean", "params_stored"])])
+                        fmt_params(sub.loc["mean", "params_stored"]), steps_cell,
+                        "n/a" if math.isnan(wall) else f"{wall:.0f}"])
     k = len(tasks or [])
     text = "\n".join([
         "# Multi-LoRA against separate LoRA: test accuracy (%)",
         "",
         f"{k} tasks trained together on one backbone (one shared frozen A per adapted layer, a B and a head per "
-        f"task) against {k} separate LoRA runs with the same rank and training config. Mean ± sample standard "
-        f"deviation over {n} seed{'s' if n != 1 else ''}; parameters for all {k} tasks, heads included.",
+        f"task) against {k} separate LoRA runs with the same rank, training config and grid; each side chooses "
+        f"its grid point on validation (Multi-LoRA: the best mean over tasks; each separate run: the best on its "
+        f"own task). Mean ± sample standard deviation over {n} seed{'s' if n != 1 else ''}; parameters for all "
+        f"{k} tasks, heads included. Steps: optimizer updates of each task's parameters at the chosen point (in "
+        f"task order where they differ); wall time: training the whole grid, all tasks (mean over seeds).",
         "",
-        _md_table(["method", *cols, "params trained", "params stored"], md_rows),
+        _md_table(["method", *cols, "params trained", "params stored", "steps per task", "wall time (s)"],
+                  md_rows),
     ])
     pub = out.dropna(subset=["published"])
     if len(pub):

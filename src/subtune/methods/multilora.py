@@ -14,36 +14,58 @@ task id and applied batched, ``einsum``). For a ``k x k`` convolution ``A`` is
 a convolution to ``r`` channels with the layer's stride/padding and ``d =
 in_channels * k * k``. The adapted layers are LoRA's
 (:func:`subtune.methods.lora.lora_targets`: ViT qkv/proj/fc1/fc2, ResNet 3x3
-block convolutions). Each task has its own linear head, stored as the rows
-of one ``Linear`` over all tasks' classes (rows ``[o_t, o_t + C_t)`` are task
-``t``'s head).
+block convolutions). Each task has its own linear head (``heads[t]``);
+``forward(x, task)`` returns all tasks' logits side by side (task ``t``'s
+classes at ``[o_t, o_t + C_t)``) with the other tasks' classes set to
+``-inf``.
 
-One training loop: the K training sets are concatenated, labels offset by
-``o_t``; each image carries its task id as an extra constant uint8 plane
-(:func:`pack`), so ``fit``'s seeded shuffling and augmentation apply
-unchanged (flip and crop keep the plane's maximum, which is read back). The
-model outputs all tasks' logits with the other tasks' classes set to
-``-inf``, so cross-entropy equals the sample's own task loss and the argmax
-is its own head's. Evaluation is per task (one validation/test split per
-task). Label smoothing is rejected (it would weigh the -inf logits).
+Training (:func:`train_multilora`), built to be compared one to one with K
+separate LoRA runs (:func:`train_separate_lora`, ``fit`` per task):
+
+- **Same updates per task.** Each step draws one batch of ``batch_size``
+  from every task (K x batch images in one forward through the shared
+  backbone); the loss is the sum over tasks of each task's mean
+  cross-entropy on its own head, so a task's gradient is exactly the one
+  its own batch gives. Every task has its own optimizer and learning-rate
+  schedule over its own parameters (its B in every layer and its head),
+  built like ``fit``'s, so a task gets ``ceil(n_t / batch_size)`` updates
+  per epoch, as in a separate run, and the same warm-up and decay. With
+  tasks of unequal size an epoch has ``max_t ceil(n_t / batch_size)``
+  steps and task ``t`` takes part in its first ``ceil(n_t / batch_size)``.
+  Task ``t``'s batch order and augmentation come from a generator seeded
+  like ``fit``'s, so they are the ones its separate run sees. The counted
+  steps are in the result (``optimizer_steps`` per task).
+- **Same grid, chosen on validation.** ``grid`` (training keys, ``rank``,
+  ``alpha``; see :func:`subtune.config.multilora_grid_points`) is tried on
+  both sides: Multi-LoRA takes the point with the best mean final-epoch
+  validation accuracy over tasks, each separate LoRA run the point with the
+  best final-epoch validation accuracy on its own task (ties: the earliest
+  point). Test splits are read once, by the chosen models only.
+- Wall time: ``wall_time_s`` is the whole grid's training (with the
+  per-epoch validation), ``wall_time_chosen_s`` the chosen point's (for the
+  separate side the sum over tasks of each task's chosen run).
 
 Counts, per adapted layer (d inputs, m outputs, rank r): trained ``K m r``,
 stored ``d r + K m r``, against ``K (d r + m r)`` trained and stored for K
 separate LoRA runs; the K heads are the same in both.
 
-Departure from the paper: it is about language models (RoBERTa, GPT-2) and
-gives no code; its A's initialisation is not stated (we use peft's LoRA A
-init, with a dedicated seeded generator), nor which weights are adapted.
-A task's B changes only through its own samples (other rows get exactly zero
-gradient); with weight decay > 0, AdamW still decays every head row at every
-step (decoupled decay), B stays zero where it is zero.
+Departures: the paper is about language models (RoBERTa, GPT-2) and gives
+no code; its A's initialisation is not stated (we use peft's LoRA A init,
+with a dedicated seeded generator), nor which weights are adapted, nor how
+the tasks' batches are mixed (we take one batch per task per step, above).
+The backbone runs in eval mode on both sides (a separate run puts only
+peft's LoRA layers and its head in train mode, Multi-LoRA only its heads),
+so BatchNorm never mixes tasks' statistics and no drop-path is drawn; our
+layers have no LoRA dropout (peft's ``dropout`` parameter, 0 by default).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -83,7 +105,9 @@ class MultiLoRALayer(nn.Module):
         bound = 1.0 / math.sqrt(d)  # kaiming_uniform_(a=sqrt(5)), peft's LoRA A
         a = torch.empty(a_shape, dtype=w.dtype).uniform_(-bound, bound, generator=generator)
         self.A = nn.Parameter(a.to(w.device), requires_grad=False)
-        self.B = nn.Parameter(torch.zeros(num_tasks, out, rank, dtype=w.dtype, device=w.device))
+        # one Parameter per task, so that each task has its own optimizer (see the module docstring)
+        self.B = nn.ParameterList(
+            [nn.Parameter(torch.zeros(out, rank, dtype=w.dtype, device=w.device)) for _ in range(num_tasks)])
         self.d, self.m = d, out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +115,7 @@ class MultiLoRALayer(nn.Module):
         task = self.state.task
         if task is None:
             raise RuntimeError("MultiLoRA layer run without task ids")
-        bt = self.B[task]  # [batch, m, r]
+        bt = torch.stack(tuple(self.B))[task]  # [batch, m, r]
         if isinstance(self.base, nn.Conv2d):
             u = F.conv2d(x, self.A, None, self.base.stride, self.base.padding, self.base.dilation)
             delta = torch.einsum("brhw,bmr->bmhw", u, bt.to(u.dtype))
@@ -130,11 +154,12 @@ class MultiLoRAModel(nn.Module):
         backbone.reset_classifier(0)
         self.backbone = backbone
         feat = backbone.num_features
-        self.heads = nn.Linear(feat, sum(self.num_classes))
+        self.heads = nn.ModuleList([nn.Linear(feat, c) for c in self.num_classes])
         with torch.no_grad():  # timm-like head init, seeded
             bound = 1.0 / math.sqrt(feat)
-            self.heads.weight.uniform_(-bound, bound, generator=gen)
-            self.heads.bias.uniform_(-bound, bound, generator=gen)
+            for h in self.heads:
+                h.weight.uniform_(-bound, bound, generator=gen)
+                h.bias.uniform_(-bound, bound, generator=gen)
         self.offsets = [sum(self.num_classes[:t]) for t in range(len(self.num_classes))]
         self.register_buffer("class_task", torch.cat(
             [torch.full((c,), t, dtype=torch.long) for t, c in enumerate(self.num_classes)]), persistent=False)
@@ -146,19 +171,31 @@ class MultiLoRAModel(nn.Module):
     def layers(self) -> list[tuple[str, MultiLoRALayer]]:
         return [(n, m) for n, m in self.backbone.named_modules() if isinstance(m, MultiLoRALayer)]
 
-    def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features, each sample through its own task's B."""
         self.state.task = task
         try:
-            feats = self.backbone(x)
+            return self.backbone(x)
         finally:
             self.state.task = None
-        logits = self.heads(feats)
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        feats = self.features(x, task)
+        logits = torch.cat([h(feats) for h in self.heads], 1)
         return logits.masked_fill(self.class_task[None, :] != task[:, None], float("-inf"))
 
+    def task_logits(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """Task ``t``'s own head's logits for a batch of task ``t``."""
+        return self.heads[t](self.features(x, torch.full((len(x),), t, dtype=torch.long, device=x.device)))
+
+    def task_params(self, t: int) -> list[nn.Parameter]:
+        """What task ``t`` trains: its B in every adapted layer and its head."""
+        return [m.B[t] for _, m in self.layers()] + list(self.heads[t].parameters())
+
     def trainable(self) -> Trainable:
-        params = [(f"backbone.{n}.B", m.B) for n, m in self.layers()]
+        params = [(f"backbone.{n}.B.{t}", m.B[t]) for n, m in self.layers() for t in range(self.num_tasks)]
         params += list(self.heads.named_parameters(prefix="heads"))
-        return Trainable(params, ["heads"], {"rank": self.rank, "tasks": self.num_tasks, "layers": len(params) - 2})
+        return Trainable(params, ["heads"], {"rank": self.rank, "tasks": self.num_tasks, "layers": len(self.layers())})
 
     def counts(self) -> dict[str, Any]:
         """Parameters trained and stored: Multi-LoRA against K separate LoRA adapters (heads counted apart)."""
@@ -184,7 +221,7 @@ class MultiLoRAModel(nn.Module):
             for name, layer in layers.items():
                 if k.startswith(name + "."):
                     rest = k[len(name) + 1:]
-                    if rest in ("A", "B"):
+                    if rest == "A" or rest.startswith("B."):
                         k = None
                     elif rest.startswith("base."):
                         k = f"{name}.{rest[5:]}"
@@ -193,9 +230,8 @@ class MultiLoRAModel(nn.Module):
                     break
             if k is not None:
                 state[k] = v.detach().clone()
-        lo, hi = self.offsets[t], self.offsets[t] + self.num_classes[t]
-        state[f"{self.head_name}.weight"] = self.heads.weight.detach()[lo:hi].clone()
-        state[f"{self.head_name}.bias"] = self.heads.bias.detach()[lo:hi].clone()
+        state[f"{self.head_name}.weight"] = self.heads[t].weight.detach().clone()
+        state[f"{self.head_name}.bias"] = self.heads[t].bias.detach().clone()
         return state
 
 
@@ -236,44 +272,204 @@ def _check_tasks(tasks: Sequence[Task], cfg) -> None:
     shapes = {tuple(t.train[0].shape[1:]) for t in tasks}
     if len(shapes) != 1:
         raise SubtuneError(f"multilora: tasks need images of one shape, got {sorted(shapes)}")
-    if cfg.label_smoothing:
-        raise SubtuneError("multilora: label_smoothing must be 0 (other tasks' logits are -inf)")
+
+
+@contextmanager
+def _counting_steps():
+    """Count every optimizer step taken inside the block (``fit`` builds its optimizer itself)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    n = [0]
+
+    def hook(opt, args, kwargs):
+        n[0] += 1
+
+    handle = register_optimizer_step_post_hook(hook)
+    try:
+        yield n
+    finally:
+        handle.remove()
+
+
+def _task_forward(model: MultiLoRAModel, pre, t: int, device: torch.device):
+    """``evaluate``'s forward for task ``t``: uint8 images -> preprocessing -> task ``t``'s own logits."""
+
+    def forward(xb: torch.Tensor) -> torch.Tensor:
+        xb = pre(xb) if pre is not None else xb
+        if device.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return model.task_logits(xb, t)
+
+    return forward
+
+
+def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: int = 0, device=None,
+                 progress: bool | None = False, desc: str = "multilora") -> dict[str, Any]:
+    """Train the K tasks together: each step one batch per task, one optimizer and schedule per task.
+
+    Built from ``fit``'s parts (its optimizer, schedule, augmentation and
+    ``evaluate``); validation after every epoch, no test split. Returns
+    ``history``, ``per_task`` (final-epoch ``val_acc``/``val_loss``),
+    ``mean_val_acc``, ``optimizer_steps`` (per task, counted),
+    ``trainable_params``, ``wall_time_s``, ``device``.
+    """
+    from tqdm.auto import tqdm
+
+    from ..train import _lr_factor, _optimizer, augment_batch, evaluate, pick_device, set_modes
+
+    device = pick_device(device if isinstance(device, str) or device is None else str(device))
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    bs, k = cfg.batch_size, len(tasks)
+    sizes = [len(t.train[0]) for t in tasks]
+    for t, n in zip(tasks, sizes):
+        if n == 0:
+            raise SubtuneError(f"multilora: task {t.name} has an empty training set")
+    steps = [math.ceil(n / bs) for n in sizes]
+    per_epoch = max(steps)
+    gens = [torch.Generator().manual_seed(seed) for _ in tasks]  # each task's order and augmentation: fit's
+    if pre is not None:
+        pre = pre.to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    opts, scheds = [], []
+    for t in range(k):
+        params = model.task_params(t)
+        for p in params:
+            p.requires_grad_(True)
+        opt = _optimizer(params, cfg)
+        total, warmup = steps[t] * cfg.epochs, steps[t] * cfg.warmup_epochs
+        opts.append(opt)
+        scheds.append(torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s, total=total, warmup=warmup: _lr_factor(s, total, warmup, cfg.schedule)))
+    counts = [0] * k
+    history: list[dict[str, Any]] = []
+    if progress is None:
+        progress = sys.stderr.isatty()
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for epoch in tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False):
+        set_modes(model, ["heads"])
+        orders = [torch.randperm(n, generator=g) for n, g in zip(sizes, gens)]
+        losses = [torch.zeros((), device=device) for _ in tasks]
+        for i in range(per_epoch):
+            active = [t for t in range(k) if i < steps[t]]
+            xs, ys, ns = [], [], []
+            for t in active:
+                idx = orders[t][i * bs:(i + 1) * bs]
+                xs.append(augment_batch(tasks[t].train[0][idx], cfg.augment, gens[t]))
+                ys.append(tasks[t].train[1][idx])
+                ns.append(len(idx))
+            xb = torch.cat(xs).to(device, non_blocking=True)
+            yb = torch.cat(ys).to(device)
+            task = torch.cat([torch.full((n,), t, dtype=torch.long) for t, n in zip(active, ns)]).to(device)
+            with torch.autocast(**autocast):
+                xb = pre(xb) if pre is not None else xb
+                if device.type == "cuda":
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                feats = model.features(xb, task)
+            loss = torch.zeros((), device=device)
+            lo = 0
+            for t, n in zip(active, ns):
+                with torch.autocast(**autocast):
+                    logits = model.heads[t](feats[lo:lo + n])
+                lt = F.cross_entropy(logits.float(), yb[lo:lo + n], label_smoothing=cfg.label_smoothing)
+                loss = loss + lt  # the sum of the tasks' own mean losses: each task's gradient is its own
+                losses[t] += lt.detach() * n
+                lo += n
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for t in active:
+                opts[t].step()
+                scheds[t].step()
+                counts[t] += 1
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        for t, task_ in enumerate(tasks):
+            r = evaluate(model, pre, *task_.val, cfg.eval_batch_size, device, _task_forward(model, pre, t, device))
+            row.update({f"{task_.name}_train_loss": float(losses[t]) / sizes[t],
+                        f"{task_.name}_lr": opts[t].param_groups[0]["lr"],
+                        f"{task_.name}_val_acc": r["acc"], f"{task_.name}_val_loss": r["loss"]})
+        row["mean_val_acc"] = sum(row[f"{t.name}_val_acc"] for t in tasks) / k
+        history.append(row)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    last = history[-1]
+    per_task = {t.name: {"val_acc": last[f"{t.name}_val_acc"], "val_loss": last[f"{t.name}_val_loss"]} for t in tasks}
+    return {"history": history, "per_task": per_task, "mean_val_acc": last["mean_val_acc"],
+            "optimizer_steps": {t.name: c for t, c in zip(tasks, counts)},
+            "trainable_params": model.trainable().num_params, "wall_time_s": time.perf_counter() - t0,
+            "device": str(device)}
+
+
+def _point_cfg(cfg, point: dict[str, Any]):
+    from ..train_config import TrainConfig
+
+    return TrainConfig.from_dict({**cfg.to_dict(), **point["train"]}, "multilora.grid")
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs)
 
 
 def train_multilora(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: int = 0, rank: int = 8,
                     alpha: float = 8, target: list[str] | None = None, device=None,
-                    progress: bool | None = False) -> dict[str, Any]:
-    """Train K tasks together (one backbone, shared frozen A, a B and a head per task) with ``fit``.
+                    progress: bool | None = False, grid: dict[str, list] | None = None) -> dict[str, Any]:
+    """Train K tasks together (one backbone, shared frozen A, a B and a head per task) at every grid point.
 
-    ``backbone`` is a timm model (its head is dropped; it is changed in place).
-    Returns per-task validation/test accuracy, the parameter counts of
-    :meth:`MultiLoRAModel.counts` (``params_trained``, ``params_stored``,
-    ``adapter_*``, ``heads``; ``separate_lora_expected``: the K-separate-LoRA
-    counts by formula), the history, the wall time and ``model`` (the trained
-    :class:`MultiLoRAModel`; drop it before writing JSON).
+    ``backbone`` is a timm model (copied per point, its head dropped). The
+    point with the best mean validation accuracy over tasks is chosen (ties:
+    the earliest); only its model reads the test splits. Returns per-task
+    validation/test accuracy and ``optimizer_steps`` of the chosen point,
+    ``grid_results`` (every point's validation numbers), ``chosen_index``,
+    ``chosen``, the parameter counts of :meth:`MultiLoRAModel.counts`
+    (``params_trained``, ``params_stored``, ``adapter_*``, ``heads``;
+    ``separate_lora_expected``: the K-separate-LoRA counts by formula),
+    ``wall_time_s`` (the whole grid), ``wall_time_chosen_s`` and ``model``
+    (the chosen :class:`MultiLoRAModel`; drop it before writing JSON).
     """
-    from ..train import fit
+    from ..config import multilora_grid_points
+    from ..train import evaluate, pick_device
+    from ..tune import choose, point_label
 
     _check_tasks(tasks, cfg)
-    model = MultiLoRAModel(backbone, [t.num_classes for t in tasks], rank, alpha, target, seed)
-
-    def packed(t: int, split: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return pack(split[0], t), split[1] + model.offsets[t]
-
-    parts = [packed(i, t.train) for i, t in enumerate(tasks)]
-    train = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    evals = {f"{t.name}_val": packed(i, t.val) for i, t in enumerate(tasks)}
-    finals = {f"{t.name}_test": packed(i, t.test) for i, t in enumerate(tasks) if t.test is not None}
-    trainable = model.trainable()
-    m = fit(model, trainable, pre, train, evals, cfg, seed, device, final_evals=finals, progress=progress,
-            desc="multilora", forward=packed_forward(model, pre))
-    per_task = {t.name: {k: m[f"{t.name}_{s}_acc"] for s, k in (("val", "val_acc"), ("test", "test_acc"))
-                         if f"{t.name}_{s}_acc" in m} for t in tasks}
-    return {"method": "multilora", "rank": rank, "alpha": alpha, "per_task": per_task,
-            "mean_val_acc": sum(v["val_acc"] for v in per_task.values()) / len(per_task),
-            **({"mean_test_acc": sum(v["test_acc"] for v in per_task.values()) / len(per_task)} if finals else {}),
-            **_flat_counts(model.counts()), "trainable_params": m["trainable_params"], "history": m["history"],
-            "wall_time_s": m["wall_time_s"], "model": model}
+    points = multilora_grid_points(grid)
+    cfgs = [_point_cfg(cfg, p) for p in points]  # every point checked before any training
+    results: list[dict[str, Any]] = []
+    best_model, best_m = None, None
+    for point, pcfg in zip(points, cfgs):
+        r, a = int(point["params"].get("rank", rank)), point["params"].get("alpha", alpha)
+        model = MultiLoRAModel(copy.deepcopy(backbone), [t.num_classes for t in tasks], r, a, target, seed)
+        label = point_label(point)
+        m = fit_together(model, tasks, pre, pcfg, seed, device, progress, desc=f"multilora [{label}]")
+        results.append({**point, "label": label, "val_acc": m["mean_val_acc"],
+                        "per_task_val_acc": {n: v["val_acc"] for n, v in m["per_task"].items()},
+                        "optimizer_steps": m["optimizer_steps"], "wall_time_s": m["wall_time_s"],
+                        "history": m["history"]})
+        if best_m is None or m["mean_val_acc"] > best_m["mean_val_acc"]:
+            best_model, best_m = model, m
+        del model
+    best = choose(results)
+    point, pcfg, model, m = points[best], cfgs[best], best_model, best_m
+    dev = pick_device(device if isinstance(device, str) or device is None else str(device))
+    per_task: dict[str, dict[str, Any]] = {}
+    for t, task in enumerate(tasks):
+        per_task[task.name] = {**m["per_task"][task.name], "optimizer_steps": m["optimizer_steps"][task.name]}
+        if task.test is not None:  # read once, by the chosen model only
+            r = evaluate(model, pre, *task.test, pcfg.eval_batch_size, dev, _task_forward(model, pre, t, dev))
+            per_task[task.name].update(test_acc=r["acc"], test_loss=r["loss"])
+    has_test = all("test_acc" in v for v in per_task.values())
+    return {"method": "multilora", "rank": model.rank, "alpha": point["params"].get("alpha", alpha),
+            "per_task": per_task, "mean_val_acc": m["mean_val_acc"],
+            **({"mean_test_acc": _mean(v["test_acc"] for v in per_task.values())} if has_test else {}),
+            "optimizer_steps": m["optimizer_steps"], "grid_results": results, "chosen_index": best,
+            "chosen": {"train": point["train"], "params": point["params"], "label": results[best]["label"]},
+            "train": pcfg.to_dict(), **_flat_counts(model.counts()), "trainable_params": m["trainable_params"],
+            "history": m["history"], "wall_time_s": sum(x["wall_time_s"] for x in results),
+            "wall_time_chosen_s": m["wall_time_s"], "model": model}
 
 
 def _flat_counts(c: dict[str, Any]) -> dict[str, Any]:
@@ -282,44 +478,80 @@ def _flat_counts(c: dict[str, Any]) -> dict[str, Any]:
 
 def train_separate_lora(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: int = 0, rank: int = 8,
                         alpha: float = 8, target: list[str] | None = None, device=None,
-                        progress: bool | None = False) -> dict[str, Any]:
-    """The baseline: K separate peft-LoRA runs (method ``lora``), one copy of ``backbone`` per task."""
-    from ..train import fit
+                        progress: bool | None = False, grid: dict[str, list] | None = None) -> dict[str, Any]:
+    """The baseline: K separate peft-LoRA runs (method ``lora``, ``fit``), each choosing its own grid point.
+
+    Every task trains at every grid point from its own copy of ``backbone``
+    and keeps the point with the best final-epoch validation accuracy on its
+    own validation split (ties: the earliest); only that model reads the
+    task's test split. ``optimizer_steps`` are counted (every optimizer step
+    taken inside the task's chosen ``fit``).
+    """
+    from ..config import multilora_grid_points
+    from ..train import evaluate, fit, pick_device
+    from ..tune import choose, point_label
     from .base import get_method
 
     _check_tasks(tasks, cfg)
-    t0 = time.perf_counter()
-    per_task: dict[str, dict[str, float]] = {}
+    points = multilora_grid_points(grid)
+    cfgs = [_point_cfg(cfg, p) for p in points]  # every point checked before any training
+    dev = pick_device(device if isinstance(device, str) or device is None else str(device))
+    per_task: dict[str, dict[str, Any]] = {}
+    grid_results: dict[str, list[dict[str, Any]]] = {}
     adapter = heads = 0
+    wall = wall_chosen = 0.0
     for i, task in enumerate(tasks):
-        model = copy.deepcopy(backbone)
-        g = torch.random.fork_rng()
-        with g:
-            torch.manual_seed(seed + i)
-            model.reset_classifier(task.num_classes)
-            method = get_method("lora", rank=rank, alpha=alpha, target=target)
-            model = method.wrap(model)
-        tr = method.trainable(model)
-        finals = {"test": task.test} if task.test is not None else None
-        m = fit(model, tr, pre, task.train, {"val": task.val}, cfg, seed, device, final_evals=finals,
-                progress=progress, desc=f"lora {task.name}")
-        per_task[task.name] = {k: m[k] for k in ("val_acc", "test_acc") if k in m}
-        head = sum(p.numel() for n, p in tr.params if ".modules_to_save." in n)
+        results: list[dict[str, Any]] = []
+        best_model = best_tr = None
+        for point, pcfg in zip(points, cfgs):
+            model = copy.deepcopy(backbone)
+            with torch.random.fork_rng():
+                torch.manual_seed(seed + i)
+                model.reset_classifier(task.num_classes)
+                method = get_method("lora", rank=int(point["params"].get("rank", rank)),
+                                    alpha=point["params"].get("alpha", alpha), target=target)
+                model = method.wrap(model)
+            tr = method.trainable(model)
+            label = point_label(point)
+            with _counting_steps() as n:
+                m = fit(model, tr, pre, task.train, {"val": task.val}, pcfg, seed, device, progress=progress,
+                        desc=f"lora {task.name} [{label}]")
+            results.append({**point, "label": label, "val_acc": m["val_acc"], "val_loss": m["val_loss"],
+                            "optimizer_steps": n[0], "wall_time_s": m["wall_time_s"],
+                            "trainable_params": m["trainable_params"], "history": m["history"]})
+            if best_model is None or m["val_acc"] > max(x["val_acc"] for x in results[:-1]):
+                best_model, best_tr = model, tr
+            del model
+        best = choose(results)
+        r = results[best]
+        per_task[task.name] = {"val_acc": r["val_acc"], "val_loss": r["val_loss"],
+                               "optimizer_steps": r["optimizer_steps"], "chosen": r["label"],
+                               "chosen_index": best, "train": cfgs[best].to_dict(), "params": points[best]["params"]}
+        if task.test is not None:  # read once, by the chosen model only
+            e = evaluate(best_model, pre, *task.test, cfg.eval_batch_size, dev)
+            per_task[task.name].update(test_acc=e["acc"], test_loss=e["loss"])
+        head = sum(p.numel() for n_, p in best_tr.params if ".modules_to_save." in n_)
         heads += head
-        adapter += m["trainable_params"] - head
+        adapter += r["trainable_params"] - head
+        wall += sum(x["wall_time_s"] for x in results)
+        wall_chosen += r["wall_time_s"]
+        grid_results[task.name] = results
+        del best_model, best_tr
+    has_test = all("test_acc" in v for v in per_task.values())
     return {"method": "separate_lora", "rank": rank, "alpha": alpha, "per_task": per_task,
-            "mean_val_acc": sum(v["val_acc"] for v in per_task.values()) / len(per_task),
-            **({"mean_test_acc": sum(v["test_acc"] for v in per_task.values()) / len(per_task)}
-               if all("test_acc" in v for v in per_task.values()) else {}),
+            "mean_val_acc": _mean(v["val_acc"] for v in per_task.values()),
+            **({"mean_test_acc": _mean(v["test_acc"] for v in per_task.values())} if has_test else {}),
+            "optimizer_steps": {t: v["optimizer_steps"] for t, v in per_task.items()}, "grid_results": grid_results,
             "heads": heads, "adapter_trained": adapter, "adapter_stored": adapter,
             "params_trained": adapter + heads, "params_stored": adapter + heads,
-            "wall_time_s": time.perf_counter() - t0}
+            "wall_time_s": wall, "wall_time_chosen_s": wall_chosen}
 
 
 def compare(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: int = 0, rank: int = 8, alpha: float = 8,
-            target: list[str] | None = None, device=None, progress: bool | None = False) -> dict[str, Any]:
-    """Multi-LoRA against K separate LoRA runs from the same backbone, data, training config and rank."""
-    sep = train_separate_lora(backbone, tasks, pre, cfg, seed, rank, alpha, target, device, progress)
-    ml = train_multilora(copy.deepcopy(backbone), tasks, pre, cfg, seed, rank, alpha, target, device, progress)
+            target: list[str] | None = None, device=None, progress: bool | None = False,
+            grid: dict[str, list] | None = None) -> dict[str, Any]:
+    """Multi-LoRA against K separate LoRA runs: same backbone, data, training config, rank and grid."""
+    sep = train_separate_lora(backbone, tasks, pre, cfg, seed, rank, alpha, target, device, progress, grid)
+    ml = train_multilora(backbone, tasks, pre, cfg, seed, rank, alpha, target, device, progress, grid)
     ml.pop("model")
-    return {"multilora": ml, "separate_lora": sep, "tasks": [t.name for t in tasks]}
+    return {"multilora": ml, "separate_lora": sep, "tasks": [t.name for t in tasks], "grid": dict(grid or {})}
