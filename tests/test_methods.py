@@ -495,7 +495,9 @@ def test_cmd_multilora(files):
     cli("multilora", "--task", "t1", files / "t1.safetensors", files / "t1.json",
         "--task", "t2", files / "t2.safetensors", files / "t2.json", "--checkpoint", files / "ckpt.safetensors",
         "--params", '{"rank": 2}', "--train", json.dumps({"epochs": 1, "batch_size": 16}), "--compare",
-        "--out", files / "ml.json")
+        "--grid", '{"lr": [0.01, 0.001]}', "--out", files / "ml.json")
     out = json.loads((files / "ml.json").read_text())
     assert out["tasks"] == ["t1", "t2"] and set(out["multilora"]["per_task"]) == {"t1", "t2"}
     assert out["multilora"]["params_stored"] < out["separate_lora"]["params_stored"]
+    assert out["grid"] == {"lr": [0.01, 0.001]} and len(out["multilora"]["grid_results"]) == 2
+    assert out["multilora"]["optimizer_steps"] == out["separate_lora"]["optimizer_steps"] == {"t1": 2, "t2": 2}

@@ -5,7 +5,6 @@ step, which task's parameters it holds and whether they changed.
 """
 
 import json
-import math
 
 import pytest
 import timm
@@ -122,7 +121,7 @@ def test_grid_is_chosen_on_validation_and_test_is_read_once_by_the_chosen_models
     for test_seed in (2, 50):  # different test splits must change nothing chosen
         ts = tasks(test_seed)
         reads.clear()
-        out = compare(small(), ts, PRE, CFG, rank=2, alpha=4, grid=grid)
+        out = compare(small(), ts, PRE, TrainConfig(epochs=1, batch_size=8), rank=2, alpha=4, grid=grid)
         tests = [t.test[0] for t in ts]
         assert sum(any(x is t for t in tests) for x in reads) == 4  # each task once per side
         outs.append(out)
@@ -188,3 +187,22 @@ def test_table_shows_steps_per_task_and_wall_time(tmp_path):
     files[0].write_text(json.dumps(d))
     multilora_table(files[:1], tmp_path / "old.csv", tmp_path / "old.md")
     assert "| n/a | n/a |" in (tmp_path / "old.md").read_text()
+
+
+@pytest.mark.parametrize("grid, culprit", [({"variant": ["dora"]}, "multilora.grid: 'variant'"),
+                                           ({"lr": [-1.0]}, "multilora.grid"),
+                                           ({"rank": [0]}, "rank"),
+                                           ({"lr": 0.1}, "multilora.grid.lr")])
+def test_config_names_a_bad_multilora_grid(grid, culprit):
+    from pathlib import Path
+
+    import yaml
+
+    from subtune.config import validate
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "configs/test.yaml").read_text())
+    validate(json.loads(json.dumps(cfg)), root / "schemas/config.schema.yaml")
+    cfg["multilora"]["grid"] = grid
+    with pytest.raises(SubtuneError, match=culprit):
+        validate(cfg, root / "schemas/config.schema.yaml")
