@@ -236,7 +236,12 @@ class MultiLoRAModel(nn.Module):
 
 
 def pack(x: torch.Tensor, task: int) -> torch.Tensor:
-    """uint8 images [N,C,H,W] plus a constant plane holding ``task``: [N,C+1,H,W]."""
+    """uint8 images [N,C,H,W] plus a constant plane holding ``task``: [N,C+1,H,W].
+
+    With :func:`packed_forward`, a :class:`MultiLoRAModel` trains under plain
+    ``fit`` (one optimizer over every task; the comparison uses
+    :func:`fit_together` instead).
+    """
     if not 0 <= task < 256:
         raise SubtuneError("multilora: at most 256 tasks")
     return torch.cat([x, torch.full((x.shape[0], 1, *x.shape[2:]), task, dtype=torch.uint8)], 1)
