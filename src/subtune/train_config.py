@@ -93,5 +93,9 @@ class TrainConfig:
         no augmentation, no mixing, no drop-path (which stays active in frozen blocks)."""
         return self.augment == "none" and not self.mixes and not self.drop_path
 
+    def model_kwargs(self) -> dict[str, Any]:
+        """Extra ``timm.create_model`` arguments this config needs (``drop_path_rate``); none by default."""
+        return {"drop_path_rate": float(self.drop_path)} if self.drop_path else {}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
