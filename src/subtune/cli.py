@@ -264,7 +264,7 @@ def _fit_method(a: argparse.Namespace, params: dict, cfg, data: dict, manifest: 
 
     method = get_method(a.method, **params)
     num_classes = int(manifest["num_classes"])
-    model, ckpt = build_model(_existing(a.checkpoint), num_classes, seed=a.seed)
+    model, ckpt = build_model(_existing(a.checkpoint), num_classes, seed=a.seed, **cfg.model_kwargs())
     base_params = sum(p.numel() for p in model.parameters())
     with torch.random.fork_rng():
         torch.manual_seed(a.seed)

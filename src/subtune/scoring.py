@@ -20,8 +20,9 @@ The fast path (``fast=True``, the default) is exact and does two things
   trained in lockstep by :func:`subtune.train.fit_group`, sharing each
   batch (and its cached prefix features).
 
-With augmentation the prefix is not a fixed function of the image, so the
-cache is off (the log says so); with dropout or drop-path, training draws from
+With augmentation, mixup/cutmix or drop-path (active in frozen blocks) the
+prefix is not a fixed function of the image, so the cache is off (the log
+says so); with dropout or drop-path, training draws from
 the global RNG, so candidates are trained one by one. The slow path
 (``fast=False``) trains every candidate alone through the whole network.
 """
@@ -62,7 +63,7 @@ class CandidateScorer:
 
         if "test_x" in data or "test_y" in data:
             raise ValueError("the scorer must not be given the test split")
-        self.base, self.ckpt = build_model(checkpoint, num_classes, seed=seed)
+        self.base, self.ckpt = build_model(checkpoint, num_classes, seed=seed, **train_cfg.model_kwargs())
         self.pre = Preprocess(self.ckpt.mean, self.ckpt.std, self.ckpt.in_chans)
         self.data = data
         self.train_cfg, self.sel_cfg = train_cfg, sel_cfg
@@ -70,9 +71,9 @@ class CandidateScorer:
         self.device = pick_device(device)
         self.fast = fast
         self.cache = cache if cache is not None else PrefixCache()
-        self.use_cache = fast and train_cfg.augment == "none"
+        self.use_cache = fast and train_cfg.fixed_prefix
         if fast and not self.use_cache:
-            log.warning("prefix cache off: augmentation %r makes the frozen prefix's output random", train_cfg.augment)
+            log.warning("prefix cache off: augmentation, mixing or drop-path make the frozen prefix's output random")
         self.together = fast and not has_randomness(self.base)
         if fast and not self.together:
             log.warning("candidates trained one by one: the model draws random numbers in training (dropout)")

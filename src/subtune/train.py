@@ -21,6 +21,34 @@ Conventions (tested in tests/test_train.py):
   checkpoint's mean/std, batch by batch.
 - The device is chosen at run time (CUDA if present); on CUDA the forward pass
   runs under bf16 autocast and the model is channels_last.
+- Without a progress bar (not a TTY: a job's log) every epoch prints one line
+  to stdout: epoch k/N, train loss, validation accuracy, lr, seconds (for
+  runs in lockstep, one line with the range over runs).
+
+Protocol options (:class:`TrainConfig` keys; the defaults are the plain loop):
+
+- ``no_weight_decay_1d``: the optimizer's parameter groups are timm's
+  ``param_groups_weight_decay`` (as timm's ``create_optimizer_v2`` with
+  ``filter_bias_and_bn``, which SSF's train.py uses): biases, every 1-D
+  tensor and the model's ``no_weight_decay()`` names get weight decay 0.
+- ``drop_path``: the model is built with timm's ``drop_path_rate`` (by the
+  caller, :func:`subtune.models.checkpoint.build_model`), and during training
+  every ``DropPath`` is put in train mode whatever its block's mode, so it is
+  active in frozen blocks too (SSF's code calls ``model.train()``); BatchNorm
+  and Dropout modes are untouched by it. Evaluation runs with all of it off.
+- ``bn_mode: frozen``: every BatchNorm stays in eval mode during training,
+  also in trained modules (Surgical fine-tuning's code never calls
+  ``model.train()``): its running statistics never change.
+- ``epoch_select: best_val``: after each epoch the trainable parameters and
+  all buffers are copied (in memory) when the first evaluation split's
+  accuracy beats every earlier epoch (earliest on ties); after the last epoch
+  that copy is restored and only then are ``final_evals`` (the test split)
+  evaluated: test accuracy at the best validation epoch, the Surgical
+  authors' report. ``{split}_acc`` are that epoch's; ``best_epoch`` says which.
+- ``augment``, ``mixup``, ``cutmix``: :mod:`subtune.augment`; with mixing the
+  loss is the soft-target cross-entropy (timm's ``SoftTargetCrossEntropy``,
+  label smoothing inside the targets) and the incomplete last batch of an
+  epoch is dropped (timm's training loader).
 """
 
 from __future__ import annotations
@@ -36,7 +64,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import SubtuneError
+from .augment import Augmenter, augment_batch  # noqa: F401  (augment_batch: part of this module's API)
 from .train_config import AUGMENTS, TrainConfig  # noqa: F401  (TrainConfig is part of this module's API)
+
 
 def pick_device(requested: str | None = None) -> torch.device:
     if requested and requested != "auto":
@@ -54,29 +84,14 @@ class Preprocess(nn.Module):
         self.register_buffer("std", torch.tensor(std[:in_chans], dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().div_(255.0)
+        # uint8 as stored; float32 on the 0-255 scale after augmentation/mixing (never changed in place:
+        # runs in lockstep share the batch)
+        x = x.float().div_(255.0) if x.dtype != torch.float32 else x / 255.0
         if x.shape[1] != self.in_chans:
             if x.shape[1] != 1:
                 raise SubtuneError(f"images have {x.shape[1]} channels, the model takes {self.in_chans}")
             x = x.expand(-1, self.in_chans, -1, -1)
         return (x - self.mean) / self.std
-
-
-def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """Seeded augmentation on uint8 batches (before normalisation)."""
-    if kind == "none":
-        return x
-    n = x.shape[0]
-    if "crop" in kind:
-        pad = max(1, x.shape[-1] // 16)
-        xp = F.pad(x, (pad, pad, pad, pad), mode="constant", value=0)
-        offs = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
-        h, w = x.shape[-2:]
-        x = torch.stack([xp[i, :, oy : oy + h, ox : ox + w] for i, (oy, ox) in enumerate(offs.tolist())])
-    if "flip" in kind:
-        flip = torch.rand(n, generator=gen) < 0.5
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    return x
 
 
 @torch.no_grad()
@@ -127,11 +142,46 @@ def _image_forward(model: nn.Module, pre: Preprocess | None, device: torch.devic
     return forward
 
 
-def set_modes(model: nn.Module, train_modules: list[str]) -> None:
-    """Eval mode everywhere, train mode in ``train_modules`` ("" = the whole model)."""
+def set_modes(model: nn.Module, train_modules: list[str], bn_mode: str = "tuned", drop_path: bool = False) -> None:
+    """Eval mode everywhere, train mode in ``train_modules`` ("" = the whole model).
+
+    ``bn_mode="frozen"``: then every BatchNorm back in eval mode. ``drop_path``:
+    then every timm ``DropPath`` in train mode (active in frozen blocks too).
+    """
     model.eval()
     for name in train_modules:
         model.get_submodule(name).train() if name else model.train()
+    if bn_mode == "frozen":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    if drop_path:
+        from timm.layers import DropPath
+
+        for m in model.modules():
+            if isinstance(m, DropPath):
+                m.train()
+
+
+def _param_groups(model: nn.Module, params: list[nn.Parameter], cfg: TrainConfig):
+    """The optimizer's parameters: one group, or timm's decay / no-decay groups (``no_weight_decay_1d``).
+
+    timm's groups are built from the model's parameters with ``requires_grad``
+    (exactly the method's, set by the caller). The model's
+    ``no_weight_decay()`` names are matched also under a wrapper's prefix
+    (peft's ``base_model.model.``).
+    """
+    if not cfg.no_weight_decay_1d:
+        return params
+    from timm.optim import param_groups_weight_decay
+
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    skip |= {f"*.{n}" for n in skip}
+    groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=skip)
+    if {id(p) for g in groups for p in g["params"]} != {id(p) for p in params} or sum(
+            len(g["params"]) for g in groups) != len(params):
+        raise SubtuneError("no_weight_decay_1d: the method's parameters are not the model's trainable parameters")
+    return groups
 
 
 def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -185,10 +235,12 @@ def fit(
     """Train ``trainable`` (a :class:`subtune.methods.Trainable`) of ``model`` on ``train``.
 
     ``evals`` are evaluated after every epoch (validation); ``final_evals`` only
-    once, after the last epoch (the test split: read once, never for choices).
+    once, after the last epoch (the test split: read once, never for choices;
+    with ``epoch_select: best_val`` on the restored best-validation weights).
     Returns metrics: ``history`` (per epoch), ``{split}_acc``/``{split}_loss``
-    of the final model, ``trainable_params``, ``total_params``,
-    ``wall_time_s``, ``device``.
+    of the final model (``evals``: of the chosen epoch), ``best_epoch``
+    (1-based; ``epochs`` under ``last``), ``trainable_params``,
+    ``total_params``, ``wall_time_s``, ``device``.
     """
     run = Run(model, trainable, forward, desc)
     return fit_group([run], pre, train, evals, cfg, seed, device, final_evals, progress, on_epoch)[0]
@@ -232,7 +284,18 @@ def fit_group(
     n = len(x_train)
     if n == 0:
         raise SubtuneError("empty training set")
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    select = cfg.epoch_select == "best_val"
+    if select and not evals:
+        raise SubtuneError("train.epoch_select best_val needs a validation split to select on, and there is none")
+    sel_split = next(iter(evals), None)
+    aug = Augmenter(cfg, pre.mean.flatten().tolist() if pre is not None else None,
+                    pre.std.flatten().tolist() if pre is not None else None,
+                    getattr(runs[0].model, "num_classes", None) if cfg.mixes else None)
+    if aug.drop_last and n < cfg.batch_size:
+        raise SubtuneError(f"mixup/cutmix drop the incomplete last batch: {n} training images, "
+                           f"fewer than one batch of {cfg.batch_size}")
+    steps_per_epoch = n // cfg.batch_size if aug.drop_last else math.ceil(n / cfg.batch_size)
+    n_used = steps_per_epoch * cfg.batch_size if aug.drop_last else n
     total = steps_per_epoch * cfg.epochs
     warmup = steps_per_epoch * cfg.warmup_epochs
     if pre is not None:
@@ -241,6 +304,7 @@ def fit_group(
     states = []
     for run in runs:
         model = run.model
+        _check_drop_path(model, cfg.drop_path)
         for p in model.parameters():
             p.requires_grad_(False)
         params = [p for _, p in run.trainable.params]
@@ -251,11 +315,11 @@ def fit_group(
         model.to(device)
         if device.type == "cuda":
             model.to(memory_format=torch.channels_last)
-        opt = _optimizer(params, cfg)
+        opt = _optimizer(_param_groups(model, params, cfg), cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, warmup, cfg.schedule))
         forward = run.forward or _image_forward(model, pre, device)
         states.append({"params": params, "opt": opt, "sched": sched, "forward": forward, "history": [],
-                       "loss": 0.0, "time": 0.0})
+                       "loss": 0.0, "time": 0.0, "best": None, "best_epoch": cfg.epochs})
 
     if progress is None:
         progress = sys.stderr.isatty()
@@ -264,19 +328,23 @@ def fit_group(
     desc = runs[0].desc if len(runs) == 1 else f"{len(runs)} runs"
     bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
+        t_epoch = time.perf_counter()
         for run, st in zip(runs, states):
-            set_modes(run.model, run.trainable.train_modules)
+            set_modes(run.model, run.trainable.train_modules, cfg.bn_mode, cfg.drop_path > 0)
             st["loss"] = 0.0
         order = torch.randperm(n, generator=gen)
-        for i in range(0, n, cfg.batch_size):
+        for i in range(0, n_used, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            xb = augment_batch(x_train[idx], cfg.augment, gen).to(device, non_blocking=True)
-            yb = y_train[idx].to(device)
+            xb, yb = aug(x_train[idx], y_train[idx], gen)
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device)
             for st in states:
                 t = time.perf_counter()
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     logits = st["forward"](xb)
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+                if yb.ndim == 2:  # soft targets (mixup/cutmix): timm's SoftTargetCrossEntropy, smoothing inside
+                    loss = F.cross_entropy(logits.float(), yb)
+                else:
+                    loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
                 st["opt"].zero_grad(set_to_none=True)
                 loss.backward()
                 st["opt"].step()
@@ -285,24 +353,33 @@ def fit_group(
                 st["time"] += time.perf_counter() - t
         for run, st in zip(runs, states):
             t = time.perf_counter()
-            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(st["loss"]) / n,
+            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(st["loss"]) / n_used,
                                    "lr": st["opt"].param_groups[0]["lr"]}
             for split, (xe, ye) in evals.items():
                 r = evaluate(run.model, pre, xe, ye, cfg.eval_batch_size, device, st["forward"])
                 row[f"{split}_acc"], row[f"{split}_loss"] = r["acc"], r["loss"]
             st["history"].append(row)
+            if select and (st["best"] is None or row[f"{sel_split}_acc"] > st["history"][st["best_epoch"] - 1][
+                    f"{sel_split}_acc"]):
+                st["best"], st["best_epoch"] = _weights(run.model, st["params"]), epoch + 1
             st["time"] += time.perf_counter() - t
             if on_epoch:
                 on_epoch(row)
         bar.set_postfix({k: round(v, 4) for k, v in states[0]["history"][-1].items() if k.endswith("acc")})
+        if not progress:
+            print(_epoch_line(desc, cfg.epochs, [st["history"][-1] for st in states], time.perf_counter() - t_epoch),
+                  flush=True)
 
     out = []
     for run, st in zip(runs, states):
         history = st["history"]
+        if select:  # back to the best validation epoch's weights before the test split is read
+            _restore(run.model, st["params"], st["best"])
+        chosen = history[st["best_epoch"] - 1]
         metrics: dict[str, Any] = {"history": history}
         for split in evals:
-            metrics[f"{split}_acc"] = history[-1][f"{split}_acc"]
-            metrics[f"{split}_loss"] = history[-1][f"{split}_loss"]
+            metrics[f"{split}_acc"] = chosen[f"{split}_acc"]
+            metrics[f"{split}_loss"] = chosen[f"{split}_loss"]
         for split, (xe, ye) in (final_evals or {}).items():
             r = evaluate(run.model, pre, xe, ye, cfg.eval_batch_size, device, st["forward"])
             metrics[f"{split}_acc"], metrics[f"{split}_loss"] = r["acc"], r["loss"]
@@ -312,9 +389,43 @@ def fit_group(
             wall_time_s=time.perf_counter() - t0 if len(runs) == 1 else st["time"],
             device=str(device),
             epochs=cfg.epochs,
+            best_epoch=st["best_epoch"],
             train_size=n,
         )
         for p in run.model.parameters():
             p.requires_grad_(False)
         out.append(metrics)
     return out
+
+
+def _check_drop_path(model: nn.Module, rate: float) -> None:
+    """``train.drop_path`` must match the rate the model was built with (timm's deepest DropPath)."""
+    built = max((float(getattr(m, "drop_prob", 0.0)) for m in model.modules() if type(m).__name__ == "DropPath"),
+                default=0.0)
+    if abs(built - rate) > 1e-6:
+        raise SubtuneError(f"train.drop_path is {rate} but the model was built with drop_path_rate {built} "
+                           f"(pass drop_path_rate to build_model)")
+
+
+def _weights(model: nn.Module, params: list[nn.Parameter]) -> list[torch.Tensor]:
+    """A copy of the trainable parameters and of every buffer (what an epoch changes)."""
+    return [t.detach().clone() for t in [*params, *model.buffers()]]
+
+
+@torch.no_grad()
+def _restore(model: nn.Module, params: list[nn.Parameter], saved: list[torch.Tensor]) -> None:
+    for t, v in zip([*params, *model.buffers()], saved, strict=True):
+        t.copy_(v)
+
+
+def _epoch_line(desc: str, epochs: int, rows: list[dict[str, Any]], seconds: float) -> str:
+    """One log line for an epoch: its values, or their range over runs trained in lockstep."""
+
+    def fmt(key: str, spec: str) -> str:
+        vals = [r[key] for r in rows]
+        lo, hi = min(vals), max(vals)
+        return f"{key} {lo:{spec}}" if lo == hi else f"{key} {lo:{spec}}-{hi:{spec}}"
+
+    keys = ["train_loss", *[k for k in rows[0] if k.endswith("_acc")]]
+    parts = [fmt(k, ".4f") for k in keys] + [fmt("lr", ".3g")]
+    return f"{desc} epoch {rows[0]['epoch']}/{epochs}: " + " ".join(parts) + f" {seconds:.1f}s"

@@ -1,4 +1,22 @@
-"""Hyperparameters of one training run (importable without torch: config validation uses it)."""
+"""Hyperparameters of one training run (importable without torch: config validation uses it).
+
+Keys beyond the basic optimisation ones select a published protocol; each
+default keeps the plain behaviour (see :mod:`subtune.train` and
+:mod:`subtune.augment` for the exact forms):
+
+- ``no_weight_decay_1d``: biases, 1-D tensors and the model's
+  ``no_weight_decay()`` names get weight decay 0 (timm's optimizer factory, SSF).
+- ``drop_path``: stochastic-depth rate (timm's ``drop_path_rate``), active in
+  every block during training, frozen ones included (SSF calls model.train()).
+- ``augment``: ``none``, ``flip``, ``crop``, ``crop_flip`` (pad-and-crop),
+  ``rrc_flip`` (SubTuning: RandomResizedCrop + flip), ``timm`` (timm's ImageNet
+  recipe with SAN's defaults: RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25).
+- ``mixup`` / ``cutmix``: alphas of timm's ``Mixup`` (SAN: 0.8 and 1.0).
+- ``bn_mode``: ``tuned`` (BatchNorm in trained modules in train mode) or
+  ``frozen`` (every BatchNorm in eval mode, Surgical fine-tuning's code).
+- ``epoch_select``: ``last`` or ``best_val`` (restore the epoch with the best
+  validation accuracy before the test split is read).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +25,9 @@ from typing import Any
 
 from . import SubtuneError, dataclass_from_dict
 
-AUGMENTS = ("none", "flip", "crop", "crop_flip")
+AUGMENTS = ("none", "flip", "crop", "crop_flip", "rrc_flip", "timm")
+BN_MODES = ("tuned", "frozen")
+EPOCH_SELECTS = ("last", "best_val")
 
 
 @dataclass
@@ -24,6 +44,12 @@ class TrainConfig:
     augment: str = "none"
     label_smoothing: float = 0.0
     eval_batch_size: int = 512
+    no_weight_decay_1d: bool = False
+    drop_path: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    bn_mode: str = "tuned"
+    epoch_select: str = "last"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "train") -> "TrainConfig":
@@ -40,6 +66,36 @@ class TrainConfig:
             raise SubtuneError(f"{where}.augment must be one of {', '.join(AUGMENTS)}, not {self.augment!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise SubtuneError(f"{where}: epochs, batch_size and lr must be positive")
+        if not isinstance(self.no_weight_decay_1d, bool):
+            raise SubtuneError(f"{where}.no_weight_decay_1d must be true or false, not {self.no_weight_decay_1d!r}")
+        for k in ("drop_path", "mixup", "cutmix", "label_smoothing", "weight_decay"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise SubtuneError(f"{where}.{k} must be a number >= 0, not {v!r}")
+        if self.drop_path >= 1:
+            raise SubtuneError(f"{where}.drop_path must be below 1, not {self.drop_path!r}")
+        if self.label_smoothing > 1:
+            raise SubtuneError(f"{where}.label_smoothing must be at most 1, not {self.label_smoothing!r}")
+        if self.bn_mode not in BN_MODES:
+            raise SubtuneError(f"{where}.bn_mode must be one of {', '.join(BN_MODES)}, not {self.bn_mode!r}")
+        if self.epoch_select not in EPOCH_SELECTS:
+            raise SubtuneError(
+                f"{where}.epoch_select must be one of {', '.join(EPOCH_SELECTS)}, not {self.epoch_select!r}")
+
+    @property
+    def mixes(self) -> bool:
+        """Whether mixup or cutmix is on (soft targets, timm's ``Mixup``)."""
+        return self.mixup > 0 or self.cutmix > 0
+
+    @property
+    def fixed_prefix(self) -> bool:
+        """Whether a frozen prefix of the network is a fixed function of the stored image during training:
+        no augmentation, no mixing, no drop-path (which stays active in frozen blocks)."""
+        return self.augment == "none" and not self.mixes and not self.drop_path
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Extra ``timm.create_model`` arguments this config needs (``drop_path_rate``); none by default."""
+        return {"drop_path_rate": float(self.drop_path)} if self.drop_path else {}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

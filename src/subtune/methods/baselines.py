@@ -1,8 +1,18 @@
-"""LP (head only) and FT (everything): the two baselines every paper reports."""
+"""LP (head only) and FT (everything): the two baselines every paper reports.
+
+FT's ``freeze_stem`` (default false) is SubTuning's FT baseline (its
+``models.py``, mode ``finetune``: ``layers_to_finetune`` = every block, plus
+its new head): the stem and the final norm stay frozen and in eval mode —
+ResNet ``conv1``/``bn1`` (its running statistics included); ViT
+``patch_embed``, ``cls_token``, ``pos_embed`` (``reg_token`` if any) and the
+final ``norm``. The stem's modules are the family's (``subtune.models.split``);
+every other parameter trains and every other top-level module is in train mode.
+"""
 
 from __future__ import annotations
 
 
+from .. import SubtuneError
 from .base import Method, Trainable, register
 from .._lazy import lazy
 
@@ -21,9 +31,31 @@ class LP(Method):
 
 @register
 class FT(Method):
-    """Full fine-tuning: every parameter trains; every module is in train mode."""
+    """Full fine-tuning: every parameter trains; every module is in train mode.
+
+    ``freeze_stem=True``: everything but the stem and the final norm (SubTuning's FT).
+    """
 
     name = "ft"
+    defaults = {"freeze_stem": False}
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        if not isinstance(self.params["freeze_stem"], bool):
+            raise SubtuneError(f"method 'ft': freeze_stem must be true or false, not {self.params['freeze_stem']!r}")
 
     def trainable(self, model: nn.Module) -> Trainable:
-        return Trainable(list(model.named_parameters()), [""])
+        if not self.params["freeze_stem"]:
+            return Trainable(list(model.named_parameters()), [""])
+        from ..models.blocks import head_names
+        from ..models.split import Staged
+
+        heads = set(head_names(model))
+        frozen = set(Staged(model).stem_names) | ({"norm"} - heads)
+        tops = [n for n, _ in model.named_children() if n not in frozen]
+        params = [(n, p) for n, p in model.named_parameters() if n.split(".")[0] not in frozen]
+        return Trainable(params, tops, {"frozen": sorted(f for f in frozen if _has(model, f))})
+
+
+def _has(model: nn.Module, name: str) -> bool:
+    return any(n == name or n.startswith(name + ".") for n, _ in model.named_parameters())

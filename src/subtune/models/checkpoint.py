@@ -92,10 +92,14 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, torc
     return Checkpoint(**meta, path=str(path)), state
 
 
-def build_model(path: str | os.PathLike, num_classes: int, seed: int = 0) -> tuple[nn.Module, Checkpoint]:
-    """The checkpoint's backbone with a fresh ``num_classes`` head (initialised from ``seed``)."""
+def build_model(path: str | os.PathLike, num_classes: int, seed: int = 0, **create_kwargs) -> tuple[nn.Module, Checkpoint]:
+    """The checkpoint's backbone with a fresh ``num_classes`` head (initialised from ``seed``).
+
+    ``create_kwargs`` are extra ``timm.create_model`` arguments that change no
+    weight (``drop_path_rate``); they override the checkpoint's ``model_kwargs``.
+    """
     ckpt, state = load_checkpoint(path)
-    model = create(ckpt.arch, ckpt.num_classes, ckpt.in_chans, **ckpt.model_kwargs)
+    model = create(ckpt.arch, ckpt.num_classes, ckpt.in_chans, **{**ckpt.model_kwargs, **create_kwargs})
     model.load_state_dict(state, strict=True)
     g = torch.random.fork_rng()
     with g:

@@ -30,7 +30,7 @@ def pretrain(
     model_kwargs = dict(model_kwargs or {})
     torch.manual_seed(seed)
     num_classes = int(manifest["num_classes"])
-    model = create(arch, num_classes, 3, **model_kwargs)
+    model = create(arch, num_classes, 3, **{**model_kwargs, **train_cfg.model_kwargs()})  # drop_path: not saved
     ckpt = Checkpoint(arch=arch, num_classes=num_classes, in_chans=3, image_size=int(manifest["image_size"]),
                       model_kwargs=model_kwargs)
     pre = Preprocess(ckpt.mean, ckpt.std, ckpt.in_chans)
