@@ -49,6 +49,13 @@ Protocol options (:class:`TrainConfig` keys; the defaults are the plain loop):
   loss is the soft-target cross-entropy (timm's ``SoftTargetCrossEntropy``,
   label smoothing inside the targets) and the incomplete last batch of an
   epoch is dropped (timm's training loader).
+- ``drop_last``: the incomplete last batch of every epoch is dropped (SSF's
+  and SAN's loaders): ``floor(n / batch_size)`` steps per epoch instead of
+  ``ceil``; the shuffled order still covers all ``n`` images over epochs.
+- The learning-rate schedule (:func:`lr_scheduler`; ``schedule``,
+  ``schedule_unit``, ``warmup_epochs``, ``warmup_lr``, ``min_lr``,
+  ``cooldown_epochs``) and the number of epochs a run trains,
+  ``epochs + cooldown_epochs`` (metrics' ``epochs``).
 """
 
 from __future__ import annotations
@@ -193,12 +200,108 @@ def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The plain per-step factor of ``lr``: warm-up ``(step + 1) / warmup``, then cosine to 0 over
+    ``total - warmup`` steps (0 after ``total``), or constant."""
     if warmup and step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """``schedule_unit: step``: the learning rate of optimizer step ``step`` (0-based) over ``cfg.lr``.
+
+    With ``W = steps_per_epoch * warmup_epochs``, ``T = steps_per_epoch *
+    epochs`` and ``f`` = :func:`_lr_factor` (the plain form)::
+
+        lr(s) = warmup_lr + (lr - warmup_lr) * (s + 1) / W            for s < W
+        lr(s) = min_lr + (lr - min_lr) * 1/2 (1 + cos(pi (s - W) / (T - W)))   for W <= s < T (cosine)
+        lr(s) = min_lr                                                 for s >= T (cooldown epochs)
+
+    (constant: ``lr`` after the warm-up). With ``warmup_lr`` and ``min_lr`` 0
+    this is exactly ``f`` (the same floats). Unlike the epoch unit (timm's
+    form) the warm-up's first step already moves off ``warmup_lr`` and the
+    cosine is stretched over the steps after the warm-up.
+    """
+    total, warmup = steps_per_epoch * cfg.epochs, steps_per_epoch * cfg.warmup_epochs
+    f = _lr_factor(step, total, warmup, cfg.schedule)
+    start = cfg.warmup_lr / cfg.lr if warmup and step < warmup else cfg.min_lr / cfg.lr
+    return start + (1.0 - start) * f if start else f
+
+
+class EpochSchedule:
+    """``schedule_unit: epoch``: the learning rate changes once per epoch, stepped like SSF's train.py.
+
+    ``step()`` is called after every optimizer step (the loop's interface);
+    after the last step of epoch ``e`` (0-based) the schedule is set for epoch
+    ``e + 1``: SSF's ``lr_scheduler.step(epoch + 1)`` after each epoch, so
+    epoch ``e`` trains at timm's value for ``e``. Cosine is timm's
+    ``CosineLRScheduler`` itself (``t_in_epochs``, as timm's
+    ``create_scheduler`` builds it for SSF and SAN) on the run's optimizer::
+
+        lr(e) = warmup_lr + e (lr - warmup_lr) / warmup_epochs          for e < warmup_epochs
+        lr(e) = min_lr + 1/2 (lr - min_lr) (1 + cos(pi e / epochs))    for warmup_epochs <= e < epochs
+        lr(e) = min_lr                                                  for e >= epochs (cooldown epochs)
+
+    (no ``warmup_prefix``: the cosine is the one of a whole ``epochs``-epoch
+    run, its first ``warmup_epochs`` replaced by the warm-up). Epoch 0 trains
+    at ``warmup_lr`` (timm sets it when built), or at ``lr`` without warm-up.
+    With no warm-up and ``min_lr`` 0 this is torch's ``CosineAnnealingLR(T_max=
+    epochs)`` stepped per epoch (SubTuning's Lightning schedule). SAN calls
+    ``lr_scheduler.step(epoch=epoch)`` after epoch ``epoch`` instead, so its
+    epoch ``e >= 1`` trains at timm's value for ``e - 1`` (one epoch behind);
+    we implement SSF's. ``constant``: the same warm-up written out (timm has
+    no constant-after-warm-up scheduler), then ``lr``.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        self.steps_per_epoch, self.steps = steps_per_epoch, 0
+        if cfg.schedule == "cosine":
+            from timm.scheduler import CosineLRScheduler
+
+            self.timm = CosineLRScheduler(opt, t_initial=cfg.epochs, lr_min=cfg.min_lr,
+                                          warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.warmup_lr, t_in_epochs=True)
+            self._set = self.timm.step
+        else:
+            base = [g["lr"] for g in opt.param_groups]
+            w, w0 = cfg.warmup_epochs, cfg.warmup_lr
+
+            def set_epoch(e: int) -> None:
+                for g, b in zip(opt.param_groups, base):
+                    g["lr"] = w0 + e * ((b - w0) / w) if e < w else b
+
+            self._set = set_epoch
+            set_epoch(0)
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps % self.steps_per_epoch == 0:
+            self._set(self.steps // self.steps_per_epoch)
+
+
+def lr_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """The run's schedule; its ``step()`` is called once after every optimizer step.
+
+    ``schedule_unit: step``: a ``LambdaLR`` of :func:`lr_factor` (the lr of
+    every step is its own); ``epoch``: :class:`EpochSchedule`.
+    """
+    if cfg.schedule_unit == "epoch":
+        return EpochSchedule(opt, cfg, steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, steps_per_epoch))
+
+
+def steps_per_epoch(n: int, cfg: TrainConfig, drop_last: bool = False) -> int:
+    """Optimizer steps per epoch on ``n`` training images: ``floor(n / batch_size)`` when the incomplete last
+    batch is dropped (``cfg.drop_last`` or ``drop_last``, e.g. mixing), else ``ceil``."""
+    if cfg.drop_last or drop_last:
+        if n < cfg.batch_size:
+            why = "train.drop_last drops" if cfg.drop_last else "mixup/cutmix drop"
+            raise SubtuneError(f"{why} the incomplete last batch: {n} training images, "
+                               f"fewer than one batch of {cfg.batch_size}")
+        return n // cfg.batch_size
+    return math.ceil(n / cfg.batch_size)
 
 
 @dataclass
@@ -291,13 +394,10 @@ def fit_group(
     aug = Augmenter(cfg, pre.mean.flatten().tolist() if pre is not None else None,
                     pre.std.flatten().tolist() if pre is not None else None,
                     getattr(runs[0].model, "num_classes", None) if cfg.mixes else None)
-    if aug.drop_last and n < cfg.batch_size:
-        raise SubtuneError(f"mixup/cutmix drop the incomplete last batch: {n} training images, "
-                           f"fewer than one batch of {cfg.batch_size}")
-    steps_per_epoch = n // cfg.batch_size if aug.drop_last else math.ceil(n / cfg.batch_size)
-    n_used = steps_per_epoch * cfg.batch_size if aug.drop_last else n
-    total = steps_per_epoch * cfg.epochs
-    warmup = steps_per_epoch * cfg.warmup_epochs
+    drop = cfg.drop_last or aug.drop_last
+    spe = steps_per_epoch(n, cfg, aug.drop_last)
+    n_used = spe * cfg.batch_size if drop else n
+    epochs = cfg.total_epochs
     if pre is not None:
         pre = pre.to(device)
 
@@ -316,17 +416,17 @@ def fit_group(
         if device.type == "cuda":
             model.to(memory_format=torch.channels_last)
         opt = _optimizer(_param_groups(model, params, cfg), cfg)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, warmup, cfg.schedule))
+        sched = lr_scheduler(opt, cfg, spe)
         forward = run.forward or _image_forward(model, pre, device)
         states.append({"params": params, "opt": opt, "sched": sched, "forward": forward, "history": [],
-                       "loss": 0.0, "time": 0.0, "best": None, "best_epoch": cfg.epochs})
+                       "loss": 0.0, "time": 0.0, "best": None, "best_epoch": epochs})
 
     if progress is None:
         progress = sys.stderr.isatty()
     from tqdm.auto import tqdm
 
     desc = runs[0].desc if len(runs) == 1 else f"{len(runs)} runs"
-    bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
         t_epoch = time.perf_counter()
         for run, st in zip(runs, states):
@@ -367,7 +467,7 @@ def fit_group(
                 on_epoch(row)
         bar.set_postfix({k: round(v, 4) for k, v in states[0]["history"][-1].items() if k.endswith("acc")})
         if not progress:
-            print(_epoch_line(desc, cfg.epochs, [st["history"][-1] for st in states], time.perf_counter() - t_epoch),
+            print(_epoch_line(desc, epochs, [st["history"][-1] for st in states], time.perf_counter() - t_epoch),
                   flush=True)
 
     out = []
@@ -388,7 +488,7 @@ def fit_group(
             total_params=sum(p.numel() for p in run.model.parameters()),
             wall_time_s=time.perf_counter() - t0 if len(runs) == 1 else st["time"],
             device=str(device),
-            epochs=cfg.epochs,
+            epochs=len(history),
             best_epoch=st["best_epoch"],
             train_size=n,
         )

@@ -16,6 +16,14 @@ default keeps the plain behaviour (see :mod:`subtune.train` and
   ``frozen`` (every BatchNorm in eval mode, Surgical fine-tuning's code).
 - ``epoch_select``: ``last`` or ``best_val`` (restore the epoch with the best
   validation accuracy before the test split is read).
+- ``schedule_unit``: ``step`` (the learning rate changes every optimizer
+  step) or ``epoch`` (once per epoch: timm's ``CosineLRScheduler`` with
+  ``t_in_epochs``, SSF/SAN; torch's per-epoch ``CosineAnnealingLR``, SubTuning).
+- ``warmup_lr``: the linear warm-up's starting learning rate (SSF 1e-7).
+- ``min_lr``: the cosine's floor (SSF/SAN 1e-8).
+- ``cooldown_epochs``: epochs trained at ``min_lr`` after the cosine (timm's
+  ``cooldown_epochs``, 10 in SSF/SAN); a run trains ``epochs + cooldown_epochs``.
+- ``drop_last``: drop each epoch's incomplete last batch (SSF/SAN's loaders).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from . import SubtuneError, dataclass_from_dict
 AUGMENTS = ("none", "flip", "crop", "crop_flip", "rrc_flip", "timm")
 BN_MODES = ("tuned", "frozen")
 EPOCH_SELECTS = ("last", "best_val")
+SCHEDULE_UNITS = ("step", "epoch")
 
 
 @dataclass
@@ -50,6 +59,11 @@ class TrainConfig:
     cutmix: float = 0.0
     bn_mode: str = "tuned"
     epoch_select: str = "last"
+    schedule_unit: str = "step"
+    warmup_lr: float = 0.0
+    min_lr: float = 0.0
+    cooldown_epochs: int = 0
+    drop_last: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "train") -> "TrainConfig":
@@ -81,6 +95,35 @@ class TrainConfig:
         if self.epoch_select not in EPOCH_SELECTS:
             raise SubtuneError(
                 f"{where}.epoch_select must be one of {', '.join(EPOCH_SELECTS)}, not {self.epoch_select!r}")
+        self._validate_schedule(where)
+
+    def _validate_schedule(self, where: str) -> None:
+        if self.schedule_unit not in SCHEDULE_UNITS:
+            raise SubtuneError(
+                f"{where}.schedule_unit must be one of {', '.join(SCHEDULE_UNITS)}, not {self.schedule_unit!r}")
+        for k in ("warmup_epochs", "cooldown_epochs"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise SubtuneError(f"{where}.{k} must be an integer >= 0, not {v!r}")
+        for k in ("warmup_lr", "min_lr"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise SubtuneError(f"{where}.{k} must be a number >= 0, not {v!r}")
+        if not isinstance(self.drop_last, bool):
+            raise SubtuneError(f"{where}.drop_last must be true or false, not {self.drop_last!r}")
+        if self.warmup_lr and not self.warmup_epochs:
+            raise SubtuneError(f"{where}.warmup_lr needs warmup_epochs above 0")
+        if self.min_lr > self.lr:
+            raise SubtuneError(f"{where}.min_lr ({self.min_lr}) is above lr ({self.lr})")
+        if self.schedule == "constant":
+            for k in ("min_lr", "cooldown_epochs"):
+                if getattr(self, k):
+                    raise SubtuneError(f"{where}.{k} needs schedule cosine (the constant schedule has no floor)")
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs a run trains: ``epochs`` (warm-up and cosine) plus ``cooldown_epochs`` at ``min_lr``."""
+        return self.epochs + self.cooldown_epochs
 
     @property
     def mixes(self) -> bool:

@@ -28,10 +28,17 @@ separate LoRA runs (:func:`train_separate_lora`, ``fit`` per task):
   cross-entropy on its own head, so a task's gradient is exactly the one
   its own batch gives. Every task has its own optimizer and learning-rate
   schedule over its own parameters (its B in every layer and its head),
-  built like ``fit``'s, so a task gets ``ceil(n_t / batch_size)`` updates
-  per epoch, as in a separate run, and the same warm-up and decay. With
-  tasks of unequal size an epoch has ``max_t ceil(n_t / batch_size)``
-  steps and task ``t`` takes part in its first ``ceil(n_t / batch_size)``.
+  built like ``fit``'s (:func:`subtune.train.lr_scheduler`, every schedule
+  key honoured), so a task gets ``ceil(n_t / batch_size)`` updates per
+  epoch (``floor`` with ``drop_last``), as in a separate run, and the same
+  warm-up, decay and cooldown epochs. With tasks of unequal size an epoch
+  has the largest task's number of steps and task ``t`` takes part in its
+  first ones.
+  Training options ``fit_together`` does not implement are refused with a
+  one-line error naming the key (:func:`check_train`): ``augment`` rrc_flip
+  or timm, ``mixup``/``cutmix``, ``epoch_select: best_val``, ``drop_path``,
+  ``no_weight_decay_1d`` (``none``/``flip``/``crop``/``crop_flip`` use the
+  same seeded ``augment_batch`` as ``fit``).
   Task ``t``'s batch order and augmentation come from a generator seeded
   like ``fit``'s, so they are the ones its separate run sees. The counted
   steps are in the result (``optimizer_steps`` per task).
@@ -279,6 +286,26 @@ def _check_tasks(tasks: Sequence[Task], cfg) -> None:
         raise SubtuneError(f"multilora: tasks need images of one shape, got {sorted(shapes)}")
 
 
+# augmentations fit_together applies exactly as fit does (the same seeded augment_batch)
+_AUGMENTS = ("none", "flip", "crop", "crop_flip")
+
+
+def check_train(cfg, where: str = "multilora.train") -> None:
+    """Refuse training options :func:`fit_together` cannot honour (one line naming the key)."""
+    if cfg.augment not in _AUGMENTS:
+        raise SubtuneError(f"{where}.augment {cfg.augment!r} is not supported by multilora "
+                           f"(use one of {', '.join(_AUGMENTS)})")
+    for key, off in (("mixup", 0), ("cutmix", 0), ("drop_path", 0), ("no_weight_decay_1d", False),
+                     ("epoch_select", "last")):
+        if getattr(cfg, key) != off:
+            raise SubtuneError(f"{where}.{key} {getattr(cfg, key)!r} is not supported by multilora (only {off!r})")
+
+
+def _check_cfgs(cfgs, grid) -> None:
+    for pcfg in cfgs:
+        check_train(pcfg, "multilora.grid" if grid else "multilora.train")
+
+
 @contextmanager
 def _counting_steps():
     """Count every optimizer step taken inside the block (``fit`` builds its optimizer itself)."""
@@ -320,8 +347,9 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
     """
     from tqdm.auto import tqdm
 
-    from ..train import _lr_factor, _optimizer, augment_batch, evaluate, pick_device, set_modes
+    from ..train import _optimizer, augment_batch, evaluate, lr_scheduler, pick_device, set_modes, steps_per_epoch
 
+    check_train(cfg)
     device = pick_device(device if isinstance(device, str) or device is None else str(device))
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -330,7 +358,8 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
     for t, n in zip(tasks, sizes):
         if n == 0:
             raise SubtuneError(f"multilora: task {t.name} has an empty training set")
-    steps = [math.ceil(n / bs) for n in sizes]
+    steps = [steps_per_epoch(n, cfg) for n in sizes]
+    used = [s * bs if cfg.drop_last else n for s, n in zip(steps, sizes)]  # images trained on per epoch
     per_epoch = max(steps)
     gens = [torch.Generator().manual_seed(seed) for _ in tasks]  # each task's order and augmentation: fit's
     if pre is not None:
@@ -346,16 +375,14 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
         for p in params:
             p.requires_grad_(True)
         opt = _optimizer(params, cfg)
-        total, warmup = steps[t] * cfg.epochs, steps[t] * cfg.warmup_epochs
         opts.append(opt)
-        scheds.append(torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s, total=total, warmup=warmup: _lr_factor(s, total, warmup, cfg.schedule)))
+        scheds.append(lr_scheduler(opt, cfg, steps[t]))
     counts = [0] * k
     history: list[dict[str, Any]] = []
     if progress is None:
         progress = sys.stderr.isatty()
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for epoch in tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False):
+    for epoch in tqdm(range(cfg.total_epochs), desc=desc, disable=not progress, leave=False):
         set_modes(model, ["heads"])
         orders = [torch.randperm(n, generator=g) for n, g in zip(sizes, gens)]
         losses = [torch.zeros((), device=device) for _ in tasks]
@@ -394,7 +421,7 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
         row: dict[str, Any] = {"epoch": epoch + 1}
         for t, task_ in enumerate(tasks):
             r = evaluate(model, pre, *task_.val, cfg.eval_batch_size, device, _task_forward(model, pre, t, device))
-            row.update({f"{task_.name}_train_loss": float(losses[t]) / sizes[t],
+            row.update({f"{task_.name}_train_loss": float(losses[t]) / used[t],
                         f"{task_.name}_lr": opts[t].param_groups[0]["lr"],
                         f"{task_.name}_val_acc": r["acc"], f"{task_.name}_val_loss": r["loss"]})
         row["mean_val_acc"] = sum(row[f"{t.name}_val_acc"] for t in tasks) / k
@@ -443,6 +470,7 @@ def train_multilora(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: 
     _check_tasks(tasks, cfg)
     points = multilora_grid_points(grid)
     cfgs = [_point_cfg(cfg, p) for p in points]  # every point checked before any training
+    _check_cfgs(cfgs, grid)
     results: list[dict[str, Any]] = []
     best_model, best_m = None, None
     for point, pcfg in zip(points, cfgs):
@@ -500,6 +528,7 @@ def train_separate_lora(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, se
     _check_tasks(tasks, cfg)
     points = multilora_grid_points(grid)
     cfgs = [_point_cfg(cfg, p) for p in points]  # every point checked before any training
+    _check_cfgs(cfgs, grid)  # the baseline refuses what Multi-LoRA refuses: both sides train alike
     dev = pick_device(device if isinstance(device, str) or device is None else str(device))
     per_task: dict[str, dict[str, Any]] = {}
     grid_results: dict[str, list[dict[str, Any]]] = {}
