@@ -234,51 +234,45 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
 class EpochSchedule:
     """``schedule_unit: epoch``: the learning rate changes once per epoch, stepped like SSF's train.py.
 
-    ``step()`` is called after every optimizer step (the loop's interface);
-    after the last step of epoch ``e`` (0-based) the schedule is set for epoch
-    ``e + 1``: SSF's ``lr_scheduler.step(epoch + 1)`` after each epoch, so
-    epoch ``e`` trains at timm's value for ``e``. Cosine is timm's
-    ``CosineLRScheduler`` itself (``t_in_epochs``, as timm's
-    ``create_scheduler`` builds it for SSF and SAN) on the run's optimizer::
+    The scheduler is timm's, built by timm's ``create_scheduler_v2`` (what
+    SSF's and SAN's ``create_scheduler`` call) with ``step_on_epochs``, on
+    the run's optimizer: ``cosine`` is ``CosineLRScheduler(t_initial=epochs,
+    lr_min=min_lr, warmup_t=warmup_epochs, warmup_lr_init=warmup_lr)``,
+    ``constant`` timm's constant schedule (``StepLRScheduler`` that never
+    decays, same warm-up). ``step()`` is called after every optimizer step
+    (the loop's interface); after the last step of epoch ``e`` (0-based) it
+    calls timm's ``step(e + 1)`` (SSF's ``lr_scheduler.step(epoch + 1)``), so
+    epoch ``e`` trains at::
 
         lr(e) = warmup_lr + e (lr - warmup_lr) / warmup_epochs          for e < warmup_epochs
         lr(e) = min_lr + 1/2 (lr - min_lr) (1 + cos(pi e / epochs))    for warmup_epochs <= e < epochs
         lr(e) = min_lr                                                  for e >= epochs (cooldown epochs)
 
-    (no ``warmup_prefix``: the cosine is the one of a whole ``epochs``-epoch
-    run, its first ``warmup_epochs`` replaced by the warm-up). Epoch 0 trains
-    at ``warmup_lr`` (timm sets it when built), or at ``lr`` without warm-up.
-    With no warm-up and ``min_lr`` 0 this is torch's ``CosineAnnealingLR(T_max=
-    epochs)`` stepped per epoch (SubTuning's Lightning schedule). SAN calls
-    ``lr_scheduler.step(epoch=epoch)`` after epoch ``epoch`` instead, so its
-    epoch ``e >= 1`` trains at timm's value for ``e - 1`` (one epoch behind);
-    we implement SSF's. ``constant``: the same warm-up written out (timm has
-    no constant-after-warm-up scheduler), then ``lr``.
+    (no ``warmup_prefix``: the cosine is that of a whole ``epochs``-epoch
+    run, its first ``warmup_epochs`` replaced by the warm-up; constant:
+    ``lr`` after the warm-up). Epoch 0 trains at ``warmup_lr`` (timm sets it
+    when built), or at ``lr`` without warm-up. With no warm-up and ``min_lr``
+    0 this is torch's ``CosineAnnealingLR(T_max=epochs)`` stepped per epoch
+    (SubTuning's Lightning schedule). SAN calls ``lr_scheduler.step(epoch=
+    epoch)`` after epoch ``epoch`` instead, so its epoch ``e >= 1`` trains at
+    the value above for ``e - 1`` (one epoch behind); we implement SSF's.
     """
 
     def __init__(self, opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        from timm.scheduler import create_scheduler_v2
+
         self.steps_per_epoch, self.steps = steps_per_epoch, 0
-        if cfg.schedule == "cosine":
-            from timm.scheduler import CosineLRScheduler
-
-            self.timm = CosineLRScheduler(opt, t_initial=cfg.epochs, lr_min=cfg.min_lr,
-                                          warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.warmup_lr, t_in_epochs=True)
-            self._set = self.timm.step
-        else:
-            base = [g["lr"] for g in opt.param_groups]
-            w, w0 = cfg.warmup_epochs, cfg.warmup_lr
-
-            def set_epoch(e: int) -> None:
-                for g, b in zip(opt.param_groups, base):
-                    g["lr"] = w0 + e * ((b - w0) / w) if e < w else b
-
-            self._set = set_epoch
-            set_epoch(0)
+        self.timm, n = create_scheduler_v2(opt, sched=cfg.schedule, num_epochs=cfg.epochs,
+                                           cooldown_epochs=cfg.cooldown_epochs, min_lr=cfg.min_lr,
+                                           warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
+                                           step_on_epochs=True)
+        if cfg.schedule == "cosine" and n != cfg.total_epochs:  # timm's own count of a run's epochs
+            raise SubtuneError(f"timm's schedule has {n} epochs, the run {cfg.total_epochs}")
 
     def step(self) -> None:
         self.steps += 1
         if self.steps % self.steps_per_epoch == 0:
-            self._set(self.steps // self.steps_per_epoch)
+            self.timm.step(self.steps // self.steps_per_epoch)
 
 
 def lr_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
