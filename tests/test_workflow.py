@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 def workdir(tmp: Path) -> Path:
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(ROOT / name, tmp / name)
-    for name in ("rules", "schemas", "configs", "references"):
+    for name in ("rules", "schemas", "configs", "references", "report"):
         shutil.copytree(ROOT / name, tmp / name)
     return tmp
 
