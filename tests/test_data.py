@@ -263,10 +263,10 @@ def test_download_progress_lines_in_a_log(tmp_path, serve, caplog):
     import re
 
     lines = [r.getMessage() for r in caplog.records]
-    pct = [re.fullmatch(r"big\.bin: (\d+)% \(([\d.]+) MB of 1\.0 MB, [\d.]+ MB/s\)", m) for m in lines]
+    pct = [re.fullmatch(r"big\.bin: (\d+)% \([\d.]+ [kM]B of 1\.0 MB, [\d.]+ [kMG]?B/s\)", m) for m in lines]
     pct = [int(m.group(1)) for m in pct if m]
     assert [p // 10 for p in pct] == list(range(1, 10)), lines
-    assert any(re.fullmatch(r"big\.bin: 1\.0 MB in [\d.]+ s \([\d.]+ MB/s\)", m) for m in lines), lines
+    assert any(re.fullmatch(r"big\.bin: 1\.0 MB in [\d.]+ s \([\d.]+ [kMG]?B/s\)", m) for m in lines), lines
 
 
 def test_download_progress_bar_on_a_terminal(tmp_path, serve):

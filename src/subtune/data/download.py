@@ -216,7 +216,11 @@ def _unreachable(url: str, exc: BaseException) -> bool:
 
 
 def _mb(n: float) -> str:
-    return f"{n / 1e6:.1f} MB"
+    """A size in decimal units, as tqdm writes them: 812 B, 28.9 kB, 26.4 MB, 1.2 GB."""
+    for div, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n:.0f} B"
 
 
 class _Progress:
