@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 CORES  ?= all
 
-.PHONY: setup data slurm test reproduce pull clean
+.PHONY: setup data slurm chromium test reproduce pull clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,19 @@ slurm:
 	  echo "SLURM is missing ($$missing): tests/test_slurm.py is skipped (sudo apt-get install slurmctld slurmd slurm-client munge)"; \
 	fi
 
-test: setup data slurm
+# A headless browser for tests/test_workflow.py's report test (Debian's chromium renders the
+# `snakemake --report` page, a JavaScript app, as a user would see it).
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then \
+	  echo "chromium: $$(chromium --version 2>/dev/null)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium for the report test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "chromium is missing: the report's browser test is skipped (sudo apt-get install chromium)"; \
+	fi
+
+test: setup data slurm chromium
 	$(BIN)/python -m pytest -q
 
 reproduce: setup data

@@ -16,6 +16,9 @@ min_version("9.19")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"  # `snakemake --report`: the description; captions in report/*.rst
+
+
 # A --configfile names a whole experiment (configs/*.yaml): it replaces the
 # embedded default instead of being deep-merged into it (Snakemake's default
 # would keep, e.g., the default's targets). --config KEY=VALUE still overrides.

@@ -22,8 +22,8 @@ rule report_main:
         selected=selected_files,
         refs=REFS,
     output:
-        csv=report(f"{RES}/tables/main.csv", category="Tables"),
-        md=report(f"{RES}/tables/main.md", category="Tables"),
+        csv=report(f"{RES}/tables/main.csv", caption="../report/main.rst", category="Tables"),
+        md=report(f"{RES}/tables/main.md", caption="../report/main.rst", category="Tables"),
         json=f"{RES}/tables/main.json",
     params:
         backbone=config["backbone"]["arch"],
@@ -43,7 +43,7 @@ rule report_rounds:
     input:
         selected_files,
     output:
-        report(f"{RES}/tables/rounds.csv", category="Selection"),
+        report(f"{RES}/tables/rounds.csv", caption="../report/rounds.rst", category="Selection"),
     log:
         f"logs/{EXP}/report/rounds.log",
     benchmark:
@@ -58,8 +58,8 @@ rule report_profile:
     input:
         lambda w: [f"{RES}/select/{w.target}/seed{SEL_SEED}/round1_shard{i}.json" for i in range(SHARDS)],
     output:
-        csv=report(f"{RES}/tables/profile_{{target}}.csv", category="Fine-tuning profiles"),
-        png=report(f"{RES}/plots/profile_{{target}}.png", category="Fine-tuning profiles"),
+        csv=report(f"{RES}/tables/profile_{{target}}.csv", caption="../report/profile.rst", category="Fine-tuning profiles"),
+        png=report(f"{RES}/plots/profile_{{target}}.png", caption="../report/profile.rst", category="Fine-tuning profiles"),
     log:
         f"logs/{EXP}/report/profile_{{target}}.log",
     benchmark:
@@ -74,8 +74,8 @@ rule report_pairs:
     input:
         lambda w: expand(f"{RES}/pairs/{w.target}/shard{{i}}.json", i=range(PAIR_SHARDS)),
     output:
-        csv=report(f"{RES}/tables/pairs_{{target}}.csv", category="Pair grid"),
-        png=report(f"{RES}/plots/pairs_{{target}}.png", category="Pair grid"),
+        csv=report(f"{RES}/tables/pairs_{{target}}.csv", caption="../report/pairs.rst", category="Pair grid"),
+        png=report(f"{RES}/plots/pairs_{{target}}.png", caption="../report/pairs.rst", category="Pair grid"),
     log:
         f"logs/{EXP}/report/pairs_{{target}}.log",
     benchmark:
@@ -99,8 +99,8 @@ rule report_sweep:
         runs=sweep_runs,
         refs=REFS,
     output:
-        csv=report(f"{RES}/tables/sweep.csv", category="Data-size sweep"),
-        png=report(f"{RES}/plots/sweep.png", category="Data-size sweep"),
+        csv=report(f"{RES}/tables/sweep.csv", caption="../report/sweep.rst", category="Data-size sweep"),
+        png=report(f"{RES}/plots/sweep.png", caption="../report/sweep.rst", category="Data-size sweep"),
     params:
         backbone=config["backbone"]["arch"],
     log:
@@ -119,8 +119,8 @@ rule report_multilora:
         runs=expand(f"{RES}/multilora/seed{{seed}}.json", seed=SEEDS),
         refs=REFS,
     output:
-        csv=report(f"{RES}/tables/multilora.csv", category="Tables"),
-        md=report(f"{RES}/tables/multilora.md", category="Tables"),
+        csv=report(f"{RES}/tables/multilora.csv", caption="../report/multilora.rst", category="Tables"),
+        md=report(f"{RES}/tables/multilora.md", caption="../report/multilora.rst", category="Tables"),
     params:
         backbone=config["backbone"]["arch"],
     log:

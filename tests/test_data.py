@@ -111,7 +111,7 @@ def test_error_lists_every_mirror(tmp_path, mirrors, serve, dead_url):
     assert msg.startswith("could not fetch f.bin from any mirror: ") and "\n" not in msg
     for m in order:
         assert m.rstrip("/") + "/f.bin" in msg
-    assert "Connection refused" in msg and "HTTP 404" in msg and "sha256 mismatch" in msg
+    assert "unreachable (connection refused)" in msg and "HTTP 404" in msg and "sha256 mismatch" in msg
     assert "unsupported URL scheme" in msg
     assert leftovers(tmp_path / "dest") == []
 
@@ -159,6 +159,150 @@ def test_unreachable_mirror_skipped_for_later_files(tmp_path, mirrors, dead_url)
     with pytest.raises(DownloadError) as err:
         fetch_all({"f.bin": (SHA, None), "h.bin": (SHA, None)}, [dead_url, mirrors["good"].as_uri()], tmp_path)
     assert "skipped: mirror unreachable" in str(err.value) and "h.bin" in str(err.value)
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "subtune.data.download" and r.levelname == "WARNING"]
+
+
+def test_each_failed_mirror_gets_one_line_with_its_reason(tmp_path, serve, dead_url, caplog):
+    """Closed port, 404, a flipped byte, a cut-off archive: one warning each, saying why; then the good one."""
+    gz = gzip.compress(PAYLOAD * 50, mtime=0)
+    sha = hashlib.sha256(gz).hexdigest()
+    flipped = bytearray(gz)
+    flipped[len(gz) // 2] ^= 0x01
+    served = {"empty": None, "flipped": bytes(flipped), "truncated": gz[: len(gz) // 2], "good": gz}
+    urls = {}
+    for name, data in served.items():
+        (tmp_path / name).mkdir()
+        if data is not None:
+            (tmp_path / name / "f.gz").write_bytes(data)
+        urls[name] = serve(tmp_path / name)
+    caplog.set_level("INFO", logger="subtune.data.download")
+    order = [dead_url, urls["empty"], urls["flipped"], urls["truncated"], urls["good"]]
+    path = fetch("f.gz", order, tmp_path / "dest", sha256=sha)
+    assert path.read_bytes() == gz
+    got = _warnings(caplog)
+    short = lambda b: hashlib.sha256(b).hexdigest()[:12]  # noqa: E731
+    assert len(got) == 4, got
+    assert got[0] == f"failed {dead_url}f.gz: unreachable (connection refused); not trying this mirror again " \
+                     "in this download"
+    assert got[1] == f"failed {urls['empty']}f.gz: HTTP 404 File not found"
+    assert got[2].startswith(f"rejected {urls['flipped']}f.gz: sha256 mismatch (expected {sha[:12]}, "
+                             f"got {short(bytes(flipped))})")
+    assert got[3] == (f"rejected {urls['truncated']}f.gz: sha256 mismatch (expected {sha[:12]}, "
+                      f"got {short(gz[: len(gz) // 2])}): truncated gzip archive")
+    assert f"{urls['good']}f.gz: verified" in caplog.text
+
+
+@needs_fmnist
+def test_fashion_mnist_flipped_byte_mirror_is_named_with_both_digests(tmp_path, serve, caplog):
+    name = "t10k-labels-idx1-ubyte.gz"
+    data = bytearray((FMNIST / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / name).write_bytes(bytes(data))
+    bad = serve(tmp_path / "bad")
+    caplog.set_level("INFO", logger="subtune.data.download")
+    files = fetch_all({name: fashion_mnist.FILES[name]}, [bad, FMNIST.as_uri()], tmp_path / "dest")
+    assert verify(files[name], *fashion_mnist.FILES[name]) is None
+    want = fashion_mnist.FILES[name][0][:12]
+    (line,) = _warnings(caplog)
+    assert line.startswith(f"rejected {bad}{name}: sha256 mismatch (expected {want}, "
+                           f"got {hashlib.sha256(bytes(data)).hexdigest()[:12]})"), line
+
+
+class _ShortBody(http.server.BaseHTTPRequestHandler):
+    """Promises 2000 bytes, sends 1000, closes the connection."""
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", "2000")
+        self.end_headers()
+        self.wfile.write(b"x" * 1000)
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_connection_closed_early_is_named(tmp_path, caplog):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ShortBody)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/"
+        with pytest.raises(DownloadError, match="truncated download: 1000 of 2000 bytes"):
+            fetch("f.bin", [url], tmp_path, sha256=SHA)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert _warnings(caplog) == [f"failed {url}f.bin: truncated download: 1000 of 2000 bytes (connection closed early)"]
+    assert leftovers(tmp_path) == []
+
+
+def test_silent_server_times_out(tmp_path, caplog):
+    with socket.socket() as s:  # accepts connections (the backlog), never answers
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/"
+        with pytest.raises(DownloadError):
+            fetch("f.bin", [url], tmp_path, sha256=SHA, timeout=0.3)
+    assert _warnings(caplog) == [f"failed {url}f.bin: unreachable (timed out after 0.3 s); not trying this mirror "
+                                 "again in this download"]
+
+
+BIG = bytes(range(256)) * 3907  # 1,000,192 bytes
+
+
+def test_download_progress_lines_in_a_log(tmp_path, serve, caplog):
+    """Not a terminal (a job's log): a line per 10 % with bytes done, total and rate, then a summary."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "big.bin").write_bytes(BIG)
+    caplog.set_level("INFO", logger="subtune.data.download")
+    fetch("big.bin", [serve(tmp_path / "m")], tmp_path / "dest", sha256=hashlib.sha256(BIG).hexdigest())
+    import re
+
+    lines = [r.getMessage() for r in caplog.records]
+    pct = [re.fullmatch(r"big\.bin: (\d+)% \([\d.]+ [kM]B of 1\.0 MB, [\d.]+ [kMG]?B/s\)", m) for m in lines]
+    pct = [int(m.group(1)) for m in pct if m]
+    assert [p // 10 for p in pct] == list(range(1, 10)), lines
+    assert any(re.fullmatch(r"big\.bin: 1\.0 MB in [\d.]+ s \([\d.]+ [kMG]?B/s\)", m) for m in lines), lines
+
+
+def test_download_progress_bar_on_a_terminal(tmp_path, serve):
+    """On a terminal: tqdm's bar (size, rate), and no per-10 % lines."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "big.bin").write_bytes(BIG)
+    url = serve(tmp_path / "m")
+    code = ("import logging, sys\nlogging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+            "from subtune.data.download import fetch\n"
+            f"fetch('big.bin', [{url!r}], {str(tmp_path / 'dest')!r}, sha256={hashlib.sha256(BIG).hexdigest()!r})\n")
+    main, sub = pty.openpty()
+    fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=sub, stderr=sub, stdin=subprocess.DEVNULL)
+    os.close(sub)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 1 << 16)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main)
+    assert p.wait(timeout=60) == 0, out.decode(errors="replace")
+    text = out.decode(errors="replace")
+    assert "big.bin:" in text and "/1.00M [" in text and "B/s]" in text, text  # tqdm: done/total [time, rate]
+    assert "% (" not in text and "big.bin: 1.0 MB in" in text
 
 
 @needs_fmnist

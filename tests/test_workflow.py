@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 def workdir(tmp: Path) -> Path:
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(ROOT / name, tmp / name)
-    for name in ("rules", "schemas", "configs", "references"):
+    for name in ("rules", "schemas", "configs", "references", "report"):
         shutil.copytree(ROOT / name, tmp / name)
     return tmp
 
@@ -197,3 +197,97 @@ def test_html_report(finished):
     smk(wd, "--report", "report.html")
     html = (wd / "report.html").read_text(errors="replace")
     assert "main.md" in html and "profile_digits.png" in html
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+# Appended to a copy of the report: drives the report app through its own navigation functions (the
+# ones its menu entries and links call), and records the text each view rendered and the decoded size
+# of each figure, in a hidden element that --dump-dom then prints.
+REPORT_DRIVER = """
+<script>
+window.addEventListener("load", async () => {
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const views = document.createElement("div");
+  views.id = "ux-views";
+  views.hidden = true;
+  const note = (kind, key, text) => {
+    const d = document.createElement("pre");
+    d.dataset.kind = kind; d.dataset.key = key; d.textContent = text;
+    views.appendChild(d);
+  };
+  await sleep(500);
+  note("start", "", document.querySelector("#app").innerText);
+  for (const cat of Object.keys(categories)) {
+    app.showCategory(cat); await sleep(300);
+    note("category", cat, document.querySelector("#app").innerText);
+  }
+  for (const [path, res] of Object.entries(results)) {
+    app.showResultInfo(path); await sleep(300);
+    note("result", path, document.querySelector("#app").innerText);
+    if (res.mime_type === "image/png") {
+      app.setView({content: "img", contentPath: res.data_uri, resultPath: path}); await sleep(500);
+      const img = document.querySelector("#app img[src^='data:image/png']");
+      note("img", path, img && img.complete ? img.naturalWidth + "x" + img.naturalHeight : "missing");
+    }
+  }
+  document.body.appendChild(views);
+});
+</script>
+"""
+
+
+def rendered_views(html: Path) -> dict[tuple[str, str], str]:
+    """Open ``html`` plus REPORT_DRIVER in headless chromium: {(kind, key): text} of each rendered view."""
+    import html as html_mod
+
+    driven = html.with_name("report_driven.html")
+    head, tag, tail = html.read_text(errors="replace").rpartition("</body>")  # the last: JS sources hold others
+    driven.write_text(head + REPORT_DRIVER + tag + tail)
+    p = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=60000",
+                        "--dump-dom", driven.as_uri()], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    views = re.findall(r'<pre data-kind="(\w+)" data-key="([^"]*)">(.*?)</pre>', p.stdout, re.S)
+    assert views, f"the report did not render: {p.stdout[:2000]}"
+    return {(k, html_mod.unescape(key)): html_mod.unescape(text) for k, key, text in views}
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium missing: make chromium (apt-get install chromium)")
+def test_html_report_renders_with_captions_in_a_browser(finished):
+    """The report as a browser shows it: the description, every category with its files, each file's
+    caption (what it shows, how it was made), and every figure decoded."""
+    wd, _ = finished
+    smk(wd, "--report", "report.html")
+    views = rendered_views(wd / "report.html")
+    start = views[("start", "")]
+    assert "subtune: test" in start and "How the numbers were made" in start
+    assert "Backbone resnet18 (pretrained here on fmnist-source)" in start and "2 seed(s) (0, 1)" in start
+    cats = {"Tables", "Selection", "Fine-tuning profiles", "Pair grid", "Data-size sweep"}
+    assert {key for kind, key in views if kind == "category"} == cats
+    for cat in cats:
+        assert cat in start  # the menu, and the description's list of categories
+    assert "main.md" in views[("category", "Tables")] and "multilora.md" in views[("category", "Tables")]
+    assert "profile_digits.png" in views[("category", "Fine-tuning profiles")]
+    want = {  # file -> words from its caption, as rendered (Jinja values filled in)
+        "tables/main.md": "Main table of experiment test: test accuracy (%) of each method on each target, "
+                          "mean ± std over 2 seed(s)",
+        "tables/main.csv": "Made by subtune report main from the final training runs",
+        "tables/rounds.csv": "Greedy selection rounds (SubTuning)",
+        "tables/profile_digits.csv": "Fine-tuning profile of target digits",
+        "plots/profile_fmnist-new.png": "Fine-tuning profile of target fmnist-new",
+        "plots/pairs_digits.png": "Pair grid of target digits",
+        "plots/sweep.png": "Data-size sweep (as in SubTuning, Fig. 4)",
+        "tables/multilora.md": "Multi-LoRA against separate LoRA runs",
+    }
+    results = {key: text for (kind, key), text in views.items() if kind == "result"}
+    for rel, caption in want.items():
+        (text,) = [t for k, t in results.items() if k.endswith(rel)]
+        assert caption in " ".join(text.split()), (rel, text[:1500])
+    for key, text in results.items():  # every file has a caption (headings are upper-cased by the page's CSS)
+        caption = re.search(r"DESCRIPTION\s+(.*?)\s+SIZE\s", text, re.S)
+        assert caption and len(caption.group(1)) > 100, (key, text[:1500])
+    imgs = {key: text for (kind, key), text in views.items() if kind == "img"}
+    assert len(imgs) == 4  # two profiles, the pair grid, the sweep: each decodes to a real image
+    for key, size in imgs.items():
+        w, h = map(int, size.split("x"))
+        assert w > 200 and h > 100, (key, size)

@@ -77,6 +77,7 @@ def _check_registries(config: dict[str, Any]) -> None:
     from .data.targets import TARGETS
     from .data.targets import validate as validate_dataset
     from .methods import REGISTRY, get_method
+    from .models.names import check_arch
     from .train_config import TrainConfig
     from .tune import validate_grid
 
@@ -92,6 +93,7 @@ def _check_registries(config: dict[str, Any]) -> None:
             raise SubtuneError(f"unknown dataset targets.{name} (known: {', '.join(sorted(TARGETS))})")
         validate_dataset(name, dataset_params(config, name))
     bb = config["backbone"]
+    check_arch(bb["arch"], "backbone.arch")  # reads timm's source: no torch
     if bb["checkpoint"] == "pretrain":
         if "source" not in config:
             raise SubtuneError("backbone.checkpoint is pretrain but the config has no source section")

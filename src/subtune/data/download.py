@@ -35,6 +35,21 @@ the same :func:`fetch_all` call, so an offline machine pays for it once.
 
 On total failure :class:`DownloadError` names the file and every mirror tried
 with its reason, on one line.
+
+What the log shows (the ``download`` job's log, ``logs/download/<raw>.log``):
+
+- ``fetching URL`` for each attempt, then progress: a tqdm bar (size, rate,
+  time left) when stderr is a terminal, otherwise one line per 10 % of the
+  file (bytes done of total, rate), or per 50 MB when the server sends no
+  ``Content-Length``; and a last line with the size and the mean rate;
+- one warning line per mirror that fails, with the reason: ``sha256 mismatch
+  (expected 0123456789ab, got fedcba987654)`` (12 hex digits of each), plus
+  ``truncated gzip archive`` / ``incomplete zip archive`` when the mismatching
+  file is a cut-off archive; ``truncated download: N of M bytes`` when the
+  connection closed before ``Content-Length`` bytes arrived; ``HTTP 404 Not
+  Found``; ``unreachable (connection refused | timed out after 30 s | DNS
+  lookup failed for HOST)`` (that mirror is then skipped for the remaining
+  files); or the structural check's reason.
 """
 
 from __future__ import annotations
@@ -45,9 +60,13 @@ import http.client
 import importlib
 import logging
 import os
-import shutil
+import socket
+import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -85,7 +104,29 @@ class _Rejected(Exception):
 
 
 def _short(digest: str) -> str:
-    return digest[:8] + "…"
+    return digest[:12]
+
+
+def _mismatch(kind: str, expected: str, got: str) -> str:
+    return f"{kind} mismatch (expected {_short(expected)}, got {_short(got)})"
+
+
+def _archive_problem(path: Path) -> str | None:
+    """Why ``path`` is a broken archive (gzip, zip), if it is one; ``None`` otherwise (also for non-archives)."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
+        except EOFError:
+            return "truncated gzip archive"
+        except (OSError, zlib.error) as exc:
+            return f"corrupt gzip archive ({exc})"
+    elif magic == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        return "incomplete zip archive (no central directory: truncated?)"
+    return None
 
 
 def _gunzip_sha256(path: Path) -> str:
@@ -118,30 +159,53 @@ def verify(
         if md5 is None:
             return None
         got = _md5_file(path)
-        return None if got == md5 else f"md5 mismatch: got {_short(got)}, expected {_short(md5)}"
+        if got == md5:
+            return None
+        broken = _archive_problem(path)
+        return _mismatch("md5", md5, got) + (f": {broken}" if broken else "")
     got = sha256_file(path)
     if sha256 is not None and got == sha256:
         return None
-    reason = f"sha256 mismatch: got {_short(got)}, expected {_short(sha256 or payload_sha256)}"
+    reason = _mismatch("sha256", sha256 or payload_sha256, got)
     if payload_sha256 is not None and _is_gzip(path):
         try:
             payload = _gunzip_sha256(path)
-        except (OSError, EOFError, zlib.error) as exc:
-            return f"{reason}; corrupt gzip ({exc})"
+        except EOFError:
+            return f"{reason}: truncated gzip archive"
+        except (OSError, zlib.error) as exc:
+            return f"{reason}: corrupt gzip archive ({exc})"
         if payload == payload_sha256:
             return None
-        reason += f"; gunzipped sha256 {_short(payload)}, expected {_short(payload_sha256)}"
-    return reason
+        return f"{reason}; gunzipped {_mismatch('sha256', payload_sha256, payload)}"
+    broken = _archive_problem(path)
+    return f"{reason}: {broken}" if broken else reason
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, url: str = "", timeout: float | None = None) -> str:
     if isinstance(exc, urllib.error.HTTPError):
         text = f"HTTP {exc.code} {exc.reason}"
-    elif isinstance(exc, urllib.error.URLError):
-        text = f"URLError: {exc.reason}"
+    elif isinstance(exc, _Truncated):
+        text = str(exc)
+    elif isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError)):
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, ConnectionRefusedError):
+            text = "unreachable (connection refused)"
+        elif isinstance(reason, (TimeoutError, socket.timeout)):
+            text = f"unreachable (timed out after {timeout:g} s)" if timeout else "unreachable (timed out)"
+        elif isinstance(reason, socket.gaierror):
+            host = urllib.parse.urlsplit(url).hostname or url
+            text = f"unreachable (DNS lookup failed for {host}: {reason.strerror or reason})"
+        elif isinstance(reason, OSError) and url.startswith("file://"):
+            text = f"{type(reason).__name__}: {reason}"
+        else:
+            text = f"unreachable ({reason})"
     else:
         text = f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())  # one line
+    return " ".join(str(text).split())  # one line
+
+
+class _Truncated(OSError):
+    """The connection closed before Content-Length bytes arrived."""
 
 
 def _unreachable(url: str, exc: BaseException) -> bool:
@@ -151,11 +215,74 @@ def _unreachable(url: str, exc: BaseException) -> bool:
     return isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError))
 
 
+def _mb(n: float) -> str:
+    """A size in decimal units, as tqdm writes them: 812 B, 28.9 kB, 26.4 MB, 1.2 GB."""
+    for div, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+class _Progress:
+    """Download progress: a tqdm bar on a terminal, else a log line per 10 % (per 50 MB without a total).
+
+    tqdm draws the bar (size, rate, time left) where someone watches; a job's log
+    file gets a few plain lines instead of tqdm's carriage-return redraws.
+    """
+
+    STEP_UNKNOWN = 50_000_000
+
+    def __init__(self, name: str, total: int | None, tty: bool | None = None):
+        self.name, self.total, self.done, self.t0 = name, total, 0, time.monotonic()
+        self.next_mark = 1 if total else self.STEP_UNKNOWN
+        self.bar = None
+        if sys.stderr.isatty() if tty is None else tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False, file=sys.stderr,
+                            mininterval=0.5)
+
+    def _rate(self) -> str:
+        dt = max(time.monotonic() - self.t0, 1e-6)
+        return f"{_mb(self.done / dt)}/s"
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.total:
+            pct = 100 * self.done // self.total
+            if pct >= 10 * self.next_mark and self.done < self.total:
+                self.next_mark = pct // 10 + 1
+                log.info("%s: %d%% (%s of %s, %s)", self.name, pct, _mb(self.done), _mb(self.total), self._rate())
+        elif self.done >= self.next_mark:
+            self.next_mark += self.STEP_UNKNOWN
+            log.info("%s: %s so far (%s)", self.name, _mb(self.done), self._rate())
+
+    def close(self, ok: bool) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if ok:
+            log.info("%s: %s in %.1f s (%s)", self.name, _mb(self.done), time.monotonic() - self.t0, self._rate())
+
+
 def _download(url: str, dest: Path, timeout: float) -> None:
     if not url.startswith(SCHEMES):
         raise ValueError(f"unsupported URL scheme (use {', '.join(SCHEMES)})")
     with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as out:
-        shutil.copyfileobj(resp, out, 1 << 20)
+        length = resp.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        progress = _Progress(url.rsplit("/", 1)[-1], total)
+        ok = False
+        try:
+            while block := resp.read(1 << 16):
+                out.write(block)
+                progress.update(len(block))
+            if total is not None and progress.done < total:
+                raise _Truncated(f"truncated download: {progress.done} of {total} bytes (connection closed early)")
+            ok = True
+        finally:
+            progress.close(ok)
 
 
 def _fetch(
@@ -189,6 +316,7 @@ def _fetch(
         url = mirror.rstrip("/") + "/" + filename
         if mirror in dead:
             failures.append(f"{url} (skipped: mirror unreachable for an earlier file)")
+            log.info("skipping %s: the mirror was unreachable for an earlier file", url)
             continue
         log.info("fetching %s", url)
         try:
@@ -199,10 +327,15 @@ def _fetch(
                     raise _Rejected(reason)
         except _Rejected as exc:
             failures.append(f"{url} ({exc})")
+            log.warning("rejected %s: %s", url, exc)
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-            failures.append(f"{url} ({_describe(exc)})")
+            reason = _describe(exc, url, timeout)
+            failures.append(f"{url} ({reason})")
             if _unreachable(url, exc):
                 dead.add(mirror)
+                log.warning("failed %s: %s; not trying this mirror again in this download", url, reason)
+            else:
+                log.warning("failed %s: %s", url, reason)
         else:
             log.info("%s: verified -> %s", url, dest)
             return dest
