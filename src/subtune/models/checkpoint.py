@@ -211,7 +211,10 @@ def fetch(arch: str, out: str | os.PathLike, file: str | os.PathLike | None = No
         file = Path(file)
         if not file.is_file():
             raise SubtuneError(f"missing weights file for {arch}: {file}")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(file.resolve()), custom_load=False)
+        # timm's own format (.pth/.bin/.safetensors, as on the timm/ hub repos) loads through its
+        # state-dict path; a big_vision .npz (the original AugReg / in21k ViT files) through the
+        # model's custom loader (VisionTransformer.load_pretrained)
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(file.resolve()), custom_load=file.suffix == ".npz")
     unreachable = None if file is not None else _unreachable_hub(arch)
     try:
         with _hub_offline(unreachable is not None):
