@@ -30,6 +30,9 @@ channels with the layer's stride and padding, ``B`` a ``1 x 1`` convolution).
   convolution inside the residual blocks (BasicBlock ``conv1`` and
   ``conv2``; Bottleneck ``conv2``); not the stem, not the 1x1 convolutions
   (downsample, Bottleneck ``conv1``/``conv3``) unless named in ``target``.
+  CIFAR WideResNet (default ``target: null``): the same rule, i.e. each
+  block's ``conv1`` and ``conv2``; not the stem ``conv1``, not the 1x1
+  ``convShortcut``.
 - Scaling: peft's ``scaling = lora_alpha / r`` (``use_rslora`` off, no
   per-layer ``rank_pattern``/``alpha_pattern``); ``alpha`` is ``lora_alpha``.
 - ``train_modules`` (default ``[]``): submodules of every adapted block
