@@ -2,6 +2,7 @@
 # (spread over selection.shards jobs), then decide (a checkpoint: round r+1's jobs
 # exist only once round r's decision is made). Round 1 is the fine-tuning profile.
 # Also the scores behind Surgical's group choice and the pair grid.
+from subtune.config import target_head  # targets.<name>.head (new | keep)
 
 SELDIR = f"{RES}/select/{{target}}/seed{{seed}}"
 # The prefix cache's memory budget changes no result: a global, not a param.
@@ -22,6 +23,7 @@ rule score_round:
     output:
         f"{SELDIR}/round{{round}}_shard{{shard}}.json",
     params:
+        head=lambda w: target_head(config, w.target),
         train=dumps(selection_train(config)),
         selection=dumps(scoring_config(config)),
         fast=scoring_flags(config),
@@ -33,7 +35,7 @@ rule score_round:
     benchmark:
         f"benchmarks/{EXP}/score/{{target}}_seed{{seed}}_round{{round}}_shard{{shard}}.tsv"
     shell:
-        "{PY} score --sets greedy {params.state} --selection '{params.selection}' --data {input.data} "
+        "{PY} score --head {params.head} --sets greedy {params.state} --selection '{params.selection}' --data {input.data} "
         "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {wildcards.seed} "
         "--shard {wildcards.shard} --shards {params.shards} --threads {threads} {params.fast} {CACHE} --out {output} "
         "--track --tag stage=select --tag round={wildcards.round} > {log} 2>&1"
@@ -92,6 +94,7 @@ rule score_surgical:
     output:
         f"{SELDIR}/surgical.json",
     params:
+        head=lambda w: target_head(config, w.target),
         train=dumps(method_train(config, "surgical")) if "surgical" in config["methods"] else "{}",
         selection=dumps(scoring_config(config)),
         fast=scoring_flags(config),
@@ -101,7 +104,7 @@ rule score_surgical:
     benchmark:
         f"benchmarks/{EXP}/score_surgical/{{target}}_seed{{seed}}.tsv"
     shell:
-        "{PY} score --sets surgical --selection '{params.selection}' --data {input.data} "
+        "{PY} score --head {params.head} --sets surgical --selection '{params.selection}' --data {input.data} "
         "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {wildcards.seed} "
         "--threads {threads} {params.fast} {CACHE} --out {output} --track --tag stage=surgical > {log} 2>&1"
 
@@ -116,6 +119,7 @@ rule score_pairs:
     output:
         f"{RES}/pairs/{{target}}/shard{{shard}}.json",
     params:
+        head=lambda w: target_head(config, w.target),
         train=dumps(selection_train(config)),
         selection=dumps(scoring_config(config)),
         fast=scoring_flags(config),
@@ -127,7 +131,7 @@ rule score_pairs:
     benchmark:
         f"benchmarks/{EXP}/pairs/{{target}}_shard{{shard}}.tsv"
     shell:
-        "{PY} score --sets pairs --selection '{params.selection}' --data {input.data} "
+        "{PY} score --head {params.head} --sets pairs --selection '{params.selection}' --data {input.data} "
         "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {params.seed} "
         "--shard {wildcards.shard} --shards {params.shards} --threads {threads} {params.fast} {CACHE} --out {output} "
         "--track --tag stage=pairs > {log} 2>&1"

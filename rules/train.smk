@@ -1,5 +1,6 @@
 # Final training: every method x target x seed (the test split is read once, here),
 # and the data-size sweep. Each job logs one MLflow run.
+from subtune.config import target_head  # targets.<name>.head (new | keep)
 
 
 rule mlflow_init:
@@ -51,6 +52,7 @@ rule tune:
     output:
         f"{RES}/tune/{{target}}/{{method}}.json",
     params:
+        head=lambda w: target_head(config, w.target),
         train=lambda w: dumps(method_train(config, w.method)),
         method=lambda w: dumps(config["methods"][w.method].get("params") or {}),
         grid=lambda w: dumps(method_grid(config, w.method)),
@@ -62,7 +64,7 @@ rule tune:
     benchmark:
         f"benchmarks/{EXP}/tune/{{target}}_{{method}}.tsv"
     shell:
-        "{PY} tune --method {wildcards.method} --method-params '{params.method}' --grid '{params.grid}' "
+        "{PY} tune --head {params.head} --method {wildcards.method} --method-params '{params.method}' --grid '{params.grid}' "
         "{params.extra} --data {input.data} --manifest {input.manifest} --checkpoint {input.ckpt} "
         "--train '{params.train}' --seed {params.seed} --threads {threads} --out {output} "
         "--track --tag stage=tune > {log} 2>&1"
@@ -78,6 +80,7 @@ rule train:
     output:
         f"{RES}/runs/{{target}}/{{method}}/seed{{seed}}.json",
     params:
+        head=lambda w: target_head(config, w.target),
         train=lambda w: dumps(method_train(config, w.method)),
         method=lambda w: dumps(config["methods"][w.method].get("params") or {}),
         extra=method_args,
@@ -87,7 +90,7 @@ rule train:
     benchmark:
         f"benchmarks/{EXP}/train/{{target}}_{{method}}_seed{{seed}}.tsv"
     shell:
-        "{PY} train --method {wildcards.method} --method-params '{params.method}' {params.extra} "
+        "{PY} train --head {params.head} --method {wildcards.method} --method-params '{params.method}' {params.extra} "
         "--data {input.data} --manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' "
         "--seed {wildcards.seed} --threads {threads} --out {output} --track --tag stage=final > {log} 2>&1"
 
@@ -110,6 +113,7 @@ rule train_sweep:
     output:
         f"{RES}/sweep/{{target}}/n{{size}}/{{method}}/seed{{seed}}.json",
     params:
+        head=lambda w: target_head(config, w.target),
         train=lambda w: dumps(method_train(config, w.method)),
         method=lambda w: dumps(config["methods"][w.method].get("params") or {}),
         extra=method_args,
@@ -119,7 +123,7 @@ rule train_sweep:
     benchmark:
         f"benchmarks/{EXP}/sweep/{{target}}_n{{size}}_{{method}}_seed{{seed}}.tsv"
     shell:
-        "{PY} train --method {wildcards.method} --method-params '{params.method}' {params.extra} "
+        "{PY} train --head {params.head} --method {wildcards.method} --method-params '{params.method}' {params.extra} "
         "--data {input.data} --manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' "
         "--seed {wildcards.seed} --threads {threads} --out {output} --track --tag stage=sweep > {log} 2>&1"
 

@@ -501,3 +501,232 @@ def test_cmd_multilora(files):
     assert out["multilora"]["params_stored"] < out["separate_lora"]["params_stored"]
     assert out["grid"] == {"lr": [0.01, 0.001]} and len(out["multilora"]["grid_results"]) == 2
     assert out["multilora"]["optimizer_steps"] == out["separate_lora"]["optimizer_steps"] == {"t1": 2, "t2": 2}
+
+
+# ------------------------------------------------------------------ every family x every method
+from subtune.methods import surgical_groups  # noqa: E402
+from subtune.models.blocks import block_names, families, head_names, module_params  # noqa: E402
+from subtune.models.checkpoint import create  # noqa: E402
+
+FAMILIES = [f.name for f in families()]
+
+
+def tiny(name, num_classes=3, seed=0):
+    """The family's registered tiny instance (a new family is tested here without being listed)."""
+    arch, kw, size = next(f for f in families() if f.name == name).tiny
+    torch.manual_seed(seed)
+    if arch == "resnet18":
+        kw = {**kw, "zero_init_last": False}
+    return create(arch, num_classes, **kw), size
+
+
+def tiny_data(size, n=16, seed=0, classes=3):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+            torch.randint(0, classes, (n,), generator=g))
+
+
+ONE_STEP = TrainConfig(epochs=1, lr=1e-2, batch_size=16)
+
+
+def contract_params(name, model):
+    blocks = block_names(model)
+    return {"subtuning": {"blocks": [blocks[1], blocks[-1]]}, "subtuning_lora": {"blocks": [blocks[-1]], "rank": 2},
+            "lora": {"rank": 2}, "surgical": {"group": 1}, "lpft": {"lp_epochs": 1}}.get(name, {})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_method_trains_on_every_family(family, name):
+    """One step of every registered method on every registered family: only what it names changes, and
+    the merged plain model gives the adapted model's outputs."""
+    model, size = tiny(family)
+    method = get_method(name, **contract_params(name, model))
+    model = method.wrap(model)
+    names = set().union(*(t.names for t, _ in method.phases(model)))
+    before = snapshot(model)
+    fit_phases(model, method.phases(model), PRE, tiny_data(size), {}, ONE_STEP, progress=False)
+    diff = changed(before, snapshot(model))
+    assert diff and {k for k in diff if "running_" not in k and "num_batches" not in k} <= names
+    x = PRE(tiny_data(size, 4, 5)[0])
+    plain, _ = tiny(family, seed=5)
+    plain.load_state_dict(method.merge(model), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), model.eval()(x), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_surgical_group_of_every_family_trains(family):
+    """Each group (names may be parameters: ViT cls_token/pos_embed) trains exactly its parameters + the head,
+    through the method and through the scorer (`score --sets surgical`)."""
+    from subtune.scoring import CandidateScorer
+    from subtune.select import SelectionConfig
+
+    model, size = tiny(family)
+    groups = surgical_groups(model)
+    heads = head_names(model)
+    assert len(groups) >= 3 and all(groups)
+    blocks = [b for g in groups for b in g if b in block_names(model)]
+    assert blocks == block_names(model)  # every block in exactly one group, in order
+    for g, names in enumerate(groups):
+        m, _ = tiny(family)
+        t = get_method("surgical", group=g).trainable(m)
+        want = module_params(m, names + heads)
+        assert [n for n, _ in t.params] == [n for n, _ in want]
+        assert t.num_params == sum(p.numel() for _, p in want) > sum(p.numel() for _, p in module_params(m, heads))
+        before = snapshot(m)
+        fit(m, t, PRE, tiny_data(size), {}, ONE_STEP, progress=False)
+        diff = changed(before, snapshot(m))
+        assert diff and all(any(k == n or k.startswith(n + ".") for n in names + heads) for k in diff)
+    d = {k: v for k, v in zip(("train_x", "train_y", "val_x", "val_y"), (*tiny_data(size), *tiny_data(size, 8, 1)))}
+    ck = _save_tiny(family)
+    r = CandidateScorer(ck, d, 3, ONE_STEP, SelectionConfig(), fast=True).score_many([tuple(g) for g in groups])
+    assert [x["trainable_params"] for x in r] == [
+        sum(p.numel() for _, p in module_params(model, list(g) + heads)) for g in groups]
+
+
+def _save_tiny(family, num_classes=3, classes=None):
+    import tempfile
+    from pathlib import Path
+
+    from subtune.models.checkpoint import Checkpoint, save_checkpoint
+
+    arch, kw, size = next(f for f in families() if f.name == family).tiny
+    model, _ = tiny(family, num_classes)
+    path = Path(tempfile.mkdtemp()) / f"{family}.safetensors"
+    save_checkpoint(path, model, Checkpoint(arch, num_classes, 3, size, json.loads(json.dumps(kw)),
+                                            (0.5,) * 3, (0.25,) * 3, {"kind": "test"}, classes))
+    return str(path)
+
+
+# ------------------------------------------------------------------ WideResNet-28-10: exact counts
+def wrn_layout(n=4, k=10):
+    """(name, in, out, kernel) of every convolution and every BatchNorm width of wrn28_10_cifar."""
+    convs, bns, cin = [("conv1", 3, 16, 3)], [], 16
+    for s, w in enumerate((16 * k, 32 * k, 64 * k)):
+        for i in range(n):
+            c, pre = (cin if i == 0 else w), f"block{s + 1}.layer.{i}"
+            convs += [(f"{pre}.conv1", c, w, 3), (f"{pre}.conv2", w, w, 3)]
+            bns += [c, w]
+            if c != w:
+                convs.append((f"{pre}.convShortcut", c, w, 1))
+        cin = w
+    return convs, bns + [64 * k]
+
+
+@pytest.mark.parametrize("name,params", [("bitfit", {}), ("lora", {"rank": 4}), ("ssf", {}), ("san", {}),
+                                         ("surgical", {"group": 0}), ("subtuning", {"blocks": ["block2.layer.3"]})])
+def test_exact_trainable_counts_wrn28_10(name, params):
+    convs, bns = wrn_layout()
+    head = 640 * NC + NC
+    lora = sum(4 * cin * 9 + cout * 4 for n, cin, cout, ks in convs if ks == 3 and n.startswith("block"))
+    block = lambda pre: sum(cin * cout * ks * ks for n, cin, cout, ks in convs if n.startswith(pre + ".")) + sum(  # noqa
+        2 * (cin if n.endswith("conv1") else cout) for n, cin, cout, ks in convs if n.startswith(pre + ".") and ks == 3)
+    expected = {
+        "bitfit": sum(bns) + head,
+        "lora": lora + head,
+        "ssf": 2 * sum(bns) + head,
+        "san": sum(cout for _, _, cout, _ in convs) + 2 * sum(bns) + head,
+        "surgical": 3 * 16 * 9 + sum(block(f"block1.layer.{i}") for i in range(4)) + head,
+        "subtuning": block("block2.layer.3") + head,
+    }[name]
+    method = get_method(name, **params)
+    model = method.wrap(timm.create_model("wrn28_10_cifar", num_classes=NC))
+    assert method.trainable(model).num_params == expected
+
+
+# ------------------------------------------------------------------ the authors' LoRA (SubTuning code)
+AUTHORS_LORA = {"rank": 4, "alpha": 768, "target": ["qkv", "proj"], "train_modules": ["mlp", "norm1", "norm2"]}
+
+
+def test_lora_with_the_authors_targets_scaling_and_fully_trained_modules():
+    from peft.tuners.lora import LoraLayer
+
+    r = 4
+    method = get_method("lora", **AUTHORS_LORA)
+    model = method.wrap(timm.create_model("vit_tiny_patch16_224", num_classes=NC))
+    t = method.trainable(model)
+    per_block = r * (D + 3 * D) + r * (D + D) + (D * 4 * D + 4 * D + 4 * D * D + D) + 4 * D
+    assert t.num_params == DEPTH * per_block + D * NC + NC
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    assert len(layers) == 2 * DEPTH and all(m.scaling == {"default": 768 / r} for m in layers)  # alpha / r
+    assert method.params["alpha"] / r == 192.0 and not model.peft_config["default"].use_rslora
+    # SubTuning+LoRA: the same inside the selected blocks only
+    sub = get_method("subtuning_lora", blocks=["blocks.1", "blocks.7"], **AUTHORS_LORA)
+    sm = sub.wrap(timm.create_model("vit_tiny_patch16_224", num_classes=NC))
+    assert sub.trainable(sm).num_params == 2 * per_block + D * NC + NC
+    assert sub.trainable(sm).notes["train_modules"] == [
+        "blocks.1.mlp", "blocks.1.norm1", "blocks.1.norm2", "blocks.7.mlp", "blocks.7.norm1", "blocks.7.norm2"]
+
+
+def test_lora_train_modules_train_and_the_rest_stays_bit_identical():
+    method = get_method("subtuning_lora", blocks=["blocks.1"], **{**AUTHORS_LORA, "rank": 2})
+    model = method.wrap(small("vit"))
+    t = method.trainable(model)
+    before = snapshot(model)
+    fit(model, t, PRE, toy("vit"), {}, CFG, progress=False)
+    diff = changed(before, snapshot(model))
+    assert diff <= set(t.names)
+    p = "base_model.model.blocks.1."
+    assert {p + "mlp.fc1.weight", p + "norm2.weight", p + "attn.qkv.lora_B.default.weight"} <= diff
+    assert not any(k.startswith("base_model.model.blocks.0.") or ".base_layer." in k for k in diff)
+    plain = small("vit", seed=5)
+    plain.load_state_dict(method.merge(model), strict=True)
+    x = PRE(toy("vit", 4, 3)[0])
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), model.eval()(x), atol=ATOL, rtol=RTOL)
+    with pytest.raises(SubtuneError, match="train_modules entry 'attn' contains the adapted layer blocks.0.attn.qkv"):
+        get_method("lora", target=["qkv"], train_modules=["attn"]).wrap(small("vit"))
+    with pytest.raises(SubtuneError, match="train_modules entry 'mlpp' is not a submodule of block blocks.0"):
+        get_method("lora", train_modules=["mlpp"]).wrap(small("vit"))
+    with pytest.raises(SubtuneError, match="lora: train_modules must be a list"):
+        get_method("lora", train_modules="mlp")
+
+
+# ------------------------------------------------------------------ head: keep
+@pytest.mark.parametrize("name,params,head_trains", [
+    ("surgical", {"group": 1}, False), ("subtuning", {"blocks": ["layer3.0"]}, False), ("bitfit", {}, False),
+    ("lora", {"rank": 2}, False), ("ssf", {}, False), ("san", {}, False), ("lp", {}, True), ("ft", {}, True),
+    ("lpft", {}, True)])
+def test_keep_head_trains_the_head_only_in_methods_that_train_it_themselves(name, params, head_trains):
+    new, keep = get_method(name, **params), get_method(name, head="keep", **params)
+    mn, mk = new.wrap(small("resnet")), keep.wrap(small("resnet"))
+    tn = [n for t, _ in new.phases(mn) for n in t.names]
+    tk = [n for t, _ in keep.phases(mk) for n in t.names]
+    is_head = lambda n: n.removeprefix("base_model.model.").startswith("fc.")  # noqa: E731
+    assert any(is_head(n) for n in tn)
+    assert any(is_head(n) for n in tk) == head_trains
+    assert [n for n in tn if not is_head(n)] == [n for n in tk if not is_head(n)]
+    if not head_trains:  # the source head stays bit-identical through training
+        before = snapshot(mk)
+        fit_phases(mk, keep.phases(mk), PRE, toy("resnet"), {}, CFG, progress=False)
+        assert not any(is_head(k) for k in changed(before, snapshot(mk)))
+    with pytest.raises(SubtuneError, match="head must be one of new, keep"):
+        get_method(name, head="old", **params)
+
+
+def test_keep_head_scoring_and_cli(files, tmp_path):
+    from subtune.scoring import CandidateScorer
+    from subtune.select import SelectionConfig
+    from subtune.train import evaluate
+
+    ck = _save_tiny("resnet", 3, ["0", "1", "2"])
+    d = {k: v for k, v in zip(("train_x", "train_y", "val_x", "val_y"), (*tiny_data(32), *tiny_data(32, 8, 1)))}
+    sc = CandidateScorer(ck, d, 3, ONE_STEP, SelectionConfig(), keep_head=True, classes=["0", "1", "2"])
+    r = sc.score_many([(), ("layer4.1",)])
+    # the empty set trains nothing: the source model's own validation accuracy
+    src, _ = tiny("resnet")
+    assert r[0]["score"] == evaluate(src, sc.pre, d["val_x"], d["val_y"])["acc"] and r[0]["trainable_params"] == 0
+    assert r[1]["trainable_params"] == sum(p.numel() for p in src.layer4[1].parameters())  # no head
+    with pytest.raises(SubtuneError, match="the target's 'x'"):
+        CandidateScorer(ck, d, 3, ONE_STEP, SelectionConfig(), keep_head=True, classes=["0", "x", "2"])
+    # the CLI: --head keep on a 2-class target of a 3-class checkpoint fails in one line, before training
+    common = ["--checkpoint", files / "ckpt.safetensors", "--train", json.dumps({"epochs": 1, "batch_size": 16})]
+    assert main([str(a) for a in ["train", "--method", "lp", "--head", "keep", "--data", files / "t2.safetensors",
+                                  "--manifest", files / "t2.json", *common, "--out", tmp_path / "x.json"]]) == 2
+    assert not (tmp_path / "x.json").exists()
+    cli("train", "--method", "bitfit", "--head", "keep", "--data", files / "t1.safetensors", "--manifest",
+        files / "t1.json", *common, "--out", tmp_path / "k.json")
+    m = json.loads((tmp_path / "k.json").read_text())
+    biases = sum(p.numel() for n, p in small("resnet").named_parameters() if n.endswith("bias") and "fc" not in n)
+    assert m["head"] == "keep" and m["trainable_params"] == biases  # BitFit without the head

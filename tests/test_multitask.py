@@ -160,3 +160,27 @@ def test_from_saved_training_outputs(tmp_path):
         for name, m in zip(mt.task_names, tasks):
             torch.testing.assert_close(got[name], m(x), atol=ATOL, rtol=RTOL)
     assert load_task(tmp_path / "m1.safetensors").blocks is None
+
+
+# ------------------------------------------------------------------ every registered family
+from subtune.models.blocks import families  # noqa: E402
+from subtune.models.checkpoint import create  # noqa: E402
+
+
+@pytest.mark.parametrize("family", [f.name for f in families()])
+def test_every_family_equals_separate_models(family):
+    """The family's tiny instance (a new family is covered without being listed): two tasks with
+    different tuned sets, one sharing a block index, and a linear probe."""
+    arch, kw, size = next(f for f in families() if f.name == family).tiny
+    torch.manual_seed(0)
+    base = create(arch, 10, **kw).eval()
+    names = block_names(base)
+    sets = [[names[1], names[-1]], [names[-1]], []]
+    tasks = [tune(base, bs, num_classes=4 + i, seed=30 + i) for i, bs in enumerate(sets)]
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        mt = MultiTaskModel.from_results(base, tasks)
+        got = mt(x)
+        for (name, g), m in zip(got.items(), tasks):
+            torch.testing.assert_close(g, m(x), atol=ATOL, rtol=RTOL, msg=f"{family} {name}")
+    assert mt.task_blocks == sets

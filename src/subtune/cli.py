@@ -183,7 +183,8 @@ def cmd_score(a: argparse.Namespace) -> None:
 
     cache = PrefixCache(a.cache_mb, a.cache_dir)
     scorer = CandidateScorer(a.checkpoint, data, int(manifest["num_classes"]), train_cfg, sel_cfg, a.seed, a.device,
-                             fast=not a.no_fast, cache=cache, data_digest=manifest.get("sha256"))
+                             fast=not a.no_fast, cache=cache, data_digest=manifest.get("sha256"),
+                             keep_head=a.head == "keep", classes=manifest.get("classes"), target=manifest.get("name"))
     blocks = block_names(scorer.base)
     sets, extra = _candidate_sets(a, scorer.base, blocks, sel_cfg)
     mine = select.shard(sets, a.shard, a.shards)
@@ -262,9 +263,10 @@ def _fit_method(a: argparse.Namespace, params: dict, cfg, data: dict, manifest: 
     from .models.checkpoint import build_model
     from .train import Preprocess
 
-    method = get_method(a.method, **params)
+    method = get_method(a.method, head=a.head, **params)
     num_classes = int(manifest["num_classes"])
-    model, ckpt = build_model(_existing(a.checkpoint), num_classes, seed=a.seed, **cfg.model_kwargs())
+    model, ckpt = build_model(_existing(a.checkpoint), num_classes, seed=a.seed, keep_head=a.head == "keep",
+                              classes=manifest.get("classes"), target=manifest.get("name"), **cfg.model_kwargs())
     base_params = sum(p.numel() for p in model.parameters())
     with torch.random.fork_rng():
         torch.manual_seed(a.seed)
@@ -280,7 +282,7 @@ def _fit_method(a: argparse.Namespace, params: dict, cfg, data: dict, manifest: 
         notes.update(t.notes)
     m.update(
         method=a.method, method_params={k: v for k, v in params.items()}, target=manifest.get("name"),
-        seed=a.seed, train=cfg.to_dict(), checkpoint=str(a.checkpoint), notes=notes,
+        seed=a.seed, train=cfg.to_dict(), checkpoint=str(a.checkpoint), notes=notes, head=a.head,
         adapted_params=m["total_params"], total_params=base_params,
     )
     return m, method, model, ckpt, num_classes
@@ -328,7 +330,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.save_model:
         plain = create(ckpt.arch, num_classes, ckpt.in_chans, **ckpt.model_kwargs)
         plain.load_state_dict({k: v.cpu() for k, v in method.merge(model).items()}, strict=True)
-        save_checkpoint(a.save_model, plain, dataclasses.replace(ckpt, num_classes=num_classes))
+        save_checkpoint(a.save_model, plain, dataclasses.replace(ckpt, num_classes=num_classes,
+                                                                 classes=manifest.get("classes")))
     write_json(a.out, m)
     _track(a, m, a.out, {"stage": "final", "target": m["target"], "method": a.method, "seed": str(a.seed)})
     print(f"{a.method} on {m['target']} seed {a.seed}: val {m['val_acc']:.4f} test {m['test_acc']:.4f} "
@@ -563,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train every candidate alone through the whole network (no prefix cache, no grouping)")
     s.add_argument("--cache-mb", type=float, default=2048, help="memory budget of the prefix cache")
     s.add_argument("--cache-dir", help="where prefix-cache entries over the memory budget go")
+    s.add_argument("--head", choices=["new", "keep"], default="new",
+                   help="new: a fresh classifier; keep: the checkpoint's own (same label space), trained only by "
+                        "methods that train it themselves (lp, ft, lpft)")
     s.add_argument("--out", required=True)
     common_train(s)
 
@@ -582,6 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--save-model", help="also save the trained model as a checkpoint")
     s.add_argument("--tuned", help="the values chosen on validation by `tune` (applied over --train/--method-params)")
+    s.add_argument("--head", choices=["new", "keep"], default="new",
+                   help="new: a fresh classifier; keep: the checkpoint's own (same label space), trained only by "
+                        "methods that train it themselves (lp, ft, lpft)")
     s.add_argument("--out", required=True)
     common_train(s)
     s = stage("tune", cmd_tune, "train a method's grid on the training split and choose by validation (no test)")
@@ -593,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True)
     s.add_argument("--manifest", required=True)
     s.add_argument("--checkpoint", required=True)
+    s.add_argument("--head", choices=["new", "keep"], default="new",
+                   help="new: a fresh classifier; keep: the checkpoint's own (same label space), trained only by "
+                        "methods that train it themselves (lp, ft, lpft)")
     s.add_argument("--out", required=True)
     common_train(s)
     s = stage("multilora", cmd_multilora,

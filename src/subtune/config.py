@@ -85,6 +85,8 @@ def _check_registries(config: dict[str, Any]) -> None:
         if name not in REGISTRY:
             raise SubtuneError(f"unknown method methods.{name} (known: {', '.join(sorted(REGISTRY))})")
         params = spec.get("params") or {}
+        if "head" in params:
+            raise SubtuneError(f"methods.{name}.params: head is set per target (targets.<name>.head: new | keep)")
         get_method(name, **params)  # raises naming the method and the parameter
         TrainConfig.from_dict(method_train(config, name), f"methods.{name}.train")
         validate_grid(name, spec.get("grid"), method_train(config, name), params)
@@ -124,6 +126,11 @@ def _check_registries(config: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------ rule parameters
+def target_head(config: dict[str, Any], target: str) -> str:
+    """``targets.<target>.head``: ``new`` (default) or ``keep`` (the checkpoint's own classifier)."""
+    return (config["targets"].get(target) or {}).get("head", "new")
+
+
 def dumps(obj: Any) -> str:
     """Canonical JSON (sorted keys, no spaces) for params and the CLI."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))

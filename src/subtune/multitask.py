@@ -14,7 +14,7 @@ them all. :class:`MultiTaskModel` builds that network:
   branches that do not tune it (and the trunk) are concatenated along the
   batch dimension and run through the one frozen block once; a tuned block
   runs on its task's branch alone (it has its own weights);
-- the final shared part (ViT's final norm; the pooling) runs once on all
+- the final shared part (ViT's final norm; WideResNet's final BatchNorm and ReLU; the pooling) runs once on all
   branches stacked; each task has its own head.
 
 Tuned sets need not be contiguous, tasks may tune the same block index with
@@ -64,10 +64,15 @@ def _vit_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return m.forward_head(m.norm(x), pre_logits=True)
 
 
+def _wrn_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return m.forward_head(m.relu(m.bn1(x)), pre_logits=True)
+
+
 #: family -> the frozen part between the last block and the classifier (shared by all tasks)
 _FEATURES: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
     "resnet": _resnet_features,
     "vit": _vit_features,
+    "wrn": _wrn_features,  # the final bn1 + relu, global pooling
 }
 
 

@@ -58,12 +58,19 @@ class CandidateScorer:
         fast: bool = True,
         cache: PrefixCache | None = None,
         data_digest: str | None = None,
+        keep_head: bool = False,
+        classes: list[str] | None = None,
+        target: str | None = None,
     ):
         from .models.checkpoint import build_model
 
         if "test_x" in data or "test_y" in data:
             raise ValueError("the scorer must not be given the test split")
-        self.base, self.ckpt = build_model(checkpoint, num_classes, seed=seed, **train_cfg.model_kwargs())
+        # keep_head: start from the checkpoint's own head, which then does not train (methods/base.py);
+        # the empty set (nothing to train) is scored by evaluating the source model as it is
+        self.keep_head = keep_head
+        self.base, self.ckpt = build_model(checkpoint, num_classes, seed=seed, keep_head=keep_head, classes=classes,
+                                           target=target, **train_cfg.model_kwargs())
         self.pre = Preprocess(self.ckpt.mean, self.ckpt.std, self.ckpt.in_chans)
         self.data = data
         self.train_cfg, self.sel_cfg = train_cfg, sel_cfg
@@ -83,6 +90,7 @@ class CandidateScorer:
             "mean": list(self.ckpt.mean),
             "std": list(self.ckpt.std),
             "device": self.device.type,
+            **({"head": "keep"} if keep_head else {}),
         }
         self.folds = self._folds() if sel_cfg.scoring == "cv" else None
 
@@ -108,13 +116,13 @@ class CandidateScorer:
         """The block a candidate's computation starts at (None: the whole network)."""
         if not self.use_cache:
             return None
-        return Staged(self.base).first_trainable(Method.modules(self.base, list(names)).names)
+        return Staged(self.base).first_trainable(Method.modules(self.base, list(names), not self.keep_head).names)
 
     def _train(self, group: list[Sequence[str]], start: int | None, train, evals) -> list[dict[str, Any]]:
         runs = []
         for names in group:
             model = copy.deepcopy(self.base)
-            trainable = Method.modules(model, list(names))
+            trainable = Method.modules(model, list(names), not self.keep_head)
             fwd = None
             if start is not None:
                 staged = Staged(model)
@@ -122,6 +130,12 @@ class CandidateScorer:
             runs.append(Run(model, trainable, fwd, desc=key(names) or "(lp)"))
         pre = None if start is not None else self.pre
         return fit_group(runs, pre, train, evals, self.train_cfg, self.seed, self.device)
+
+    def _untrained(self, evals) -> dict[str, Any]:
+        """Metrics of the base model as it is (the kept head with no block: nothing trains)."""
+        from .methods.base import evaluate_only
+
+        return evaluate_only(copy.deepcopy(self.base), self.pre, (None, []), evals, self.train_cfg, self.device)
 
     def _groups(self, sets: list[BlockSet]) -> list[tuple[int | None, list[BlockSet]]]:
         if not self.fast:
@@ -141,7 +155,18 @@ class CandidateScorer:
         """Score every candidate set; results in the order of ``sets``."""
         results: dict[BlockSet, dict[str, Any]] = {}
         y, yv = self.data["train_y"], self.data.get("val_y")
-        for start, group in self._groups(list(sets)):
+        todo = list(sets)
+        if self.keep_head and () in todo:
+            if self.folds is None:
+                m = self._untrained({"val": (self.data["val_x"], yv)})
+                results[()] = self._result((), m, m["val_acc"])
+            else:
+                x = self.data["train_x"]
+                ms = [self._untrained({"fold": (x[f], y[f])}) for f in self.folds]
+                accs = [m["fold_acc"] for m in ms]
+                results[()] = {**self._result((), ms[-1], sum(accs) / len(accs)), "fold_accs": accs}
+            todo = [s for s in todo if s != ()]
+        for start, group in self._groups(todo):
             x = self._inputs("train", start)
             if self.folds is None:
                 xv = self._inputs("val", start)

@@ -24,6 +24,7 @@ class LP(Method):
     """Linear probe: only the new head trains; the backbone is frozen in eval mode."""
 
     name = "lp"
+    own_head = True  # the head is the method: it trains with head keep too
 
     def trainable(self, model: nn.Module) -> Trainable:
         return self.modules(model, [])
@@ -43,6 +44,7 @@ class FT(Method):
         super().__init__(**params)
         if not isinstance(self.params["freeze_stem"], bool):
             raise SubtuneError(f"method 'ft': freeze_stem must be true or false, not {self.params['freeze_stem']!r}")
+    own_head = True
 
     def trainable(self, model: nn.Module) -> Trainable:
         if not self.params["freeze_stem"]:

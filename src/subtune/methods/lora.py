@@ -30,11 +30,22 @@ channels with the layer's stride and padding, ``B`` a ``1 x 1`` convolution).
   convolution inside the residual blocks (BasicBlock ``conv1`` and
   ``conv2``; Bottleneck ``conv2``); not the stem, not the 1x1 convolutions
   (downsample, Bottleneck ``conv1``/``conv3``) unless named in ``target``.
+  CIFAR WideResNet (default ``target: null``): the same rule, i.e. each
+  block's ``conv1`` and ``conv2``; not the stem ``conv1``, not the 1x1
+  ``convShortcut``.
+- Scaling: peft's ``scaling = lora_alpha / r`` (``use_rslora`` off, no
+  per-layer ``rank_pattern``/``alpha_pattern``); ``alpha`` is ``lora_alpha``.
+- ``train_modules`` (default ``[]``): submodules of every adapted block
+  (``lora``: every block; ``subtuning_lora``: the selected blocks), named
+  relative to the block (``mlp``, ``norm1``, ``norm2``), trained fully (all
+  their parameters, train mode) beside the adapters. They may not contain an
+  adapted layer.
 - Trainable: ``lora_A``, ``lora_B`` (and DoRA's ``lora_magnitude_vector``) of
-  every adapted layer, and the head (peft's trained copy of it). Everything
-  else is frozen, and frozen modules stay in eval mode: BatchNorm statistics
-  do not move. Train mode is set on the adapted layers (for LoRA dropout) and
-  the head only.
+  every adapted layer, the ``train_modules``' parameters, and the head
+  (peft's trained copy of it; with ``head: keep`` no copy and no head, see
+  :mod:`.base`). Everything else is frozen, and frozen modules stay in eval
+  mode: BatchNorm statistics do not move. Train mode is set on the adapted
+  layers (for LoRA dropout), the ``train_modules`` and the head only.
 - Initialisation draws from the global torch RNG (``cmd_train`` seeds it with
   the run's seed before :meth:`LoRA.wrap`).
 - :meth:`LoRA.merge`: peft's ``merge_and_unload`` on a copy, giving a plain
@@ -47,6 +58,20 @@ channels with the layer's stride and padding, ``B`` a ``1 x 1`` convolution).
 restricted to the greedily selected blocks (target module names restricted
 to the blocks' submodules; no ``layers_to_transform`` needed). With no block
 selected it is the linear probe (no peft wrapping at all).
+
+The SubTuning authors' LoRA (``src/model_utils.py``: ``LoraAttention``,
+``SelectiveFinetuneViT``) is expressible: ``target: [qkv, proj]``,
+``alpha: 768`` (their delta is multiplied by ``768 / rank``; with peft's
+``alpha / r`` that is ``alpha = 768``, for any rank) and ``train_modules:
+[mlp, norm1, norm2]`` (they unfreeze the whole chosen block and then freeze
+only the original attention weights). Their plain LoRA baseline (``mode:
+finetune``) is the same on all 12 blocks, i.e. ``lora`` with these
+parameters; SubTuning+LoRA (``finetune_layers``) is ``subtuning_lora`` with
+them. Remaining departures from their code: their A and B are ``nn.Linear``
+layers with biases where the adapted layer has one (qkv of their
+``vit_base_patch16_224_miil`` has none; proj has: a trainable r-vector on A
+and a zero-initialised d-vector on B), peft's A and B have no bias; their
+ViT head is a new MLP head module, ours timm's Linear head.
 
 Departures from the paper: Hu et al. adapt W_q and W_v of a language model;
 here the fused qkv Linear is adapted as one matrix (as in the SubTuning
@@ -122,6 +147,29 @@ def _check_lora_params(who: str, p: dict[str, Any]) -> None:
     t = p["target"]
     if t is not None and (not isinstance(t, list) or not t or not all(isinstance(e, str) and e for e in t)):
         raise SubtuneError(f"{who}: target must be null or a non-empty list of module names, not {t!r}")
+    tm = p["train_modules"]
+    if not isinstance(tm, list) or not all(isinstance(e, str) and e for e in tm):
+        raise SubtuneError(f"{who}: train_modules must be a list of module names (relative to a block), not {tm!r}")
+
+
+def block_modules(model: nn.Module, blocks: list[str], names: list[str], targets: list[str],
+                  who: str = "lora") -> list[str]:
+    """Full names of the ``names`` submodules of every block in ``blocks`` (trained fully), checked:
+    each exists in each block and contains no adapted layer (``targets``)."""
+    out = []
+    for b in blocks:
+        blk = model.get_submodule(b)
+        for rel in names:
+            try:
+                blk.get_submodule(rel)
+            except AttributeError:
+                raise SubtuneError(f"{who}: train_modules entry {rel!r} is not a submodule of block {b}") from None
+            full = f"{b}.{rel}"
+            hit = next((t for t in targets if t == full or t.startswith(full + ".")), None)
+            if hit is not None:
+                raise SubtuneError(f"{who}: train_modules entry {rel!r} contains the adapted layer {hit}")
+            out.append(full)
+    return out
 
 
 def _is_peft(model: nn.Module) -> bool:
@@ -154,14 +202,22 @@ def _contiguous_adapters(module: nn.Module, args: tuple) -> None:
 @register
 class LoRA(Method):
     name = "lora"
-    defaults = {"rank": 8, "alpha": 8, "dropout": 0.0, "variant": "lora", "target": None}
+    defaults = {"rank": 8, "alpha": 8, "dropout": 0.0, "variant": "lora", "target": None, "train_modules": []}
 
     def __init__(self, **params: Any):
         super().__init__(**params)
         _check_lora_params(self.name, self.params)
 
+    def adapted_blocks(self, model: nn.Module) -> list[str]:
+        return block_names(model)
+
     def targets(self, model: nn.Module) -> list[str]:
         return lora_targets(model, self.params["target"], who=self.name)
+
+    def full_modules(self, model: nn.Module, targets: list[str] | None = None) -> list[str]:
+        """The ``train_modules`` of the adapted blocks, as full names in the (unwrapped) timm model."""
+        return block_modules(model, self.adapted_blocks(model), self.params["train_modules"], targets or [],
+                             self.name)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig, get_peft_model
@@ -169,6 +225,7 @@ class LoRA(Method):
         if _is_peft(model):
             raise SubtuneError(f"{self.name}: the model is already wrapped by peft")
         targets = self.targets(model)
+        self.full_modules(model, targets)  # checked before any work
         if not targets:
             return model  # nothing to adapt (SubTuning+LoRA with no selected block): the linear probe
         variant = self.params["variant"]
@@ -179,7 +236,8 @@ class LoRA(Method):
                 "use variant lora or dora for ResNet targets")
         cfg = LoraConfig(
             r=self.params["rank"], lora_alpha=self.params["alpha"], lora_dropout=float(self.params["dropout"]),
-            target_modules=targets, modules_to_save=head_names(model), use_dora=variant == "dora",
+            target_modules=targets, modules_to_save=head_names(model) if self.trains_head else None,
+            use_dora=variant == "dora", use_rslora=False,
             init_lora_weights="pissa" if variant == "pissa" else True, bias="none",
         )
         try:
@@ -200,14 +258,16 @@ class LoRA(Method):
             t = self.modules(model, [])
             t.notes.update(variant=self.params["variant"], targets=[])
             return t
+        prefix = "base_model.model."
+        full = [prefix + n for n in self.full_modules(model.get_base_model())]
         params = [(n, p) for n, p in model.named_parameters()
-                  if ".lora_" in n or ".modules_to_save." in n]
+                  if ".lora_" in n or ".modules_to_save." in n or any(n.startswith(f + ".") for f in full)]
         layers = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
         heads = [n for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
-        prefix = "base_model.model."
-        return Trainable(params, layers + heads, {
+        return Trainable(params, layers + full + heads, {
             "variant": self.params["variant"], "rank": self.params["rank"],
-            "targets": [n.removeprefix(prefix) for n in layers]})
+            "targets": [n.removeprefix(prefix) for n in layers],
+            "train_modules": [n.removeprefix(prefix) for n in full]})
 
     def merge(self, model: nn.Module) -> dict[str, torch.Tensor]:
         if not _is_peft(model):
@@ -223,11 +283,14 @@ class SubTuningLoRA(LoRA):
     name = "subtuning_lora"
     defaults = {**LoRA.defaults, "blocks": []}
 
-    def targets(self, model: nn.Module) -> list[str]:
+    def adapted_blocks(self, model: nn.Module) -> list[str]:
         blocks = self.params["blocks"]
         if not isinstance(blocks, list):
             raise SubtuneError(f"{self.name}: blocks must be a list of block names, not {blocks!r}")
-        return lora_targets(model, self.params["target"], blocks, who=self.name)
+        return list(blocks)
+
+    def targets(self, model: nn.Module) -> list[str]:
+        return lora_targets(model, self.params["target"], self.adapted_blocks(model), who=self.name)
 
     def trainable(self, model: nn.Module) -> Trainable:
         t = super().trainable(model)

@@ -28,6 +28,7 @@ nn = lazy("torch.nn")
 @register
 class LPFT(Method):
     name = "lpft"
+    own_head = True
     defaults = {"lp_epochs": None, "lp_lr": 0.01}
 
     def __init__(self, **params: Any):

@@ -26,6 +26,11 @@ Wiring:
   ``conv1``'s scale feeds ``conv2``'s input channels (BasicBlock), and for a
   Bottleneck the chain continues ``conv2`` -> ``conv3``. Nothing crosses block
   boundaries (the residual stream's width changes between stages).
+- CIFAR WideResNet (:mod:`subtune.models.wrn`; ours, the ResNet rule): every
+  convolution (stem ``conv1``, each block's ``conv1``/``conv2``, each
+  ``convShortcut``), the scale on its output; ``conv1``'s scale feeds
+  ``conv2`` (through ``bn2`` and the ReLU, as in ResNet); the trained norms
+  are its BatchNorms (affine only, eval mode).
 
 Trainable: the scales, all normalisation affine parameters, the head. For
 the ViT these are the LayerNorms (``norm1``, ``norm2``, the final norm), as

@@ -15,6 +15,9 @@ Positions:
   BatchNorm, i.e. after each convolution's BatchNorm (stem ``bn1``, each
   block's ``bn1``/``bn2``(/``bn3``), each ``downsample.1``), before the
   activation and the residual addition.
+- CIFAR WideResNet (:mod:`subtune.models.wrn`; our choice, the same rule):
+  after every BatchNorm: each pre-activation block's ``bn1`` (on the block
+  input) and ``bn2``, and the final ``bn1``, before the ReLU.
 
 Trainable: every ``ssf_scale`` / ``ssf_shift`` and the head. Everything else
 is frozen in eval mode (ResNet BatchNorm statistics do not move); train mode

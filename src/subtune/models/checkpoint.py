@@ -12,7 +12,13 @@ full state dict (the source head included) with the metadata also embedded
 under the ``subtune`` key, and ``NAME.json`` holds the metadata alone (arch,
 timm kwargs, number of source classes, input size, normalisation, origin and,
 for pretraining, the source-test accuracy) so that the workflow and reports can
-read it without loading tensors.
+read it without loading tensors. ``classes`` records the source head's class
+names in label order when known (pretraining writes the source manifest's;
+hub/file checkpoints leave it null unless timm's ``pretrained_cfg`` has
+``label_names``); ``targets.<name>.head: keep`` compares it with the target's
+(:func:`check_keep_head`).
+
+Importing this module registers our own timm architectures (:mod:`.wrn`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch.nn as nn
 
 from .. import SubtuneError
 from ..io import atomic_path, write_json
+from . import wrn  # noqa: F401  (registers wrn28_10_cifar in timm's model registry)
 
 
 @dataclass
@@ -41,6 +48,7 @@ class Checkpoint:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     origin: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] | None = None
     path: str | None = None
 
     def meta(self) -> dict[str, Any]:
@@ -92,15 +100,42 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, torc
     return Checkpoint(**meta, path=str(path)), state
 
 
-def build_model(path: str | os.PathLike, num_classes: int, seed: int = 0, **create_kwargs) -> tuple[nn.Module, Checkpoint]:
+def check_keep_head(ckpt: Checkpoint, num_classes: int, classes: list[str] | None = None,
+                    target: str | None = None) -> None:
+    """Refuse ``head: keep`` when the source head's label space is not the target's (one line, naming both).
+
+    The number of classes must match; the class names (in label order) too
+    when both the checkpoint and the target record them.
+    """
+    who = f"targets.{target}.head: keep" if target else "head keep"
+    src = ckpt.origin.get("source") or ckpt.origin.get("name") or ckpt.arch
+    if ckpt.num_classes != num_classes:
+        raise SubtuneError(f"{who}: the checkpoint's head ({src}) has {ckpt.num_classes} classes, the target "
+                           f"{num_classes}; keep needs the same label space (use head: new)")
+    if ckpt.classes is not None and classes is not None and list(ckpt.classes) != list(classes):
+        diff = next(i for i, (a, b) in enumerate(zip(ckpt.classes, classes)) if a != b)
+        raise SubtuneError(f"{who}: the checkpoint's class {diff} is {ckpt.classes[diff]!r} ({src}), the target's "
+                           f"{classes[diff]!r}; keep needs the same label space (use head: new)")
+
+
+def build_model(path: str | os.PathLike, num_classes: int, seed: int = 0, keep_head: bool = False,
+                classes: list[str] | None = None, target: str | None = None,
+                **create_kwargs) -> tuple[nn.Module, Checkpoint]:
     """The checkpoint's backbone with a fresh ``num_classes`` head (initialised from ``seed``).
 
-    ``create_kwargs`` are extra ``timm.create_model`` arguments that change no
-    weight (``drop_path_rate``); they override the checkpoint's ``model_kwargs``.
+    ``keep_head``: keep the checkpoint's own (source) head instead, after
+    :func:`check_keep_head` (``classes``/``target`` name the target's label
+    space in the error). ``create_kwargs`` are extra ``timm.create_model``
+    arguments that change no weight (``drop_path_rate``); they override the
+    checkpoint's ``model_kwargs``.
     """
     ckpt, state = load_checkpoint(path)
+    if keep_head:
+        check_keep_head(ckpt, num_classes, classes, target)
     model = create(ckpt.arch, ckpt.num_classes, ckpt.in_chans, **{**ckpt.model_kwargs, **create_kwargs})
     model.load_state_dict(state, strict=True)
+    if keep_head:
+        return model, ckpt
     g = torch.random.fork_rng()
     with g:
         torch.manual_seed(seed)
@@ -113,6 +148,11 @@ def _data_config(model: nn.Module) -> dict[str, Any]:
 
     cfg = timm.data.resolve_model_data_config(model)
     return {"image_size": int(cfg["input_size"][-1]), "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
+
+
+def _label_names(model: nn.Module) -> list[str] | None:
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+    return [str(n) for n in names] if names and len(names) == model.num_classes else None
 
 
 def _unreachable_hub(arch: str, timeout: float = 5.0) -> str | None:
@@ -174,7 +214,10 @@ def fetch(arch: str, out: str | os.PathLike, file: str | os.PathLike | None = No
         file = Path(file)
         if not file.is_file():
             raise SubtuneError(f"missing weights file for {arch}: {file}")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(file.resolve()), custom_load=False)
+        # timm's own format (.pth/.bin/.safetensors, as on the timm/ hub repos) loads through its
+        # state-dict path; a big_vision .npz (the original AugReg / in21k ViT files) through the
+        # model's custom loader (VisionTransformer.load_pretrained)
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(file.resolve()), custom_load=file.suffix == ".npz")
     unreachable = None if file is not None else _unreachable_hub(arch)
     try:
         with _hub_offline(unreachable is not None):
@@ -200,6 +243,7 @@ def fetch(arch: str, out: str | os.PathLike, file: str | os.PathLike | None = No
         mean=dc["mean"],
         std=dc["std"],
         origin={"kind": "file" if file else "hub", "name": arch, **({"file": str(file)} if file else {})},
+        classes=_label_names(model),
     )
     save_checkpoint(out, model, ckpt)
     return ckpt

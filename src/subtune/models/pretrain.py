@@ -3,7 +3,8 @@
 A small timm ResNet is trained from random initialisation on the source task
 (all parameters, the one training loop), its source-test accuracy measured
 once at the end, and the result saved as a checkpoint (safetensors plus
-metadata, see :mod:`.checkpoint`).
+metadata, see :mod:`.checkpoint`; the metadata records the source classes,
+so ``head: keep`` can check a target's label space against them).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def pretrain(
     num_classes = int(manifest["num_classes"])
     model = create(arch, num_classes, 3, **{**model_kwargs, **train_cfg.model_kwargs()})  # drop_path: not saved
     ckpt = Checkpoint(arch=arch, num_classes=num_classes, in_chans=3, image_size=int(manifest["image_size"]),
-                      model_kwargs=model_kwargs)
+                      model_kwargs=model_kwargs, classes=[str(c) for c in manifest["classes"]])
     pre = Preprocess(ckpt.mean, ckpt.std, ckpt.in_chans)
     trainable = get_method("ft").trainable(model)
     metrics = fit(

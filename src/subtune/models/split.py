@@ -33,10 +33,20 @@ def _vit_head(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return m.forward_head(m.norm(x))
 
 
+def _wrn_stem(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return m.conv1(x)
+
+
+def _wrn_head(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return m.forward_head(m.relu(m.bn1(x)))
+
+
 _STAGES: dict[str, tuple[Callable, Callable, list[str]]] = {
     # family: (stem, head, names of the modules the stem uses)
     "resnet": (_resnet_stem, _resnet_head, ["conv1", "bn1", "act1", "maxpool"]),
     "vit": (_vit_stem, _vit_head, ["patch_embed", "cls_token", "pos_embed", "reg_token", "norm_pre"]),
+    # CIFAR WideResNet (.wrn): stem = conv1; head = the final bn1 + relu, pooling, fc
+    "wrn": (_wrn_stem, _wrn_head, ["conv1"]),
 }
 
 
@@ -81,4 +91,4 @@ class Staged:
     def _is_head(self, top: str) -> bool:
         from .blocks import head_names
 
-        return top in head_names(self.model) or top in ("norm", "fc_norm")
+        return top in head_names(self.model) or top in ("norm", "fc_norm") or (self.family == "wrn" and top == "bn1")
