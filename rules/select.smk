@@ -3,6 +3,8 @@
 # exist only once round r's decision is made). Round 1 is the fine-tuning profile.
 # Also the scores behind Surgical's group choice and the pair grid.
 
+from subtune.config import selection_budget
+
 SELDIR = f"{RES}/select/{{target}}/seed{{seed}}"
 # The prefix cache's memory budget changes no result: a global, not a param.
 CACHE = cache_flags(config)
@@ -27,6 +29,7 @@ rule score_round:
         fast=scoring_flags(config),
         state=lambda w, input: f"--state {input.state}" if input.state else "",
         shards=SHARDS,
+        budget=dumps(selection_budget(config)),
     threads: 1
     log:
         f"logs/{EXP}/score/{{target}}_seed{{seed}}_round{{round}}_shard{{shard}}.log",
@@ -36,7 +39,7 @@ rule score_round:
         "{PY} score --sets greedy {params.state} --selection '{params.selection}' --data {input.data} "
         "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {wildcards.seed} "
         "--shard {wildcards.shard} --shards {params.shards} --threads {threads} {params.fast} {CACHE} --out {output} "
-        "--track --tag stage=select --tag round={wildcards.round} > {log} 2>&1"
+        "--budget '{params.budget}' --track --tag stage=select --tag round={wildcards.round} > {log} 2>&1"
 
 
 checkpoint decide:
