@@ -88,7 +88,10 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--budget", type=json.loads, default={"kind": "halving", "min_epochs": 1, "eta": 2})
     ap.add_argument("--out", default=str(ROOT / "bench/work/selection_budget.json"))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a shared CPU, OpenMP threads spin-wait on each other)")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
 
     cfg = yaml.safe_load(Path(a.config).read_text())
     targets = a.targets or list(cfg["targets"])

@@ -97,11 +97,23 @@ def test_config_budget_validation(tmp_path):
     root = pathlib.Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load((root / "config.yaml").read_text())
     cfg["selection"]["budget"] = {"kind": "halving", "min_epochs": 1, "eta": 2}
+    with pytest.raises(SubtuneError, match="selection.profile: false"):
+        validate(cfg, root / "schemas/config.schema.yaml")
+    cfg["selection"]["profile"] = False
     validate(cfg, root / "schemas/config.schema.yaml")
+    cfg["selection"]["budget"] = {"epochs": 3}
+    validate(cfg, root / "schemas/config.schema.yaml")
+    cfg["selection"]["budget"] = {"epochs": 7}
+    with pytest.raises(SubtuneError, match="exceeds"):
+        validate(cfg, root / "schemas/config.schema.yaml")
     cfg["selection"]["budget"] = {"kind": "halving", "eta": 2, "rungs": 3}
     with pytest.raises(SubtuneError, match="selection.budget.rungs"):
         validate(cfg, root / "schemas/config.schema.yaml")
     cfg["selection"]["budget"] = {"kind": "halving"}
+    cfg["selection"]["shards"] = 2
+    with pytest.raises(SubtuneError, match="shards: 1"):
+        validate(cfg, root / "schemas/config.schema.yaml")
+    cfg["selection"]["shards"] = 1
     cfg["selection"]["scoring"] = "cv"
     with pytest.raises(SubtuneError, match="halving needs selection.scoring: val"):
         validate(cfg, root / "schemas/config.schema.yaml")

@@ -135,6 +135,9 @@ def _check_budget(config: dict[str, Any]) -> None:
             raise SubtuneError("selection.budget: halving needs selection.shards: 1 (a round's candidates compete in one job)")
         if not s.get("fast", True):
             raise SubtuneError("selection.budget: halving needs selection.fast: true (candidates trained together)")
+        if s.get("profile", True):
+            raise SubtuneError("selection.budget: with halving, round 1 is no fine-tuning profile (blocks stopped "
+                               "early keep a rung score): set selection.profile: false")
 
 
 # ------------------------------------------------------------ rule parameters
