@@ -4,6 +4,8 @@
 # Also the scores behind Surgical's group choice and the pair grid.
 from subtune.config import target_head  # targets.<name>.head (new | keep)
 
+from subtune.config import selection_budget
+
 SELDIR = f"{RES}/select/{{target}}/seed{{seed}}"
 # The prefix cache's memory budget changes no result: a global, not a param.
 CACHE = cache_flags(config)
@@ -29,6 +31,7 @@ rule score_round:
         fast=scoring_flags(config),
         state=lambda w, input: f"--state {input.state}" if input.state else "",
         shards=SHARDS,
+        budget=dumps(selection_budget(config)),
     threads: 1
     log:
         f"logs/{EXP}/score/{{target}}_seed{{seed}}_round{{round}}_shard{{shard}}.log",
@@ -38,7 +41,7 @@ rule score_round:
         "{PY} score --head {params.head} --sets greedy {params.state} --selection '{params.selection}' --data {input.data} "
         "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {wildcards.seed} "
         "--shard {wildcards.shard} --shards {params.shards} --threads {threads} {params.fast} {CACHE} --out {output} "
-        "--track --tag stage=select --tag round={wildcards.round} > {log} 2>&1"
+        "--budget '{params.budget}' --track --tag stage=select --tag round={wildcards.round} > {log} 2>&1"
 
 
 checkpoint decide:

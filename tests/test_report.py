@@ -218,6 +218,15 @@ def test_rounds(tmp_path):
     assert list(df["n_candidates"]) == [3, 1, 1, 3]
     assert list(df["stop_reason"]) == ["", "", "gain below epsilon (+0.0020, epsilon 0.01)", "reached k=1 blocks"]
     assert list(df["selected"]) == ["", "", "layer1.0+layer2.1", "layer2.1"]
+    assert list(df["dropped"]) == ["", "", "", ""] and list(df["ft_equiv"]) == ["", "", "", ""]
+    # a round under a selection budget: dropped candidates per rung and the round's cost
+    r1 = {**st["rounds"][0], "dropped": {"layer1.0": 1, "": 2, "layer1.1": 1},
+          "cost": {"candidate_epochs": 7, "exact_candidate_epochs": 18, "wall_time_s": 3.456, "ft_equiv": 0.41234}}
+    c = _write(tmp_path / "select" / "fmnist" / "seed1" / "selected.json", {**st, "rounds": [r1]})
+    df = pd.read_csv(report.rounds([c], tmp_path / "r3.csv") is not None and tmp_path / "r3.csv")
+    assert df.loc[0, "dropped"] == "1:layer1.0,layer1.1;2:(lp)" and df.loc[0, "n_dropped"] == 3
+    assert (df.loc[0, "candidate_epochs"], df.loc[0, "exact_candidate_epochs"]) == (7, 18)
+    assert df.loc[0, "wall_time_s"] == pytest.approx(3.46) and df.loc[0, "ft_equiv"] == pytest.approx(0.412)
     with pytest.raises(SubtuneError, match=r"notstate\.json.*selected"):
         report.rounds([_write(tmp_path / "notstate.json", {"kind": "greedy"})], tmp_path / "r2.csv")
 

@@ -165,7 +165,7 @@ def _candidate_sets(a: argparse.Namespace, model, blocks: list[str], sel_cfg) ->
 def cmd_score(a: argparse.Namespace) -> None:
     from . import select
     from .data.prepared import load_manifest, load_prepared
-    from .io import write_json
+    from .io import read_json, write_json
     from .models.blocks import block_names
     from .scoring import CandidateScorer
     from .train import TrainConfig
@@ -188,7 +188,19 @@ def cmd_score(a: argparse.Namespace) -> None:
     blocks = block_names(scorer.base)
     sets, extra = _candidate_sets(a, scorer.base, blocks, sel_cfg)
     mine = select.shard(sets, a.shard, a.shards)
-    results = scorer.score_many(mine)
+    if a.sets == "greedy":
+        # One greedy round, under the selection budget if any (subtune.halving); its cost goes in the file.
+        from .halving import Budget
+
+        budget = Budget.from_dict(a.budget, "--budget")
+        if budget is not None:
+            budget.check(train_cfg.epochs)
+            if budget.kind == "halving" and a.shards > 1:
+                raise SubtuneError("--budget: halving needs the round's candidates in one job (--shards 1)")
+        ref = select.reference(read_json(a.state) if a.state else select.initial_state(blocks, sel_cfg))
+        results, extra["cost"] = scorer.score_round(mine, [r for r in ref if r in mine], budget)
+    else:
+        results = scorer.score_many(mine)
     for i, r in enumerate(results, 1):
         print(f"[{i}/{len(mine)}] {r['key'] or '(lp)'}: {r['score']:.4f} ({r['wall_time_s']:.1f}s)", flush=True)
     out = {
@@ -222,8 +234,19 @@ def cmd_decide(a: argparse.Namespace) -> None:
     else:
         state = select.initial_state(shards[0]["blocks"], sel_cfg)
     scores = {select.unkey(r["key"]): r["score"] for sh in shards for r in sh["results"]}
+    # Candidates a selection budget stopped early: recorded, never chosen (subtune.halving).
+    dropped = {select.unkey(r["key"]): r["dropped_at"] for sh in shards for r in sh["results"] if "dropped_at" in r}
     if not state["done"]:
-        state = select.decide(state, scores)
+        state = select.decide(state, scores, dropped)
+        costs = [sh["cost"] for sh in shards if isinstance(sh.get("cost"), dict)]
+        if costs:
+            cost = {**costs[0], "dropped": {}}
+            for c in costs:
+                for rung, keys in (c.get("dropped") or {}).items():
+                    cost["dropped"].setdefault(rung, []).extend(keys)
+            for k in ("candidate_epochs", "exact_candidate_epochs", "wall_time_s", "ft_equiv"):
+                cost[k] = sum(c.get(k) or 0 for c in costs)
+            state["rounds"][-1]["cost"] = cost
     write_json(a.out, state)
     last = state["rounds"][-1] if state["rounds"] else {}
     print(
@@ -569,6 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--head", choices=["new", "keep"], default="new",
                    help="new: a fresh classifier; keep: the checkpoint's own (same label space), trained only by "
                         "methods that train it themselves (lp, ft, lpft)")
+    s.add_argument("--budget", type=_json_arg, default=None,
+                   help="with --sets greedy: the selection budget as JSON (selection.budget; null: exact)")
     s.add_argument("--out", required=True)
     common_train(s)
 

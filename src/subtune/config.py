@@ -104,6 +104,7 @@ def _check_registries(config: dict[str, Any]) -> None:
         validate_dataset(config["source"]["dataset"], dataset_params(config, config["source"]["dataset"]))
     if bb["checkpoint"] == "file" and not bb.get("file"):
         raise SubtuneError("backbone.checkpoint is file but backbone.file is not set")
+    _check_budget(config)
     for section in ("sweep", "pairs"):
         if section in config and config[section]["target"] not in config["targets"]:
             raise SubtuneError(f"{section}.target {config[section]['target']!r} is not one of targets")
@@ -123,6 +124,27 @@ def _check_registries(config: dict[str, Any]) -> None:
             raise SubtuneError(f"sweep.methods: {m!r} is not one of methods")
         if REGISTRY[m].needs == "surgical":
             raise SubtuneError(f"sweep.methods: {m!r} is not supported in the sweep")
+
+
+def _check_budget(config: dict[str, Any]) -> None:
+    from .halving import Budget
+    from .train_config import TrainConfig
+
+    s = config["selection"]
+    b = Budget.from_dict(s.get("budget"))
+    if b is None:
+        return
+    b.check(TrainConfig.from_dict(selection_train(config), "selection.train").epochs)
+    if b.kind == "halving":
+        if s["scoring"] != "val":
+            raise SubtuneError("selection.budget: halving needs selection.scoring: val")
+        if s.get("shards", 1) != 1:
+            raise SubtuneError("selection.budget: halving needs selection.shards: 1 (a round's candidates compete in one job)")
+        if not s.get("fast", True):
+            raise SubtuneError("selection.budget: halving needs selection.fast: true (candidates trained together)")
+        if s.get("profile", True):
+            raise SubtuneError("selection.budget: with halving, round 1 is no fine-tuning profile (blocks stopped "
+                               "early keep a rung score): set selection.profile: false")
 
 
 # ------------------------------------------------------------ rule parameters
@@ -197,6 +219,14 @@ def scoring_flags(config: dict[str, Any]) -> str:
     """The scoring jobs' fast-path flag (a param: exact, but its floats could differ in the last bits)."""
     s = config["selection"]
     return "" if s.get("fast", True) else "--no-fast"
+
+
+def selection_budget(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The greedy rounds' budget (None: exact), as the score jobs read it (subtune.halving.Budget)."""
+    from .halving import Budget
+
+    b = Budget.from_dict(config["selection"].get("budget"))
+    return b.to_dict() if b is not None else None
 
 
 def cache_flags(config: dict[str, Any]) -> str:

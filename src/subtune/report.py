@@ -410,6 +410,12 @@ def rounds(state_files: Sequence[PathLike], out_csv: PathLike) -> pd.DataFrame:
     Columns: target, seed, round, base, base_score, n_candidates, chosen,
     chosen_score, gain (points), accepted, selected (the selection after the
     last round), done, stop_reason (on the last round's row). Scores in percent.
+    The round's cost (:mod:`subtune.halving`; empty for states written before
+    costs were recorded): dropped (candidates a selection budget stopped
+    early, ``epochs:key,key`` per rung, ``;``-separated), n_dropped,
+    candidate_epochs (trained), exact_candidate_epochs (what exact selection
+    trains), wall_time_s, ft_equiv (training cost in plain full fine-tunes,
+    estimated from FLOPs).
     """
     rows = []
     for f in _as_list(state_files):
@@ -436,12 +442,31 @@ def rounds(state_files: Sequence[PathLike], out_csv: PathLike) -> pd.DataFrame:
                 "selected": ("+".join(d["selected"]) or LP_LABEL) if last else "",
                 "done": bool(d.get("done")) if last else "",
                 "stop_reason": (d.get("stop_reason") or "") if last else "",
+                **_round_cost(r),
             })
     cols = ["target", "seed", "round", "base", "base_score", "n_candidates", "chosen", "chosen_score",
-            "gain", "accepted", "selected", "done", "stop_reason"]
+            "gain", "accepted", "selected", "done", "stop_reason", "dropped", "n_dropped", "candidate_epochs",
+            "exact_candidate_epochs", "wall_time_s", "ft_equiv"]
     df = pd.DataFrame(rows, columns=cols)
     _write_csv(df, out_csv)
     return df
+
+
+def _round_cost(r: dict) -> dict:
+    """The rounds table's cost columns of one round record (NaN / empty where not recorded)."""
+    cost = r.get("cost") if isinstance(r.get("cost"), dict) else {}
+    by_rung: dict[int, list[str]] = {}
+    for k, e in (r.get("dropped") or {}).items():
+        by_rung.setdefault(int(e), []).append(k or LP_LABEL)
+    num = (lambda v, nd: round(float(v), nd) if isinstance(v, (int, float)) else math.nan)  # noqa: E731
+    return {
+        "dropped": ";".join(f"{e}:{','.join(ks)}" for e, ks in sorted(by_rung.items())),
+        "n_dropped": sum(len(ks) for ks in by_rung.values()),
+        "candidate_epochs": num(cost.get("candidate_epochs"), 0),
+        "exact_candidate_epochs": num(cost.get("exact_candidate_epochs"), 0),
+        "wall_time_s": num(cost.get("wall_time_s"), 2),
+        "ft_equiv": num(cost.get("ft_equiv"), 3),
+    }
 
 
 # ---------------------------------------------------------------- score files

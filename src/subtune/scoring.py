@@ -25,22 +25,43 @@ prefix is not a fixed function of the image, so the cache is off (the log
 says so); with dropout or drop-path, training draws from
 the global RNG, so candidates are trained one by one. The slow path
 (``fast=False``) trains every candidate alone through the whole network.
+
+A greedy round with a selection budget (:meth:`CandidateScorer.score_round`,
+:mod:`subtune.halving`): with ``kind: halving`` every competing candidate of
+the round trains in one lockstep group, whatever block it starts at (each
+run's input is the index of an image, which its forward maps to its own
+cached prefix features or image), and ``fit_group``'s ``stop`` hook stops the
+losers at each rung; the survivors' runs are uninterrupted full-schedule
+runs, bit-identical to the exact path's (tests/test_halving.py). Halving
+needs candidates trained together (``fast`` and no dropout / drop-path).
+
+The cost of a round (``score_round``'s second value): candidate-epochs
+trained, wall time, and ``ft_equiv``, the round's training cost in plain full
+fine-tunes (every parameter trained, the selection's epochs, same data)
+estimated from FLOPs: forward and backward of each candidate's training
+computation (suffix only when its prefix is cached) and the forward of its
+per-epoch validation, counted by ``torch.utils.flop_counter`` on two images;
+the prefix computed once per start block is not counted.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import time
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
 
+from . import SubtuneError
 from .io import sha256_file
 from .methods.base import Method
 from .models.split import Staged
+from .halving import Budget, Halving
 from .prefix import PrefixCache, compute_prefix
 from .select import BlockSet, SelectionConfig, key
-from .train import Preprocess, Run, TrainConfig, fit_group, has_randomness, pick_device
+from .train import Preprocess, Run, TrainConfig, _image_forward, fit_group, has_randomness, pick_device, set_modes
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +139,8 @@ class CandidateScorer:
             return None
         return Staged(self.base).first_trainable(Method.modules(self.base, list(names), not self.keep_head).names)
 
-    def _train(self, group: list[Sequence[str]], start: int | None, train, evals) -> list[dict[str, Any]]:
+    def _train(self, group: list[Sequence[str]], start: int | None, train, evals,
+               cfg: TrainConfig | None = None) -> list[dict[str, Any]]:
         runs = []
         for names in group:
             model = copy.deepcopy(self.base)
@@ -129,7 +151,7 @@ class CandidateScorer:
                 fwd = (lambda st, b: (lambda h: st.suffix(h, b)))(staged, start)
             runs.append(Run(model, trainable, fwd, desc=key(names) or "(lp)"))
         pre = None if start is not None else self.pre
-        return fit_group(runs, pre, train, evals, self.train_cfg, self.seed, self.device)
+        return fit_group(runs, pre, train, evals, cfg or self.train_cfg, self.seed, self.device)
 
     def _untrained(self, evals) -> dict[str, Any]:
         """Metrics of the base model as it is (the kept head with no block: nothing trains)."""
@@ -151,8 +173,8 @@ class CandidateScorer:
                 groups.extend((start, [m]) for m in members)
         return groups
 
-    def score_many(self, sets: list[BlockSet]) -> list[dict[str, Any]]:
-        """Score every candidate set; results in the order of ``sets``."""
+    def score_many(self, sets: list[BlockSet], cfg: TrainConfig | None = None) -> list[dict[str, Any]]:
+        """Score every candidate set (exactly: the whole schedule); results in the order of ``sets``."""
         results: dict[BlockSet, dict[str, Any]] = {}
         y, yv = self.data["train_y"], self.data.get("val_y")
         todo = list(sets)
@@ -170,14 +192,14 @@ class CandidateScorer:
             x = self._inputs("train", start)
             if self.folds is None:
                 xv = self._inputs("val", start)
-                ms = self._train(group, start, (x, y), {"val": (xv, yv)})
+                ms = self._train(group, start, (x, y), {"val": (xv, yv)}, cfg)
                 for s, m in zip(group, ms):
                     results[s] = self._result(s, m, m["val_acc"])
             else:
                 per_fold = []
                 for i, held in enumerate(self.folds):
                     keep = torch.cat([f for j, f in enumerate(self.folds) if j != i])
-                    per_fold.append(self._train(group, start, (x[keep], y[keep]), {"fold": (x[held], y[held])}))
+                    per_fold.append(self._train(group, start, (x[keep], y[keep]), {"fold": (x[held], y[held])}, cfg))
                 for g, s in enumerate(group):
                     accs = [fold[g]["fold_acc"] for fold in per_fold]
                     m = {**per_fold[-1][g], "wall_time_s": sum(f[g]["wall_time_s"] for f in per_fold)}
@@ -192,8 +214,137 @@ class CandidateScorer:
             "score": score,
             "trainable_params": m["trainable_params"],
             "wall_time_s": m["wall_time_s"],
+            "epochs": m["epochs"],
             "history": m["history"],
         }
+
+    # ------------------------------------------------------------ budget
+    def score_round(self, sets: list[BlockSet], reference: Sequence[BlockSet] = (),
+                    budget: Budget | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Score one greedy round under ``budget`` (None: exact); (results in the order of ``sets``, cost).
+
+        ``reference``: the sets among ``sets`` that do not compete (the base
+        set whose score gains are measured against); they train the whole
+        schedule. A result stopped early by halving has ``dropped_at`` (its
+        rung's epochs) and that rung's validation accuracy as its score.
+        """
+        t0 = time.perf_counter()
+        sets = list(sets)
+        cfg = self.train_cfg if budget is None or budget.epochs is None else replace(self.train_cfg,
+                                                                                     epochs=budget.epochs)
+        ref = [s for s in sets if s in set(reference)]
+        comp = [s for s in sets if s not in set(reference)]
+        halving = budget is not None and budget.kind == "halving" and len(comp) > 1
+        rung_list = None
+        if halving:
+            if self.sel_cfg.scoring != "val":
+                raise SubtuneError("selection.budget: halving needs scoring: val")
+            if not self.together:
+                raise SubtuneError("selection.budget: halving needs candidates trained together (fast: true and a "
+                                   "model without dropout / drop-path)")
+            h = Halving(len(comp), cfg.epochs, budget.min_epochs, budget.eta)
+            rung_list = h.rungs
+            results = dict(zip(ref, self.score_many(ref, cfg))) if ref else {}
+            for i, (s, m) in enumerate(zip(comp, self._halving(comp, cfg, h))):
+                results[s] = self._result(s, m, m["val_acc"])
+                if i in h.dropped:
+                    results[s]["dropped_at"] = h.dropped[i]
+        else:
+            results = dict(zip(sets, self.score_many(sets, cfg)))
+        out = [results[s] for s in sets]
+        dropped: dict[str, list[str]] = {}
+        for r in out:
+            if "dropped_at" in r:
+                dropped.setdefault(str(r["dropped_at"]), []).append(r["key"])
+        cost = {
+            "budget": budget.to_dict() if budget is not None else None,
+            "epochs": cfg.epochs,
+            "rungs": rung_list,
+            "dropped": dropped,
+            "candidate_epochs": sum(r["epochs"] for r in out),
+            "exact_candidate_epochs": len(sets) * self.train_cfg.epochs,
+            "wall_time_s": time.perf_counter() - t0,
+            "ft_equiv": self.ft_equiv(out),
+        }
+        return out, cost
+
+    def _halving(self, sets: list[BlockSet], cfg: TrainConfig, h: Halving) -> list[dict[str, Any]]:
+        """Train ``sets`` in one lockstep group; ``h`` stops the losers at each rung."""
+        y, yv = self.data["train_y"], self.data["val_y"]
+        n, nv = len(y), len(yv)
+        dev = self.device
+        pre = self.pre.to(dev)
+        inputs: dict[int | None, torch.Tensor] = {}
+        runs = []
+        for names in sets:
+            model = copy.deepcopy(self.base)
+            trainable = Method.modules(model, list(names))
+            start = self._start(names)
+            if not self.use_cache:
+                runs.append(Run(model, trainable, None, desc=key(names) or "(lp)"))
+                continue
+            # Inputs are indices: train 0..n-1, validation n..n+nv-1, mapped to this run's own inputs.
+            if start not in inputs:
+                inputs[start] = torch.cat([self._inputs("train", start), self._inputs("val", start)])
+            feats = inputs[start]
+            if start is None:
+                inner = _image_forward(model, pre, dev)
+            else:
+                inner = (lambda st, b: (lambda hh: st.suffix(hh, b)))(Staged(model), start)
+            fwd = (lambda f, X: (lambda idx: f(X[idx.to(X.device)].to(dev))))(inner, feats)
+            runs.append(Run(model, trainable, fwd, desc=key(names) or "(lp)"))
+        if self.use_cache:
+            train, evals = (torch.arange(n), y), {"val": (torch.arange(n, n + nv), yv)}
+            group_pre = None
+        else:
+            train, evals = (self.data["train_x"], y), {"val": (self.data["val_x"], yv)}
+            group_pre = self.pre
+        stop = lambda epoch, rows: h.after_epoch(epoch, {i: r["val_acc"] for i, r in rows.items()})  # noqa: E731
+        return fit_group(runs, group_pre, train, evals, cfg, self.seed, self.device, stop=stop)
+
+    def _flops(self, names: Sequence[str] | None) -> tuple[float, float]:
+        """(forward, backward) FLOPs per image of training ``names`` (None: every parameter, plain FT)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        ck = key(names) if names is not None else None
+        memo = self.__dict__.setdefault("_flop_memo", {})
+        if ck in memo:
+            return memo[ck]
+        model = copy.deepcopy(self.base).to(self.device)
+        for p in model.parameters():
+            p.requires_grad_(names is None)
+        start = None
+        if names is not None:
+            trainable = Method.modules(model, list(names))
+            for _, p in trainable.params:
+                p.requires_grad_(True)
+            set_modes(model, trainable.train_modules)
+            start = self._start(names)
+        else:
+            model.train()
+        x = self._inputs("train", start)[:2]
+        if start is None:
+            fwd = _image_forward(model, self.pre.to(self.device), self.device)
+        else:
+            fwd = lambda hh: Staged(model).suffix(hh, start)  # noqa: E731
+        with FlopCounterMode(display=False) as fc:
+            logits = fwd(x.to(self.device))
+        f = fc.get_total_flops()
+        with FlopCounterMode(display=False) as bc:
+            logits.float().sum().backward()
+        memo[ck] = (f / len(x), bc.get_total_flops() / len(x))
+        return memo[ck]
+
+    def ft_equiv(self, results: list[dict[str, Any]]) -> float:
+        """Training cost of ``results`` (each with ``blocks`` and ``epochs``) in plain full fine-tunes (FLOPs)."""
+        n, nv = len(self.data["train_y"]), len(self.data.get("val_y", ()))
+        F_, B_ = self._flops(None)
+        ft = self.train_cfg.epochs * (n * (F_ + B_) + nv * F_)
+        total = 0.0
+        for r in results:
+            f, b = self._flops(r["blocks"])
+            total += r["epochs"] * (n * (f + b) + nv * f)
+        return total / ft
 
     def score_one(self, names: Sequence[str]) -> dict[str, Any]:
         return self.score_many([tuple(names)])[0]

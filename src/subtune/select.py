@@ -134,8 +134,23 @@ def candidates(state: dict[str, Any]) -> list[BlockSet]:
     return out
 
 
-def decide(state: dict[str, Any], scores: dict[BlockSet, float]) -> dict[str, Any]:
-    """Apply one round's scores; return the next state (the input is not modified)."""
+def reference(state: dict[str, Any]) -> list[BlockSet]:
+    """The round's reference set (scored, never chosen): the base set when its score is unknown."""
+    if state["done"] or state["current_score"] is not None:
+        return []
+    return [_ordered(state["blocks"], state["current"])]
+
+
+def decide(state: dict[str, Any], scores: dict[BlockSet, float],
+           dropped: dict[BlockSet, int] | None = None) -> dict[str, Any]:
+    """Apply one round's scores; return the next state (the input is not modified).
+
+    ``dropped``: candidates a selection budget stopped early (set -> the epoch
+    they stopped at, :mod:`subtune.halving`). Their scores are recorded but
+    they are never chosen: a score after fewer epochs must not beat a
+    full-schedule one.
+    """
+    dropped = dict(dropped or {})
     cfg = SelectionConfig(**state["config"])
     blocks = state["blocks"]
     cands = candidates(state)
@@ -149,13 +164,20 @@ def decide(state: dict[str, Any], scores: dict[BlockSet, float]) -> dict[str, An
         new["selected"], new["score"] = list(base), base_score
     # the best score of the accepted sets (each accepted set is the base of the round after it)
     best_so_far = max([base_score, *(r["base_score"] for r in state["rounds"])])
-    moves = [c for c in cands if c != base]
+    if base in dropped and base in cands:
+        raise SubtuneError(f"round {len(state['rounds']) + 1}: the reference set {key(base) or '(empty)'} was "
+                           "stopped early")
+    moves = [c for c in cands if c != base and c not in dropped]
+    if not moves and any(c != base for c in cands):
+        raise SubtuneError(f"round {len(state['rounds']) + 1}: every candidate was stopped early")
     rnd: dict[str, Any] = {
         "round": len(state["rounds"]) + 1,
         "base": list(base),
         "base_score": base_score,
         "scores": {key(c): scores[c] for c in cands},
     }
+    if dropped:
+        rnd["dropped"] = {key(c): int(e) for c, e in dropped.items() if c in cands}
     if not moves:
         new.update(done=True, stop_reason="no candidates left", current_score=base_score)
         rnd.update(chosen=None, accepted=False)

@@ -363,6 +363,7 @@ def fit_group(
     final_evals: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     progress: bool | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    stop: Callable[[int, dict[int, dict[str, Any]]], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train several runs in lockstep on the same batches: the one training loop.
 
@@ -372,6 +373,12 @@ def fit_group(
     seed, as long as training draws no random numbers from the global RNG
     (no dropout / drop-path): callers group only such runs (see
     :func:`has_randomness`); ``fit`` is the group of one.
+
+    ``stop(epoch, rows)``, called after each epoch with the latest history row
+    of every run still training (run index -> row), returns the indices of
+    runs to stop there (early stopping, e.g. successive halving). A stopped
+    run keeps its history so far; the others go on exactly as if it had
+    never been there (same batches, their own optimizers and schedules).
     """
     device = pick_device(device if isinstance(device, str) or device is None else str(device))
     t0 = time.perf_counter()
@@ -413,7 +420,8 @@ def fit_group(
         sched = lr_scheduler(opt, cfg, spe)
         forward = run.forward or _image_forward(model, pre, device)
         states.append({"params": params, "opt": opt, "sched": sched, "forward": forward, "history": [],
-                       "loss": 0.0, "time": 0.0, "best": None, "best_epoch": epochs})
+                       "loss": 0.0, "time": 0.0, "best": None, "best_epoch": epochs,
+                       "active": True})
 
     if progress is None:
         progress = sys.stderr.isatty()
@@ -426,12 +434,13 @@ def fit_group(
         for run, st in zip(runs, states):
             set_modes(run.model, run.trainable.train_modules, cfg.bn_mode, cfg.drop_path > 0)
             st["loss"] = 0.0
+        live = [(run, st) for run, st in zip(runs, states) if st["active"]]
         order = torch.randperm(n, generator=gen)
         for i in range(0, n_used, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             xb, yb = aug(x_train[idx], y_train[idx], gen)
             xb, yb = xb.to(device, non_blocking=True), yb.to(device)
-            for st in states:
+            for _, st in live:
                 t = time.perf_counter()
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     logits = st["forward"](xb)
@@ -445,7 +454,7 @@ def fit_group(
                 st["sched"].step()
                 st["loss"] += loss.detach() * len(idx)  # summed on the device: no sync per step
                 st["time"] += time.perf_counter() - t
-        for run, st in zip(runs, states):
+        for run, st in live:
             t = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(st["loss"]) / n_used,
                                    "lr": st["opt"].param_groups[0]["lr"]}
@@ -459,6 +468,9 @@ def fit_group(
             st["time"] += time.perf_counter() - t
             if on_epoch:
                 on_epoch(row)
+        if stop:
+            for i in stop(epoch + 1, {i: st["history"][-1] for i, st in enumerate(states) if st["active"]}) or ():
+                states[i]["active"] = False
         bar.set_postfix({k: round(v, 4) for k, v in states[0]["history"][-1].items() if k.endswith("acc")})
         if not progress:
             print(_epoch_line(desc, epochs, [st["history"][-1] for st in states], time.perf_counter() - t_epoch),
@@ -467,6 +479,8 @@ def fit_group(
     out = []
     for run, st in zip(runs, states):
         history = st["history"]
+        if not select:  # the last epoch trained (a run stopped early by ``stop`` has fewer)
+            st["best_epoch"] = len(history)
         if select:  # back to the best validation epoch's weights before the test split is read
             _restore(run.model, st["params"], st["best"])
         chosen = history[st["best_epoch"] - 1]
