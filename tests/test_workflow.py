@@ -228,7 +228,7 @@ def test_final_training_on_train_and_val(finished, tmp_path):
     wd = tmp_path / "wf"
     shutil.copytree(src, wd, symlinks=True)
     cfg = edit_config(wd, "tv.yaml", lambda c: c.update(final_data="train+val"))
-    smk(wd, f"results/test/runs/digits/lp/seed0.json", config=cfg)
+    smk(wd, "--", "results/test/runs/digits/lp/seed0.json", config=cfg)  # "--": not a second --configfile
     run = json.loads((wd / "results/test/runs/digits/lp/seed0.json").read_text())
     assert run["train_data"] == "train+val" and run["train_size"] == 180  # 120 train + 60 val
     assert "val_acc" not in run and "test_acc" in run
