@@ -8,7 +8,10 @@ from subtune.config import (
     decision_config,
     dumps,
     cache_flags,
+    cv_flags,
+    final_flags,
     method_grid,
+    method_params,
     method_train,
     multilora_grid,
     multilora_train,
@@ -42,6 +45,24 @@ def selection_seed(seed):
 
 def selection_seeds():
     return SEEDS if config["selection"]["per_seed"] else [SEL_SEED]
+
+
+def sel_dir(target, seed, regime="1k"):
+    """A selection's directory: select/<target>/seed<S> (the 1k regime: every method's selection),
+    select/<target>/n<size>/seed<S> (a data-size sweep's regime; the 1k one when the sizes agree)."""
+    if regime != "1k" and sweep_reuses_1k(target, regime):
+        regime = "1k"
+    return f"{RES}/select/{target}/{'' if regime == '1k' else regime + '/'}seed{seed}"
+
+
+def sweep_reuses_1k(target, regime):
+    """n<size> is the 1k regime's data when the target's train_size is that size (same build parameters)."""
+    return dataset_params(config, target, regime_train_size(regime)) == dataset_params(config, target)
+
+
+def sel_regime(w):
+    """The prepared regime a selection job runs on: its {sizedir} wildcard ('' or 'n<size>/')."""
+    return w.sizedir.rstrip("/") or "1k"
 
 
 def regime_train_size(regime):

@@ -1,12 +1,15 @@
 # Greedy SubTuning selection, one round per job group: score the round's candidates
 # (spread over selection.shards jobs), then decide (a checkpoint: round r+1's jobs
 # exist only once round r's decision is made). Round 1 is the fine-tuning profile.
-# Also the scores behind Surgical's group choice and the pair grid.
+# A selection runs on one prepared regime: {sizedir} is '' for the 1k regime
+# (select/<target>/seed<S>/) and 'n<size>/' for a data-size sweep's size
+# (select/<target>/n<size>/seed<S>/, on that size's training data, the same val split).
+# Also the scores behind Surgical's group choice and the pair grid (1k regime).
 from subtune.config import target_head  # targets.<name>.head (new | keep)
-
 from subtune.config import selection_budget
 
-SELDIR = f"{RES}/select/{{target}}/seed{{seed}}"
+SELDIR = f"{RES}/select/{{target}}/{{sizedir}}seed{{seed}}"
+SEL_WILDCARDS = {"target": r"[^/]+", "sizedir": r"(n\d+/)?"}
 # The prefix cache's memory budget changes no result: a global, not a param.
 CACHE = cache_flags(config)
 SHARDS = config["selection"]["shards"]
@@ -14,51 +17,58 @@ SHARDS = config["selection"]["shards"]
 
 def previous_state(w):
     r = int(w.round)
-    return [f"{RES}/select/{w.target}/seed{w.seed}/state{r - 1}.json"] if r > 1 else []
+    return [f"{RES}/select/{w.target}/{w.sizedir}seed{w.seed}/state{r - 1}.json"] if r > 1 else []
 
 
 rule score_round:
     input:
-        unpack(lambda w: prepared(w.target)),
+        unpack(lambda w: prepared(w.target, sel_regime(w))),
         ckpt=CKPT,
         state=previous_state,
     output:
         f"{SELDIR}/round{{round}}_shard{{shard}}.json",
+    wildcard_constraints:
+        **SEL_WILDCARDS,
     params:
         head=lambda w: target_head(config, w.target),
         train=dumps(selection_train(config)),
         selection=dumps(scoring_config(config)),
         fast=scoring_flags(config),
+        cv=cv_flags(config),
         state=lambda w, input: f"--state {input.state}" if input.state else "",
         shards=SHARDS,
         budget=dumps(selection_budget(config)),
     threads: 1
     log:
-        f"logs/{EXP}/score/{{target}}_seed{{seed}}_round{{round}}_shard{{shard}}.log",
+        f"logs/{EXP}/score/{{target}}_{{sizedir}}seed{{seed}}_round{{round}}_shard{{shard}}.log",
     benchmark:
-        f"benchmarks/{EXP}/score/{{target}}_seed{{seed}}_round{{round}}_shard{{shard}}.tsv"
+        f"benchmarks/{EXP}/score/{{target}}_{{sizedir}}seed{{seed}}_round{{round}}_shard{{shard}}.tsv"
     shell:
         "{PY} score --head {params.head} --sets greedy {params.state} --selection '{params.selection}' --data {input.data} "
         "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {wildcards.seed} "
-        "--shard {wildcards.shard} --shards {params.shards} --threads {threads} {params.fast} {CACHE} --out {output} "
-        "--budget '{params.budget}' --track --tag stage=select --tag round={wildcards.round} > {log} 2>&1"
+        "--shard {wildcards.shard} --shards {params.shards} --threads {threads} {params.fast} {params.cv} {CACHE} "
+        "--out {output} --budget '{params.budget}' --track --tag stage=select --tag round={wildcards.round} > {log} 2>&1"
 
 
 checkpoint decide:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
     input:
-        scores=lambda w: [f"{RES}/select/{w.target}/seed{w.seed}/round{w.round}_shard{i}.json" for i in range(SHARDS)],
+        scores=lambda w: [
+            f"{RES}/select/{w.target}/{w.sizedir}seed{w.seed}/round{w.round}_shard{i}.json" for i in range(SHARDS)
+        ],
         state=previous_state,
     output:
         f"{SELDIR}/state{{round}}.json",
+    wildcard_constraints:
+        **SEL_WILDCARDS,
     params:
         selection=dumps(decision_config(config)),
         state=lambda w, input: f"--state {input.state}" if input.state else "",
     log:
-        f"logs/{EXP}/decide/{{target}}_seed{{seed}}_round{{round}}.log",
+        f"logs/{EXP}/decide/{{target}}_{{sizedir}}seed{{seed}}_round{{round}}.log",
     benchmark:
-        f"benchmarks/{EXP}/decide/{{target}}_seed{{seed}}_round{{round}}.tsv"
+        f"benchmarks/{EXP}/decide/{{target}}_{{sizedir}}seed{{seed}}_round{{round}}.tsv"
     shell:
         "{PY} decide {params.state} --scores {input.scores} --selection '{params.selection}' "
         "--out {output} > {log} 2>&1"
@@ -68,7 +78,7 @@ def final_state(w):
     """Unroll the rounds: each decision tells whether another round is needed."""
     r = 1
     while True:
-        path = checkpoints.decide.get(target=w.target, seed=w.seed, round=r).output[0]
+        path = checkpoints.decide.get(target=w.target, sizedir=w.sizedir, seed=w.seed, round=r).output[0]
         with open(path) as fh:
             if json.load(fh)["done"]:
                 return path
@@ -82,10 +92,12 @@ rule selected:
         final_state,
     output:
         f"{SELDIR}/selected.json",
+    wildcard_constraints:
+        **SEL_WILDCARDS,
     log:
-        f"logs/{EXP}/selected/{{target}}_seed{{seed}}.log",
+        f"logs/{EXP}/selected/{{target}}_{{sizedir}}seed{{seed}}.log",
     benchmark:
-        f"benchmarks/{EXP}/selected/{{target}}_seed{{seed}}.tsv"
+        f"benchmarks/{EXP}/selected/{{target}}_{{sizedir}}seed{{seed}}.tsv"
     shell:
         "cp {input} {output} 2> {log}"
 
@@ -95,12 +107,15 @@ rule score_surgical:
         unpack(lambda w: prepared(w.target)),
         ckpt=CKPT,
     output:
-        f"{SELDIR}/surgical.json",
+        f"{RES}/select/{{target}}/seed{{seed}}/surgical.json",
+    wildcard_constraints:
+        target=SEL_WILDCARDS["target"],
     params:
         head=lambda w: target_head(config, w.target),
-        train=dumps(method_train(config, "surgical")) if "surgical" in config["methods"] else "{}",
+        train=lambda w: dumps(method_train(config, "surgical", w.target)) if "surgical" in config["methods"] else "{}",
         selection=dumps(scoring_config(config)),
         fast=scoring_flags(config),
+        cv=cv_flags(config),
     threads: 1
     log:
         f"logs/{EXP}/score_surgical/{{target}}_seed{{seed}}.log",
@@ -109,7 +124,7 @@ rule score_surgical:
     shell:
         "{PY} score --head {params.head} --sets surgical --selection '{params.selection}' --data {input.data} "
         "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {wildcards.seed} "
-        "--threads {threads} {params.fast} {CACHE} --out {output} --track --tag stage=surgical > {log} 2>&1"
+        "--threads {threads} {params.fast} {params.cv} {CACHE} --out {output} --track --tag stage=surgical > {log} 2>&1"
 
 
 PAIR_SHARDS = config.get("pairs", {}).get("shards", 1)
@@ -126,6 +141,7 @@ rule score_pairs:
         train=dumps(selection_train(config)),
         selection=dumps(scoring_config(config)),
         fast=scoring_flags(config),
+        cv=cv_flags(config),
         seed=SEL_SEED,
         shards=PAIR_SHARDS,
     threads: 1
@@ -136,5 +152,5 @@ rule score_pairs:
     shell:
         "{PY} score --head {params.head} --sets pairs --selection '{params.selection}' --data {input.data} "
         "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {params.seed} "
-        "--shard {wildcards.shard} --shards {params.shards} --threads {threads} {params.fast} {CACHE} --out {output} "
-        "--track --tag stage=pairs > {log} 2>&1"
+        "--shard {wildcards.shard} --shards {params.shards} --threads {threads} {params.fast} {params.cv} {CACHE} "
+        "--out {output} --track --tag stage=pairs > {log} 2>&1"

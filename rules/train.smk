@@ -1,5 +1,7 @@
 # Final training: every method x target x seed (the test split is read once, here),
-# and the data-size sweep. Each job logs one MLflow run.
+# and the data-size sweep. Each job logs one MLflow run. Methods' training config,
+# parameters and grid are per target (targets.<t>.methods.<m> over methods.<m>).
+# final_data: train+val trains the final runs (not tune, not the sweep) on train and val.
 from subtune.config import target_head  # targets.<name>.head (new | keep)
 
 
@@ -19,7 +21,7 @@ rule mlflow_init:
 def stage_inputs(method, target, seed):
     """What a method needs from the selection stage (SubTuning's blocks, Surgical's group scores)."""
     needs = method_needs(method)
-    sel = f"{RES}/select/{target}/seed{selection_seed(seed)}"
+    sel = sel_dir(target, selection_seed(seed))
     if needs == "selection":
         return {"selection": f"{sel}/selected.json"}
     if needs == "surgical":
@@ -29,7 +31,7 @@ def stage_inputs(method, target, seed):
 
 def tuned_input(method, target):
     """The values chosen on validation, when the method has a grid."""
-    return {"tuned": f"{RES}/tune/{target}/{method}.json"} if method_grid(config, method) else {}
+    return {"tuned": f"{RES}/tune/{target}/{method}.json"} if method_grid(config, method, target) else {}
 
 
 def method_args(w, input):
@@ -53,9 +55,9 @@ rule tune:
         f"{RES}/tune/{{target}}/{{method}}.json",
     params:
         head=lambda w: target_head(config, w.target),
-        train=lambda w: dumps(method_train(config, w.method)),
-        method=lambda w: dumps(config["methods"][w.method].get("params") or {}),
-        grid=lambda w: dumps(method_grid(config, w.method)),
+        train=lambda w: dumps(method_train(config, w.method, w.target)),
+        method=lambda w: dumps(method_params(config, w.method, w.target)),
+        grid=lambda w: dumps(method_grid(config, w.method, w.target)),
         extra=method_args,
         seed=SEL_SEED,
     threads: 1
@@ -81,8 +83,9 @@ rule train:
         f"{RES}/runs/{{target}}/{{method}}/seed{{seed}}.json",
     params:
         head=lambda w: target_head(config, w.target),
-        train=lambda w: dumps(method_train(config, w.method)),
-        method=lambda w: dumps(config["methods"][w.method].get("params") or {}),
+        train=lambda w: dumps(method_train(config, w.method, w.target)),
+        method=lambda w: dumps(method_params(config, w.method, w.target)),
+        data=final_flags(config),
         extra=method_args,
     threads: 1
     log:
@@ -91,14 +94,16 @@ rule train:
         f"benchmarks/{EXP}/train/{{target}}_{{method}}_seed{{seed}}.tsv"
     shell:
         "{PY} train --head {params.head} --method {wildcards.method} --method-params '{params.method}' {params.extra} "
-        "--data {input.data} --manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' "
-        "--seed {wildcards.seed} --threads {threads} --out {output} --track --tag stage=final > {log} 2>&1"
+        "--data {input.data} --manifest {input.manifest} {params.data} --checkpoint {input.ckpt} "
+        "--train '{params.train}' --seed {wildcards.seed} --threads {threads} --out {output} --track --tag stage=final "
+        "> {log} 2>&1"
 
 
 def sweep_inputs(w):
-    # SubTuning in the sweep reuses the blocks selected in the 1k regime, and every
-    # method the values its grid chose in the 1k regime.
-    sel = f"{RES}/select/{w.target}/seed{selection_seed(w.seed)}"
+    # SubTuning in the sweep uses the blocks selected on that size's training data (the
+    # same val split), and every method the values its grid chose in the 1k regime.
+    # The sweep trains on the train split whatever final_data says: its x axis is the size.
+    sel = sel_dir(w.target, selection_seed(w.seed), f"n{w.size}")
     needs = method_needs(w.method)
     out = {"selection": f"{sel}/selected.json"} if needs == "selection" else {}
     return out | tuned_input(w.method, w.target)
@@ -114,8 +119,8 @@ rule train_sweep:
         f"{RES}/sweep/{{target}}/n{{size}}/{{method}}/seed{{seed}}.json",
     params:
         head=lambda w: target_head(config, w.target),
-        train=lambda w: dumps(method_train(config, w.method)),
-        method=lambda w: dumps(config["methods"][w.method].get("params") or {}),
+        train=lambda w: dumps(method_train(config, w.method, w.target)),
+        method=lambda w: dumps(method_params(config, w.method, w.target)),
         extra=method_args,
     threads: 1
     log:

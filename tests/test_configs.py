@@ -20,7 +20,7 @@ from test_workflow import ROOT, job_stats, smk, workdir
 PAPER = ["subtuning-vtab", "subtuning-vtab-vit", "subtuning-profiles-r18", "subtuning-datasize", "cifar10c",
          "peft-vtab", "peft-vtab-dinov2", "multilora"]
 # the whole first-round DAG of each config (the test recomputes the main counts from the config below)
-TOTAL = {"subtuning-vtab": 199, "subtuning-vtab-vit": 199, "subtuning-profiles-r18": 134, "subtuning-datasize": 84,
+TOTAL = {"subtuning-vtab": 199, "subtuning-vtab-vit": 199, "subtuning-profiles-r18": 134, "subtuning-datasize": 114,
          "cifar10c": 316, "peft-vtab": 480, "peft-vtab-dinov2": 480, "multilora": 29}
 # stages that train a network (the CLI stages a GPU job runs)
 TRAINING_STAGES = {"pretrain", "score", "tune", "train", "multilora"}
@@ -53,6 +53,12 @@ def expected(cfg: dict) -> dict[str, int]:
         out["score_pairs"] = cfg["pairs"]["shards"]
     if "sweep" in cfg:
         out["train_sweep"] = 0  # waits on the selection checkpoint for SubTuning; checked below
+        sw = cfg["sweep"]
+        if any(REGISTRY[m].needs == "selection" for m in sw["methods"]):
+            # a selection per size on that size's data (a size equal to the 1k regime's reuses its selection)
+            own = (cfg["targets"][sw["target"]].get("params") or {}).get("train_size")
+            extra = sum(1 for n in sw["sizes"] if n != own) * sel_seeds * sel["shards"]
+            out["score_round"] = out.get("score_round", 0) + extra
     return out
 
 

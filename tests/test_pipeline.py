@@ -140,3 +140,81 @@ def test_tuning_chooses_on_validation_and_never_reads_the_test_split(work, monke
     # a tuning file for another method is refused
     assert main([str(a) for a in ("train", "--method", "ssf", "--tuned", out, "--data", src, *common,
                                   "--out", work / "x.json")]) == 2
+
+
+def _union_file(work, name):
+    """A copy of the prepared target whose train split is train then val (val kept as it is)."""
+    import torch
+
+    with safe_open(str(work / f"{name}.safetensors"), framework="pt") as fh:
+        t = {k: fh.get_tensor(k) for k in fh.keys()}
+    for f in ("x", "y", "idx"):
+        t[f"train_{f}"] = torch.cat([t[f"train_{f}"], t[f"val_{f}"]])
+    out = work / f"{name}_union.safetensors"
+    save_file(t, str(out))
+    return out, t
+
+
+def test_final_training_on_train_and_val(work, monkeypatch, capsys):
+    import subtune.data.prepared as prepared
+
+    union, t = _union_file(work, "digits")
+    common = ["--manifest", work / "digits.json", "--checkpoint", work / "ckpt.safetensors",
+              "--train", json.dumps({"epochs": 2, "batch_size": 32, "lr": 0.003}), "--seed", 3]
+    asked = []
+    real = prepared.load_prepared
+    monkeypatch.setattr(prepared, "load_prepared", lambda p, splits=("train", "val"), **kw: asked.append(splits) or real(p, splits, **kw))
+    cli("train", "--method", "ft", "--data", work / "digits.safetensors", "--train-splits", "train,val", *common,
+        "--out", work / "tv.json")
+    assert asked == [("train", "val", "test")]  # the test split read once, with the others
+    monkeypatch.setattr(prepared, "load_prepared", real)
+    m = json.loads((work / "tv.json").read_text())
+    assert m["train_data"] == "train+val" and m["train_size"] == 300  # 200 train + 100 val
+    assert "val_acc" not in m and all("val_acc" not in row for row in m["history"])
+    # exactly training on a split that is the union (train first, then val)
+    cli("train", "--method", "ft", "--data", union, *common, "--out", work / "u.json")
+    u = json.loads((work / "u.json").read_text())
+    assert u["train_data"] == "train" and u["train_size"] == len(t["train_y"]) == 300
+    assert m["test_acc"] == u["test_acc"] and [r["train_loss"] for r in m["history"]] == [r["train_loss"] for r in u["history"]]
+    # the default trains on the train split alone, validating every epoch
+    cli("train", "--method", "ft", "--data", work / "digits.safetensors", *common, "--out", work / "t.json")
+    d = json.loads((work / "t.json").read_text())
+    assert d["train_data"] == "train" and d["train_size"] == 200 and "val_acc" in d
+    # no validation split is left to choose an epoch on (checked by name, before anything is loaded)
+    bad = ["--train", json.dumps({"epochs": 2, "epoch_select": "best_val"})]
+    capsys.readouterr()
+    assert main([str(a) for a in ("train", "--method", "ft", "--data", work / "digits.safetensors", "--train-splits",
+                                  "train,val", *common, *bad, "--out", work / "x.json")]) == 2
+    assert "epoch_select best_val" in capsys.readouterr().err
+    assert main([str(a) for a in ("train", "--method", "ft", "--data", work / "digits.safetensors", "--train-splits",
+                                  "val", *common, "--out", work / "x.json")]) == 2
+
+
+def test_cross_validation_over_train_and_val(work, capsys):
+    union, _ = _union_file(work, "digits")
+    sel = json.dumps({"k": 1, "epsilon": 0.0, "scoring": "cv", "folds": 3})
+    common = ["--sets", "explicit", "--candidate", "layer4.1", "--candidate", "", "--manifest", work / "digits.json",
+              "--checkpoint", work / "ckpt.safetensors", "--train", json.dumps({"epochs": 1, "batch_size": 64})]
+    cli("score", "--selection", sel, "--data", work / "digits.safetensors", "--cv-data", "train+val", *common,
+        "--out", work / "cv_tv.json")
+    cli("score", "--selection", sel, "--data", union, *common, "--out", work / "cv_u.json")
+    cli("score", "--selection", sel, "--data", work / "digits.safetensors", *common, "--out", work / "cv_t.json")
+    tv, u, t = (json.loads((work / f"cv_{k}.json").read_text()) for k in ("tv", "u", "t"))
+    assert (tv["cv_data"], tv["train_size"]) == ("train+val", 300) and (t["cv_data"], t["train_size"]) == ("train", 200)
+    # the folds run over the 300: the same scores as a file whose train split is the union
+    assert [r["fold_accs"] for r in tv["results"]] == [r["fold_accs"] for r in u["results"]]
+    assert [r["fold_accs"] for r in tv["results"]] != [r["fold_accs"] for r in t["results"]]
+    # with scoring on the validation split, cv data makes no sense: refused in one line
+    capsys.readouterr()
+    assert main([str(a) for a in ("score", "--selection", json.dumps({"k": 1, "epsilon": 0.0, "scoring": "val"}),
+                                  "--data", work / "digits.safetensors", "--cv-data", "train+val", *common,
+                                  "--out", work / "x.json")]) == 2
+    assert "--cv-data train+val needs scoring cv" in capsys.readouterr().err
+
+
+def test_tuning_records_its_training_size(work):
+    out = work / "tune_size.json"
+    cli("tune", "--method", "lp", "--grid", json.dumps({"lr": [0.01]}), "--data", work / "digits.safetensors",
+        "--manifest", work / "digits.json", "--checkpoint", work / "ckpt.safetensors",
+        "--train", json.dumps({"epochs": 1, "batch_size": 64}), "--out", out)
+    assert [r["train_size"] for r in json.loads(out.read_text())["results"]] == [200]  # train only, never val

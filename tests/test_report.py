@@ -275,3 +275,107 @@ def test_sweep(tmp_path):
     del nosize["train_size"]
     with pytest.raises(SubtuneError, match=r"nosize\.json.*train_size"):
         report.sweep([*files, _write(tmp_path / "nosize.json", nosize)], csv, png)
+
+
+# ---------------------------------------------------------------- VTAB-1k averages, train+val runs, best epochs
+SSF_REF = Path(__file__).resolve().parents[1] / "references" / "ssf-vtab1k.csv"
+VIT = "vit_base_patch16_224.orig_in21k"
+
+
+def test_vtab_groups_are_the_19_tasks():
+    from subtune.data import vtab
+
+    assert set(report.VTAB_GROUP_OF) == {f"vtab-{t}" for t in vtab.TASKS}
+    assert [len(ts) for ts in report.VTAB_GROUPS.values()] == [7, 4, 8]
+
+
+def test_vtab_means_reproduce_the_published_ssf_averages():
+    refs = report.load_references([SSF_REF])
+    ssf = dict(zip(refs["target"], refs["value"]))
+    tasks, groups, counts = report.vtab_means(ssf)
+    assert round(tasks, 2) == 73.10 and round(groups, 2) == 75.69  # SSF's two published averages
+    assert counts == {"Natural": 7, "Specialized": 4, "Structured": 8}
+    # over a subset: only the tasks given, a group without a task drops out
+    tasks, groups, counts = report.vtab_means({"vtab-dtd": 70.0, "vtab-svhn": 90.0, "vtab-kitti": 50.0, "other": 1.0})
+    assert tasks == pytest.approx(70.0) and groups == pytest.approx((80.0 + 50.0) / 2)
+    assert counts == {"Natural": 2, "Specialized": 0, "Structured": 1}
+
+
+def test_main_table_vtab_averages_ours_and_published(tmp_path):
+    refs = report.load_references([SSF_REF])
+    pub = dict(zip(refs["target"], refs["value"]))
+    tasks = ["vtab-cifar100", "vtab-dtd", "vtab-eurosat", "vtab-kitti"]  # 2 natural, 1 specialized, 1 structured
+    files = []
+    for m, shift in (("ssf", 1.0), ("ft", -5.0)):
+        for t in tasks:
+            for seed in (0, 1):
+                acc = (pub[t] + shift + (0.2 if seed else -0.2)) / 100
+                files.append(_write(tmp_path / "runs" / t / m / f"seed{seed}.json", run_json(m, t, seed, acc, 10)))
+    files.append(_write(tmp_path / "runs" / "fmnist" / "ft" / "seed0.json", run_json("ft", "fmnist", 0, 0.9, 10)))
+    csv, md = tmp_path / "main.csv", tmp_path / "main.md"
+    report.main_table(files, csv, md, references=[SSF_REF], backbone=VIT)
+    df = pd.read_csv(csv)
+    ours = {t: pub[t] + 1.0 for t in tasks}
+    want_tasks = statistics.fmean(ours.values())
+    want_groups = statistics.fmean([statistics.fmean([ours["vtab-cifar100"], ours["vtab-dtd"]]),
+                                    ours["vtab-eurosat"], ours["vtab-kitti"]])
+    row = df[(df["method"] == "ssf") & (df["target"] == "VTAB-1k mean of tasks")].iloc[0]
+    assert row["test_acc_mean"] == pytest.approx(want_tasks, abs=1e-3) and row["n_tasks"] == 4
+    assert row["published"] == pytest.approx(want_tasks - 1.0, abs=1e-3) and row["diff"] == pytest.approx(1.0, abs=1e-3)
+    row = df[(df["method"] == "ssf") & (df["target"] == "VTAB-1k mean of group means")].iloc[0]
+    assert row["test_acc_mean"] == pytest.approx(want_groups, abs=1e-3)
+    assert row["published"] == pytest.approx(want_groups - 1.0, abs=1e-3)
+    # no published FT numbers per task: ours only; the non-VTAB target is not averaged
+    row = df[(df["method"] == "ft") & (df["target"] == "VTAB-1k mean of tasks")].iloc[0]
+    assert row["test_acc_mean"] == pytest.approx(want_tasks - 6.0, abs=1e-3) and pd.isna(row["published"])
+    text = md.read_text()
+    assert "| method | vtab-cifar100 | vtab-dtd | vtab-eurosat | vtab-kitti | fmnist | mean of tasks | mean of group means |" in text
+    assert "## VTAB-1k averages" in text and "4 of 19 (Natural 2/7, Specialized 1/4, Structured 1/8)" in text
+    line = next(l for l in text.splitlines() if l.startswith("| SSF | 4 of 19"))
+    assert f"| {want_tasks:.2f} | {want_groups:.2f} | {want_tasks - 1:.2f} | {want_groups - 1:.2f} | +1.00 | +1.00 |" in line
+    # no VTAB target: no averages
+    report.main_table(files[-1:], csv, md)
+    assert "VTAB" not in md.read_text() and "VTAB" not in csv.read_text()
+
+
+def test_train_val_runs_show_no_validation_accuracy(tmp_path):
+    a = _write(tmp_path / "a.json", run_json("ft", "fmnist", 0, 0.9, 10, val_acc=0.99, train_data="train+val",
+                                             train_size=1000))
+    b = _write(tmp_path / "b.json", run_json("lp", "fmnist", 0, 0.8, 10, val_acc=0.7, train_data="train"))
+    csv, md = tmp_path / "main.csv", tmp_path / "main.md"
+    report.main_table([a, b], csv, md)
+    df = pd.read_csv(csv).set_index("method")
+    assert pd.isna(df.loc["ft", "val_acc_mean"]) and df.loc["ft", "train_data"] == "train+val"
+    assert df.loc["lp", "val_acc_mean"] == pytest.approx(70.0) and df.loc["lp", "train_data"] == "train"
+    assert "Final runs trained on train+val (final_data): FT." in md.read_text()
+
+
+def test_main_table_shows_the_epoch_chosen_on_validation(run_files, tmp_path):
+    extra = [_write(tmp_path / "be" / f"seed{s}.json", run_json("ssf", "fmnist", s, 0.9, 10, best_epoch=e))
+             for s, e in ((0, 7), (1, 4), (2, 10))]
+    csv, md = tmp_path / "main.csv", tmp_path / "main.md"
+    report.main_table([*run_files, *extra], csv, md)
+    text = md.read_text()
+    assert "## Epoch chosen on validation (epoch_select: best_val)" in text
+    assert "| SSF | 7 (7, 4, 10) | – |" in text
+    assert "| LP |" not in text.split("## Epoch chosen")[1]  # runs without best_epoch are not listed
+    df = pd.read_csv(csv)
+    assert df[df["method"] == "ssf"]["best_epochs"].tolist() == ["7,4,10"]
+    report.main_table(run_files, csv, md)
+    assert "Epoch chosen" not in md.read_text()
+
+
+def test_sweep_shows_blocks_per_size(tmp_path):
+    files = []
+    for n, blocks in ((100, ["layer2.1"]), (1000, ["layer1.0", "layer2.1"])):
+        for seed in (0, 1):
+            files.append(_write(tmp_path / f"n{n}" / f"sub{seed}.json",
+                                run_json("subtuning", "fmnist", seed, 0.8, 10, train_size=n,
+                                         method_params={"blocks": blocks})))
+        files.append(_write(tmp_path / f"n{n}" / "lp.json", run_json("lp", "fmnist", 0, 0.7, 10, train_size=n)))
+    csv, png = tmp_path / "sweep.csv", tmp_path / "sweep.png"
+    report.sweep(files, csv, png)
+    df = pd.read_csv(csv, keep_default_na=False)
+    assert list(zip(df["method"], df["train_size"], df["blocks"])) == [
+        ("lp", 100, ""), ("lp", 1000, ""), ("subtuning", 100, "layer2.1"), ("subtuning", 1000, "layer1.0+layer2.1")]
+    _png_ok(png)

@@ -109,7 +109,7 @@ def test_every_training_job_logged_one_mlflow_run(finished):
     wd, _ = finished
     n_jobs = sum(1 for _ in (wd / "results/test").glob("runs/*/*/seed*.json"))
     n_jobs += sum(1 for _ in (wd / "results/test").glob("sweep/*/*/*/seed*.json"))
-    n_jobs += sum(1 for _ in (wd / "results/test").glob("select/*/*/round*_shard*.json"))
+    n_jobs += sum(1 for _ in (wd / "results/test").glob("select/**/round*_shard*.json"))
     n_jobs += sum(1 for _ in (wd / "results/test").glob("select/*/*/surgical.json"))
     n_jobs += sum(1 for _ in (wd / "results/test").glob("pairs/*/shard*.json"))
     n_jobs += sum(1 for _ in (wd / "results/test").glob("tune/*/*.json"))
@@ -127,7 +127,9 @@ def test_epsilon_change_reruns_selection_onward_only(finished):
                           "report_sweep"}, stats
     # only SubTuning's final runs: 2 targets x 2 seeds, and its sweep runs: 2 sizes x 2 seeds
     assert stats["train"] == 4 and stats["train_sweep"] == 4
-    assert stats["decide"] == 2  # round 1 of each target; later rounds follow from its decision
+    # round 1 of each target and of the sweep's n60 selection (n120 is digits' 1k regime); later rounds
+    # follow from its decision
+    assert stats["decide"] == 3
 
 
 def test_method_lr_change_reruns_that_method_and_aggregation_only(finished):
@@ -151,6 +153,90 @@ def test_grid_change_reruns_that_methods_tuning_and_runs_only(finished):
     assert stats == {"tune": 2, "train": 4, "train_sweep": 4, "report_main": 1, "report_sweep": 1}, stats
 
 
+def test_sweep_selects_blocks_per_size(finished):
+    from safetensors import safe_open
+
+    wd, _ = finished
+    res = wd / "results/test"
+    # n60: its own selection on its 60 training images; n120 has the 1k regime's data (digits' train_size 120)
+    n60 = json.loads((res / "select/digits/n60/seed0/selected.json").read_text())
+    k1 = json.loads((res / "select/digits/seed0/selected.json").read_text())
+    assert n60["done"] and not (res / "select/digits/n120").exists()
+    r1 = json.loads((res / "select/digits/n60/seed0/round1_shard0.json").read_text())
+    assert r1["target"] == "digits" and r1["kind"] == "greedy"
+    # the n60 regime shares the 1k regime's validation split; its training images are the first 60 of the 1k's
+    with safe_open(str(wd / "data/prepared/test/digits/n60.safetensors"), "pt") as a, \
+            safe_open(str(wd / "data/prepared/test/digits/1k.safetensors"), "pt") as b:
+        assert a.get_tensor("val_idx").tolist() == b.get_tensor("val_idx").tolist()
+        assert a.get_tensor("train_idx").tolist() == b.get_tensor("train_idx")[:60].tolist()
+    # each size's SubTuning runs fine-tuned that size's blocks, and sweep.csv says which
+    for size, state in ((60, n60), (120, k1)):
+        for seed in (0, 1):
+            run = json.loads((res / f"sweep/digits/n{size}/subtuning/seed{seed}.json").read_text())
+            assert run["method_params"]["blocks"] == state["selected"] and run["train_size"] == size
+    import pandas as pd
+
+    sweep = pd.read_csv(res / "tables/sweep.csv", keep_default_na=False)
+    got = dict(zip(zip(sweep["method"], sweep["train_size"]), sweep["blocks"]))
+    assert got[("subtuning", 60)] == ("+".join(n60["selected"]) or "(lp)")
+    assert got[("subtuning", 120)] == ("+".join(k1["selected"]) or "(lp)")
+    assert got[("lp", 60)] == got[("lp", 120)] == ""
+
+
+def test_final_data_change_reruns_the_final_runs_only(finished):
+    wd, _ = finished
+    cfg = edit_config(wd, "tv.yaml", lambda c: c.update(final_data="train+val"))
+    assert dry_run(wd, cfg) == {"train": 20, "report_main": 1}  # 5 methods x 2 targets x 2 seeds
+
+
+def test_cv_data_change_reruns_the_scoring_only(finished):
+    wd, _ = finished
+    cv = edit_config(wd, "cv.yaml", lambda c: c["selection"].update(scoring="cv", folds=2))
+    cvtv = edit_config(wd, "cvtv.yaml", lambda c: c["selection"].update(scoring="cv", folds=2, cv_data="train+val"))
+    # (a dry run sees round 1 only: the selection checkpoint decides the rest)
+    for cfg in (cv, cvtv):
+        p = smk(wd, "--dry-run", "--printshellcmds", config=cfg)
+        stats = job_stats(p.stdout + p.stderr)
+        assert stats["score_round"] == 3 and stats["score_surgical"] == 2 and stats["score_pairs"] == 1, stats
+        assert ("--cv-data train+val" in p.stdout) == (cfg == cvtv)
+        assert not {"prepare", "pretrain", "tune"} & set(stats), stats
+
+
+def test_per_target_override_reruns_that_targets_jobs_only(finished):
+    wd, _ = finished
+    cfg = edit_config(wd, "pt.yaml", lambda c: c["targets"]["fmnist-new"].update(
+        methods={"lora": {"train": {"lr": 0.01}, "params": {"rank": 2}}}))
+    p = smk(wd, "--dry-run", "--printshellcmds", config=cfg)
+    assert job_stats(p.stdout + p.stderr) == {"train": 2, "report_main": 1}  # LoRA on fmnist-new, 2 seeds
+    cmds = [l for l in p.stdout.splitlines() if " train --method lora" in l]
+    assert len(cmds) == 2 and all("fmnist-new" in c for c in cmds)
+    # the job receives the merged values: the target's lr and rank over the method's and the top-level config
+    for c in cmds:
+        train = json.loads(re.search(r"--train '([^']*)'", c).group(1))
+        assert train == {"epochs": 2, "lr": 0.01, "weight_decay": 0.01, "batch_size": 32, "optimizer": "adamw",
+                         "schedule": "cosine", "augment": "none"}
+        assert json.loads(re.search(r"--method-params '([^']*)'", c).group(1)) == {"rank": 2, "alpha": 4}
+    # a per-target grid: that target's tuning and what depends on it (digits is the sweep's target; LP is swept)
+    cfg = edit_config(wd, "ptg.yaml", lambda c: c["targets"]["digits"].update(
+        methods={"lp": {"grid": {"lr": [0.001, 0.01]}}}))
+    assert dry_run(wd, cfg) == {"tune": 1, "train": 2, "train_sweep": 4, "report_main": 1, "report_sweep": 1}
+
+
+def test_final_training_on_train_and_val(finished, tmp_path):
+    """final_data: train+val, run for real on a copy: the final runs train on train+val, tuning on train."""
+    src, _ = finished
+    wd = tmp_path / "wf"
+    shutil.copytree(src, wd, symlinks=True)
+    cfg = edit_config(wd, "tv.yaml", lambda c: c.update(final_data="train+val"))
+    smk(wd, "--", "results/test/runs/digits/lp/seed0.json", config=cfg)  # "--": not a second --configfile
+    run = json.loads((wd / "results/test/runs/digits/lp/seed0.json").read_text())
+    assert run["train_data"] == "train+val" and run["train_size"] == 180  # 120 train + 60 val
+    assert "val_acc" not in run and "test_acc" in run
+    tuned = json.loads((wd / "results/test/tune/digits/lp.json").read_text())
+    assert [r["train_size"] for r in tuned["results"]] == [120, 120]  # tuning never trains on val
+    assert run["train"]["lr"] == tuned["chosen"]["train"]["lr"]
+
+
 def test_multilora_change_reruns_multilora_only(finished):
     wd, _ = finished
     cfg = edit_config(wd, "ml.yaml", lambda c: c["multilora"]["params"].update(rank=2))
@@ -169,6 +255,11 @@ def test_multilora_change_reruns_multilora_only(finished):
         (lambda c: c["methods"]["lp"]["grid"].update(rnk=[4]), "methods.lp.grid: 'rnk'"),
         (lambda c: c["methods"]["lora"].update(grid={"alpha": [-1]}), "methods.lora.grid point alpha=-1"),
         (lambda c: c["multilora"].update(targets=["digits", "cifar9"]), "multilora.targets: 'cifar9'"),
+        (lambda c: c["targets"]["digits"].update(methods={"nosuch": {}}), "targets.digits.methods.nosuch"),
+        (lambda c: c["targets"]["digits"].update(methods={"lp": {"train": {"lrr": 1}}}),
+         "targets.digits.methods.lp.train.lrr"),
+        (lambda c: c.update(final_data="all"), "final_data"),
+        (lambda c: c["selection"].update(cv_data="train+val"), "selection.cv_data"),
     ],
 )
 def test_bad_config_stops_before_any_job(tmp_path, edit, needle):

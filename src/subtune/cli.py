@@ -134,6 +134,30 @@ def cmd_blocks(a: argparse.Namespace) -> None:
     print(f"head\t{','.join(head_names(model))}\t{head}")
 
 
+def _union_train_val(data: dict, digest: str | None = None) -> tuple[dict, str | None]:
+    """``data`` with its train and val splits concatenated into ``train`` (train first, then val) and no val.
+
+    VTAB-1k's train800val200: SubTuning, SSF and SAN choose hyperparameters on
+    train800/val200 and then train (and SubTuning cross-validates) on the
+    1,000. ``digest`` (the prepared file's SHA-256, the prefix cache's data
+    key) gets a suffix: the union is other data than the file's train split.
+    """
+    import torch
+
+    out = {k: v for k, v in data.items() if not k.startswith("val_")}
+    for f in ("x", "y"):
+        out[f"train_{f}"] = torch.cat([data[f"train_{f}"], data[f"val_{f}"]])
+    return out, (f"{digest}+train+val" if digest else None)
+
+
+def _train_splits(text: str) -> str:
+    """``--train-splits``: ``train`` or ``train,val`` -> the ``train_data`` label (``train`` or ``train+val``)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if parts not in (["train"], ["train", "val"]):
+        raise SubtuneError(f"--train-splits takes train or train,val, not {text!r}")
+    return "+".join(parts)
+
+
 # ---------------------------------------------------------------- selection
 def _candidate_sets(a: argparse.Namespace, model, blocks: list[str], sel_cfg) -> tuple[list[tuple[str, ...]], dict]:
     from . import select
@@ -176,14 +200,19 @@ def cmd_score(a: argparse.Namespace) -> None:
     _existing(a.data), _existing(a.checkpoint)
     if a.state:
         _existing(a.state)
+    if a.cv_data != "train" and sel_cfg.scoring != "cv":
+        raise SubtuneError(f"--cv-data {a.cv_data} needs scoring cv in --selection (it is {sel_cfg.scoring})")
     # Only train and validation are loaded: selection never reads the test split.
     data = load_prepared(a.data, splits=("train", "val"))
+    digest = manifest.get("sha256")
+    if a.cv_data == "train+val":  # the folds run over the union
+        data, digest = _union_train_val(data, digest)
     _threads(a.threads)
     from .prefix import PrefixCache
 
     cache = PrefixCache(a.cache_mb, a.cache_dir)
     scorer = CandidateScorer(a.checkpoint, data, int(manifest["num_classes"]), train_cfg, sel_cfg, a.seed, a.device,
-                             fast=not a.no_fast, cache=cache, data_digest=manifest.get("sha256"),
+                             fast=not a.no_fast, cache=cache, data_digest=digest,
                              keep_head=a.head == "keep", classes=manifest.get("classes"), target=manifest.get("name"))
     blocks = block_names(scorer.base)
     sets, extra = _candidate_sets(a, scorer.base, blocks, sel_cfg)
@@ -207,6 +236,7 @@ def cmd_score(a: argparse.Namespace) -> None:
         "kind": a.sets, **extra, "shard": a.shard, "shards": a.shards, "blocks": blocks,
         "target": manifest.get("name"), "seed": a.seed, "selection": sel_cfg.to_dict(),
         "train": train_cfg.to_dict(), "results": results,
+        **({"cv_data": a.cv_data, "train_size": len(data["train_y"])} if sel_cfg.scoring == "cv" else {}),
     }
     write_json(a.out, out)
     best = max(results, key=lambda r: r["score"]) if results else None
@@ -295,9 +325,11 @@ def _fit_method(a: argparse.Namespace, params: dict, cfg, data: dict, manifest: 
         torch.manual_seed(a.seed)
         model = method.wrap(model)
         phases = method.phases(model)
+    # no val split in ``data`` (final runs on train+val): nothing is evaluated per epoch
+    evals = {"val": (data["val_x"], data["val_y"])} if "val_x" in data else {}
     m = fit_phases(
         model, phases, Preprocess(ckpt.mean, ckpt.std, ckpt.in_chans),
-        (data["train_x"], data["train_y"]), {"val": (data["val_x"], data["val_y"])}, cfg, a.seed, a.device,
+        (data["train_x"], data["train_y"]), evals, cfg, a.seed, a.device,
         final_evals={"test": (data["test_x"], data["test_y"])} if test else None, desc=a.method,
     )
     notes: dict = {}
@@ -324,6 +356,9 @@ def cmd_train(a: argparse.Namespace) -> None:
     ``trainable_params / total_params`` compares across methods;
     ``adapted_params`` counts the trained model with its adapters.
     ``--save-model`` saves the merged plain timm model (:meth:`Method.merge`).
+    ``--train-splits train,val`` trains on the union of the train and val
+    splits (train first; ``train_size`` counts both) and evaluates no
+    validation split (no ``val_acc``); the metrics' ``train_data`` says which.
     """
     import dataclasses
 
@@ -341,13 +376,19 @@ def cmd_train(a: argparse.Namespace) -> None:
                  "seed": t.get("seed")}
         train_cfg.update(tuned["train"])
         params.update(tuned["params"])
+    train_data = _train_splits(a.train_splits)
+    if train_data == "train+val" and train_cfg.get("epoch_select") == "best_val":
+        raise SubtuneError("--train-splits train,val leaves no validation split for epoch_select best_val")
     cfg = TrainConfig.from_dict(train_cfg)
     params = _method_params(a, params)
     manifest = load_manifest(_existing(a.manifest))
     _existing(a.data)
     data = load_prepared(a.data, splits=("train", "val", "test"))
+    if train_data == "train+val":
+        data, _ = _union_train_val(data)
     _threads(a.threads)
     m, method, model, ckpt, num_classes = _fit_method(a, params, cfg, data, manifest, test=True)
+    m["train_data"] = train_data
     if tuned is not None:
         m["tuned"] = tuned
     if a.save_model:
@@ -356,8 +397,10 @@ def cmd_train(a: argparse.Namespace) -> None:
         save_checkpoint(a.save_model, plain, dataclasses.replace(ckpt, num_classes=num_classes,
                                                                  classes=manifest.get("classes")))
     write_json(a.out, m)
-    _track(a, m, a.out, {"stage": "final", "target": m["target"], "method": a.method, "seed": str(a.seed)})
-    print(f"{a.method} on {m['target']} seed {a.seed}: val {m['val_acc']:.4f} test {m['test_acc']:.4f} "
+    _track(a, m, a.out, {"stage": "final", "target": m["target"], "method": a.method, "seed": str(a.seed),
+                         "train_data": train_data})
+    val = f"val {m['val_acc']:.4f}" if m.get("val_acc") is not None else f"trained on {train_data}"
+    print(f"{a.method} on {m['target']} seed {a.seed}: {val} test {m['test_acc']:.4f} "
           f"({m['trainable_params']} trainable, {m['wall_time_s']:.1f}s)")
 
 
@@ -385,7 +428,7 @@ def cmd_tune(a: argparse.Namespace) -> None:
         m, *_ = _fit_method(a, prm, cfg, data, manifest, test=False)
         results.append({**point, "label": point_label(point), "val_acc": m["val_acc"], "val_loss": m.get("val_loss"),
                         "train_acc": m.get("train_acc"), "wall_time_s": m["wall_time_s"],
-                        "trainable_params": m["trainable_params"]})
+                        "trainable_params": m["trainable_params"], "train_size": m["train_size"]})
         print(f"{a.method} on {m['target']} [{results[-1]['label']}]: val {m['val_acc']:.4f}")
     best = choose(results)
     out = {"method": a.method, "target": manifest.get("name"), "seed": a.seed, "grid": a.grid or {},
@@ -587,6 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", type=int, default=1)
     s.add_argument("--no-fast", action="store_true",
                    help="train every candidate alone through the whole network (no prefix cache, no grouping)")
+    s.add_argument("--cv-data", choices=["train", "train+val"], default="train",
+                   help="with scoring cv: the data the folds run over (train+val: the union of the two splits)")
     s.add_argument("--cache-mb", type=float, default=2048, help="memory budget of the prefix cache")
     s.add_argument("--cache-dir", help="where prefix-cache entries over the memory budget go")
     s.add_argument("--head", choices=["new", "keep"], default="new",
@@ -616,6 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--head", choices=["new", "keep"], default="new",
                    help="new: a fresh classifier; keep: the checkpoint's own (same label space), trained only by "
                         "methods that train it themselves (lp, ft, lpft)")
+    s.add_argument("--train-splits", default="train",
+                   help="train (default) or train,val: train on the union of the two (no validation per epoch)")
     s.add_argument("--out", required=True)
     common_train(s)
     s = stage("tune", cmd_tune, "train a method's grid on the training split and choose by validation (no test)")

@@ -9,6 +9,23 @@ any job runs.
 The ``*_params`` functions compute exactly the config values a rule depends
 on, as canonical JSON strings: the workflow passes them as Snakemake
 ``params`` so that changing a value reruns exactly the jobs it affects.
+
+Per-target overrides: ``targets.<t>.methods.<m>`` may set ``train``,
+``params`` and ``grid`` for method ``m`` on target ``t`` only (SSF's scripts
+choose lr, weight decay and drop-path per VTAB task). :func:`method_train`
+and :func:`method_params` merge them key by key over ``methods.<m>`` (itself
+over the top-level ``train``). :func:`method_grid` merges the grids key by
+key, and drops from ``methods.<m>.grid`` every key the target fixes in its
+``train`` or ``params`` (a value fixed for one target is not tuned there; a
+target that wants it tuned names it in its own ``grid``). A target may not
+fix a key and grid it at once.
+
+Training data of the final runs: ``final_data: train+val`` trains the final
+``train`` jobs on the union of the train and val splits (VTAB-1k's
+train800val200), with no per-epoch validation; ``tune`` and the selection keep
+train/val, and the data-size sweep keeps train (its x axis is the training-set
+size; its per-size selection needs val). ``selection.cv_data: train+val`` runs
+``scoring: cv``'s folds over the union (SubTuning's 5-fold CV over the 1,000).
 """
 
 from __future__ import annotations
@@ -81,6 +98,7 @@ def _check_registries(config: dict[str, Any]) -> None:
     from .train_config import TrainConfig
     from .tune import validate_grid
 
+    _check_data_choices(config)  # first: it names epoch_select, which a training config check would also reject
     for name, spec in config["methods"].items():
         if name not in REGISTRY:
             raise SubtuneError(f"unknown method methods.{name} (known: {', '.join(sorted(REGISTRY))})")
@@ -94,6 +112,9 @@ def _check_registries(config: dict[str, Any]) -> None:
         if name not in TARGETS:
             raise SubtuneError(f"unknown dataset targets.{name} (known: {', '.join(sorted(TARGETS))})")
         validate_dataset(name, dataset_params(config, name))
+    for name, spec in config["targets"].items():
+        for m, over in (spec.get("methods") or {}).items():
+            _check_target_override(config, name, m, over or {})
     bb = config["backbone"]
     check_arch(bb["arch"], "backbone.arch")  # reads timm's source: no torch
     if bb["checkpoint"] == "pretrain":
@@ -147,6 +168,54 @@ def _check_budget(config: dict[str, Any]) -> None:
                                "early keep a rung score): set selection.profile: false")
 
 
+def _check_target_override(config: dict[str, Any], target: str, method: str, over: dict[str, Any]) -> None:
+    """``targets.<target>.methods.<method>``: a configured method, a valid merged training config and grid."""
+    from .methods import get_method
+    from .train_config import TrainConfig
+    from .tune import validate_grid
+
+    where = f"targets.{target}.methods.{method}"
+    if method not in config["methods"]:
+        raise SubtuneError(f"{where}: {method!r} is not one of methods ({', '.join(config['methods'])})")
+    both = sorted(set(over.get("grid") or {}) & (set(over.get("train") or {}) | set(over.get("params") or {})))
+    if both:
+        raise SubtuneError(f"{where}.grid.{both[0]}: fixed for this target in {where} and also in its grid")
+    params = method_params(config, method, target)
+    try:
+        get_method(method, **params)
+    except SubtuneError as e:
+        raise SubtuneError(f"{where}.params: {e}") from None
+    train = method_train(config, method, target)
+    TrainConfig.from_dict(train, f"{where}.train")
+    try:
+        validate_grid(method, method_grid(config, method, target), train, params)
+    except SubtuneError as e:
+        raise SubtuneError(f"{where}.grid (merged over methods.{method}.grid): {e}") from None
+
+
+def _check_data_choices(config: dict[str, Any]) -> None:
+    """final_data and selection.cv_data against the rest of the config."""
+    sel = config["selection"]
+    if sel.get("cv_data", "train") != "train" and sel["scoring"] != "cv":
+        raise SubtuneError(f"selection.cv_data is {sel['cv_data']} but selection.scoring is {sel['scoring']} "
+                           "(cv_data applies to scoring: cv only)")
+    if config.get("final_data", "train") == "train":
+        return
+    for m in config["methods"]:
+        for t in config["targets"]:
+            in_grid = "best_val" in (method_grid(config, m, t).get("epoch_select") or [])
+            if method_train(config, m, t).get("epoch_select") != "best_val" and not in_grid:
+                continue
+            if in_grid:
+                raise SubtuneError(f"final_data is train+val but the grid of {m} on {t} tries epoch_select best_val "
+                                   "(no validation split is left to choose the epoch on)")
+            where = (f"targets.{t}.methods.{m}.train" if "epoch_select" in (_override(config, m, t).get("train") or {})
+                     else f"methods.{m}.train" if "epoch_select" in (config["methods"][m].get("train") or {})
+                     else "train")
+            raise SubtuneError(f"final_data is train+val but {where} has epoch_select best_val (no validation split "
+                               "is left to choose the epoch on)")
+
+
 # ------------------------------------------------------------ rule parameters
 def target_head(config: dict[str, Any], target: str) -> str:
     """``targets.<target>.head``: ``new`` (default) or ``keep`` (the checkpoint's own classifier)."""
@@ -158,13 +227,34 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def method_train(config: dict[str, Any], method: str) -> dict[str, Any]:
-    return {**config["train"], **(config["methods"][method].get("train") or {})}
+def _override(config: dict[str, Any], method: str, target: str | None) -> dict[str, Any]:
+    """``targets.<target>.methods.<method>`` ({} when none or no target)."""
+    if target is None:
+        return {}
+    return ((config["targets"].get(target) or {}).get("methods") or {}).get(method) or {}
 
 
-def method_grid(config: dict[str, Any], method: str) -> dict[str, list]:
-    """The method's validation grid ({} when none: the configured values are used as they are)."""
-    return dict(config["methods"][method].get("grid") or {})
+def method_train(config: dict[str, Any], method: str, target: str | None = None) -> dict[str, Any]:
+    """Top-level ``train``, then ``methods.<m>.train``, then ``targets.<t>.methods.<m>.train``."""
+    return {**config["train"], **(config["methods"][method].get("train") or {}),
+            **(_override(config, method, target).get("train") or {})}
+
+
+def method_params(config: dict[str, Any], method: str, target: str | None = None) -> dict[str, Any]:
+    """``methods.<m>.params``, then ``targets.<t>.methods.<m>.params``."""
+    return {**(config["methods"][method].get("params") or {}),
+            **(_override(config, method, target).get("params") or {})}
+
+
+def method_grid(config: dict[str, Any], method: str, target: str | None = None) -> dict[str, list]:
+    """The method's validation grid on ``target`` ({} when none: the configured values are used as they are).
+
+    ``methods.<m>.grid`` less the keys the target fixes (its ``train`` and ``params``), then the target's grid.
+    """
+    over = _override(config, method, target)
+    fixed = set(over.get("train") or {}) | set(over.get("params") or {})
+    grid = {k: v for k, v in (config["methods"][method].get("grid") or {}).items() if k not in fixed}
+    return {**grid, **(over.get("grid") or {})}
 
 
 def multilora_train(config: dict[str, Any]) -> dict[str, Any]:
@@ -227,6 +317,17 @@ def selection_budget(config: dict[str, Any]) -> dict[str, Any] | None:
 
     b = Budget.from_dict(config["selection"].get("budget"))
     return b.to_dict() if b is not None else None
+
+
+def cv_flags(config: dict[str, Any]) -> str:
+    """The scoring jobs' cross-validation data flag ('' for the default: the training split alone)."""
+    cv = config["selection"].get("cv_data", "train")
+    return "" if cv == "train" else f"--cv-data {cv}"
+
+
+def final_flags(config: dict[str, Any]) -> str:
+    """The final training jobs' data flag ('' for the default: the training split alone)."""
+    return "" if config.get("final_data", "train") == "train" else "--train-splits train,val"
 
 
 def cache_flags(config: dict[str, Any]) -> str:

@@ -7,12 +7,19 @@ fractions; in every table and plot written here they are **percentages**
 deviations over seeds (``ddof=1``), 0 when there is one seed.
 
 - :func:`main_table`: method x target test accuracy (mean ± std over seeds),
-  trainable parameters, seeds; plus the source checkpoint's accuracy and the
-  blocks each run fine-tuned.
+  trainable parameters, seeds; plus the source checkpoint's accuracy, the
+  blocks each run fine-tuned, the epoch chosen on validation
+  (``epoch_select: best_val``) and, when the targets include VTAB-1k tasks,
+  the two VTAB-1k averages (:func:`vtab_means`).
 - :func:`profile`: the fine-tuning profile of one target (SubTuning Figs 1-2).
 - :func:`rounds`: the greedy selection rounds of every target and seed.
 - :func:`pairs`: the pair grid (SubTuning Fig. 3).
-- :func:`sweep`: accuracy against training-set size (SubTuning Fig. 4).
+- :func:`sweep`: accuracy against training-set size (SubTuning Fig. 4), with
+  the blocks SubTuning selected at each size.
+
+Runs trained on train+val (``train_data: "train+val"``, ``final_data``) have
+no validation accuracy: none is shown for them (a validation accuracy of a
+model trained on the validation split would be contaminated).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import json
 import math
 import os
 import re
+import statistics
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -140,7 +148,8 @@ def _md_table(header: list[str], rows: list[list[str]], align: list[str] | None 
 
 # ---------------------------------------------------------------- runs
 RUN_COLUMNS = ["file", "method", "target", "seed", "test_acc", "val_acc", "trainable_params",
-               "total_params", "train_size", "wall_time_s", "blocks", "group", "tuned", "grid"]
+               "total_params", "train_size", "wall_time_s", "blocks", "group", "tuned", "grid", "train_data",
+               "best_epoch"]
 
 
 def load_runs(run_files: Sequence[PathLike], *, need_train_size: bool = False) -> pd.DataFrame:
@@ -151,13 +160,20 @@ def load_runs(run_files: Sequence[PathLike], *, need_train_size: bool = False) -
         mp = d.get("method_params") or {}
         if not isinstance(mp, dict):
             raise SubtuneError(f"{f}: method_params must be an object")
+        train_data = d.get("train_data") or "train"
+        if train_data not in ("train", "train+val"):
+            raise SubtuneError(f"{f}: train_data is {train_data!r} (train or train+val)")
+        best = d.get("best_epoch")
+        if best is not None and (isinstance(best, bool) or not isinstance(best, int)):
+            raise SubtuneError(f"{f}: key 'best_epoch' has type {type(best).__name__}")
         row = {
             "file": str(f),
             "method": _need(d, "method", f, str),
             "target": str(_need(d, "target", f, str)),
             "seed": int(_need(d, "seed", f, int)),
             "test_acc": _frac(d, "test_acc", f),
-            "val_acc": _frac(d, "val_acc", f, required=False),
+            # trained on the validation split too: its accuracy there is not a validation accuracy
+            "val_acc": math.nan if train_data == "train+val" else _frac(d, "val_acc", f, required=False),
             "trainable_params": float(_need(d, "trainable_params", f)),
             "total_params": float(d["total_params"]) if isinstance(d.get("total_params"), (int, float)) else math.nan,
             "train_size": math.nan,
@@ -166,6 +182,8 @@ def load_runs(run_files: Sequence[PathLike], *, need_train_size: bool = False) -
             "group": int(mp["group"]) if isinstance(mp.get("group"), int) else None,
             "tuned": _tuned_label(d.get("tuned")),
             "grid": _grid_label(d.get("tuned")),
+            "train_data": train_data,
+            "best_epoch": math.nan if best is None else best,
         }
         if need_train_size:
             row["train_size"] = int(_need(d, "train_size", f, int))
@@ -234,6 +252,113 @@ def _cell(r: pd.Series) -> str:
     return f"{r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f} ({params}{seeds})"
 
 
+# VTAB-1k's three groups (Zhai et al. 2019), our target names (subtune.data.vtab.TASKS with a vtab- prefix)
+VTAB_GROUPS = {
+    "Natural": ("cifar100", "caltech101", "dtd", "flowers102", "pets", "svhn", "sun397"),
+    "Specialized": ("camelyon", "eurosat", "resisc45", "retinopathy"),
+    "Structured": ("clevr-count", "clevr-dist", "dmlab", "kitti", "dsprites-loc", "dsprites-ori", "smallnorb-azi",
+                   "smallnorb-ele"),
+}
+VTAB_GROUP_OF = {f"vtab-{t}": g for g, ts in VTAB_GROUPS.items() for t in ts}
+VTAB_MEAN_TASKS, VTAB_MEAN_GROUPS = "VTAB-1k mean of tasks", "VTAB-1k mean of group means"
+
+
+def vtab_means(values: dict[str, float]) -> tuple[float, float, dict[str, int]]:
+    """(mean of tasks, mean of group means, tasks per group) over the VTAB-1k tasks in ``values``.
+
+    Published VTAB-1k tables use both: the plain mean of the tasks (V-PETL
+    Bench, SSF's abstract: SSF 73.10 over the 19) and the mean of the Natural,
+    Specialized and Structured means (SSF 75.69). Both are taken over the
+    tasks given (other keys and NaN values are ignored); a group with no task
+    drops out of the mean of group means. NaN, NaN, {} when there is no task.
+    """
+    vals = {t: float(v) for t, v in values.items() if t in VTAB_GROUP_OF and not pd.isna(v)}
+    if not vals:
+        return math.nan, math.nan, {}
+    by: dict[str, list[float]] = {}
+    for t, v in vals.items():
+        by.setdefault(VTAB_GROUP_OF[t], []).append(v)
+    groups = [statistics.fmean(by[g]) for g in VTAB_GROUPS if g in by]
+    return statistics.fmean(vals.values()), statistics.fmean(groups), {g: len(by.get(g, [])) for g in VTAB_GROUPS}
+
+
+def _vtab_count(counts: dict[str, int]) -> str:
+    n = sum(counts.values())
+    return (f"{n} of {len(VTAB_GROUP_OF)} (" + ", ".join(f"{g} {counts.get(g, 0)}/{len(ts)}"
+                                                        for g, ts in VTAB_GROUPS.items()) + ")")
+
+
+def _vtab_rows(summ: pd.DataFrame) -> pd.DataFrame:
+    """Per method with VTAB-1k runs: both averages of ours and, over the same tasks, of the published numbers.
+
+    A published average is given only when every task of ours has a published number (an average over other
+    tasks would not compare).
+    """
+    rows = []
+    for m in method_order(summ["method"]):
+        sub = summ[(summ["method"] == m) & summ["target"].isin(list(VTAB_GROUP_OF))]
+        if sub.empty:
+            continue
+        ours = dict(zip(sub["target"], sub["test_acc_mean"]))
+        tasks, groups, counts = vtab_means(ours)
+        pub = dict(zip(sub["target"], sub["published"])) if "published" in sub else {}
+        complete = bool(pub) and all(not pd.isna(v) for v in pub.values())
+        p_tasks, p_groups, _ = vtab_means(pub) if complete else (math.nan, math.nan, {})
+        sources = "; ".join(dict.fromkeys(s for s in sub.get("published_source", []) if s)) if complete else ""
+        for label, ours_v, pub_v in ((VTAB_MEAN_TASKS, tasks, p_tasks), (VTAB_MEAN_GROUPS, groups, p_groups)):
+            rows.append({"method": m, "target": label, "n_seeds": int(sub["n_seeds"].min()),
+                         "test_acc_mean": round(ours_v, 4), "n_tasks": sum(counts.values()),
+                         "tasks": _vtab_count(counts), "published": round(pub_v, 4) if complete else math.nan,
+                         "diff": round(ours_v - pub_v, 4) if complete else math.nan,
+                         "published_source": (f"mean over the same tasks of: {sources}" if complete else "")})
+    return pd.DataFrame(rows)
+
+
+def _vtab_md(vt: pd.DataFrame) -> list[str]:
+    if vt.empty:
+        return []
+    rows = []
+    for m in dict.fromkeys(vt["method"]):
+        a = vt[(vt["method"] == m) & (vt["target"] == VTAB_MEAN_TASKS)].iloc[0]
+        b = vt[(vt["method"] == m) & (vt["target"] == VTAB_MEAN_GROUPS)].iloc[0]
+        f = (lambda v: "–" if pd.isna(v) else f"{v:.2f}")
+        d = (lambda v: "–" if pd.isna(v) else f"{v:+.2f}")
+        rows.append([method_label(m), a["tasks"], f(a["test_acc_mean"]), f(b["test_acc_mean"]), f(a["published"]),
+                     f(b["published"]), d(a["diff"]), d(b["diff"])])
+    return ["", "## VTAB-1k averages", "",
+            "Test accuracy (%) averaged over the VTAB-1k tasks present here (the number per group is given; with "
+            "fewer than 19 these are not the published 19-task averages). Two conventions: **mean of tasks** (the "
+            "plain mean of the tasks; V-PETL Bench, SSF's abstract) and **mean of group means** (the mean of the "
+            "Natural, Specialized and Structured means). Published: the same averages of the published per-task "
+            "numbers (`references/*.csv`) over the same tasks, given only when every task has one.", "",
+            _md_table(["method", "tasks", "mean of tasks", "mean of group means", "published: mean of tasks",
+                       "published: mean of group means", "Δ tasks", "Δ group means"], rows,
+                      ["l", "l", "r", "r", "r", "r", "r", "r"])]
+
+
+def _best_epoch_md(runs: pd.DataFrame, targets: list[str]) -> list[str]:
+    """The epoch chosen on validation (train metrics' ``best_epoch``, epoch_select: best_val) per method and target."""
+    be = runs.dropna(subset=["best_epoch"])
+    if be.empty:
+        return []
+    rows = []
+    for m in method_order(be["method"]):
+        cells = []
+        for t in targets:
+            sub = be[(be["method"] == m) & (be["target"] == t)].sort_values("seed")
+            eps = [int(e) for e in sub["best_epoch"]]
+            cells.append("–" if not eps else f"{statistics.fmean(eps):.3g} ({', '.join(map(str, eps))})")
+        rows.append([method_label(m), *cells])
+    return ["", "## Epoch chosen on validation (epoch_select: best_val)", "",
+            "The epoch whose weights the final run kept (best validation accuracy): mean over seeds, then each "
+            "seed's in seed order.", "", _md_table(["method", *targets], rows)]
+
+
+def _per_pair(runs: pd.DataFrame, summ: pd.DataFrame, col: str, fn) -> list:
+    got = runs.dropna(subset=[col]).groupby(["method", "target"], sort=False)[col].agg(fn)
+    return [got.get((m, t), "") for m, t in zip(summ["method"], summ["target"])]
+
+
 def main_table(
     run_files: Sequence[PathLike],
     out_csv: PathLike,
@@ -250,13 +375,17 @@ def main_table(
     test_acc_mean, test_acc_std, val_acc_mean, val_acc_std, trainable_params
     (mean over seeds), trainable_params_min/max, total_params, trainable_pct,
     wall_time_s_mean, blocks (the distinct block sets, SubTuning), tuned (the
-    values chosen on validation, when the method had a grid), published, diff
-    and published_source (``references``: published numbers for ``backbone``,
-    :func:`attach_published`). Markdown: the
+    values chosen on validation, when the method had a grid), train_data
+    (train or train+val), best_epochs (the epochs chosen on validation, seed
+    order), published, diff and published_source (``references``: published
+    numbers for ``backbone``, :func:`attach_published`). With VTAB-1k targets,
+    two more rows per method, target ``VTAB-1k mean of tasks`` and ``VTAB-1k
+    mean of group means`` (n_tasks, tasks: how many per group; published: the
+    same average of the published numbers, :func:`vtab_means`). Markdown: the
     pivot (cells ``mean ± std (params)``), the source checkpoint's accuracy,
     the selected blocks per target and seed, the hyperparameters chosen on
-    validation, and the greedy selections (``selected_files``: selection
-    state files) when given.
+    validation, the epochs chosen on validation, the VTAB-1k averages, and the
+    greedy selections (``selected_files``: selection state files) when given.
     """
     runs = load_runs(run_files)
     targets = list(dict.fromkeys(runs["target"]))
@@ -267,26 +396,41 @@ def main_table(
     chosen = (runs.dropna(subset=["tuned"]).groupby(["method", "target"], sort=False)["tuned"]
                   .agg(lambda s: " | ".join(dict.fromkeys(s))))
     summ["tuned"] = [chosen.get((m, t), "") for m, t in zip(summ["method"], summ["target"])]
+    summ["train_data"] = _per_pair(runs, summ, "train_data", lambda s: " | ".join(dict.fromkeys(s)))
+    summ["best_epochs"] = _per_pair(runs.sort_values("seed"), summ, "best_epoch",
+                                    lambda s: ",".join(str(int(e)) for e in s))
     summ = attach_published(summ, load_references(references), backbone)
-    _write_csv(summ, out_csv)
+    vtab = _vtab_rows(summ)
+    _write_csv(pd.concat([summ, vtab], ignore_index=True) if len(vtab) else summ, out_csv)
 
     # Markdown
     n_max = int(summ["n_seeds"].max())
     summ["_n_max"] = n_max
     cells = {(r["method"], r["target"]): _cell(r) for _, r in summ.iterrows()}
+    means = ([VTAB_MEAN_TASKS, VTAB_MEAN_GROUPS] if len(vtab) else [])
+    for _, r in vtab.iterrows():
+        cells[(r["method"], r["target"])] = f"{r['test_acc_mean']:.2f}"
     methods = method_order(summ["method"])
-    rows = [[method_label(m)] + [cells.get((m, t), "–") for t in targets] for m in methods]
+    rows = [[method_label(m)] + [cells.get((m, t), "–") for t in [*targets, *means]] for m in methods]
+    header = ["method", *targets, *(["mean of tasks", "mean of group means"] if means else [])]
     parts = [
         "# Test accuracy (%)",
         "",
         f"Mean ± sample standard deviation over seeds ({n_max} seed{'s' if n_max != 1 else ''} unless "
-        "marked n=...); trainable parameters in parentheses (mean over seeds where they differ).",
+        "marked n=...); trainable parameters in parentheses (mean over seeds where they differ)."
+        + (" The last two columns average the VTAB-1k tasks (see VTAB-1k averages)." if means else ""),
         "",
-        _md_table(["method", *targets], rows),
+        _md_table(header, rows),
     ]
+    tv = runs[runs["train_data"] == "train+val"]
+    if len(tv):
+        which = ", ".join(method_label(m) for m in method_order(tv["method"]))
+        parts += ["", f"Final runs trained on train+val (final_data): {which}. They have no validation accuracy "
+                  "(the validation split was training data); hyperparameters were still chosen on train/val."]
     if checkpoint_json is not None:
         parts += ["", _checkpoint_line(Path(checkpoint_json))]
     parts += _published_md(summ)
+    parts += _vtab_md(vtab)
     sel = _selection_rows(runs, targets)
     if sel:
         has_sub = any(r[2] for r in sel)
@@ -306,6 +450,7 @@ def main_table(
                   "validation accuracy (ties: the first point); test accuracy was read once, for the chosen values. "
                   "Methods without a grid use the config's values.", "",
                   _md_table(["method", "grid", *targets], trows, ["l"] * (2 + len(targets)))]
+    parts += _best_epoch_md(runs, targets)
     if selected_files:
         st = _states_table(selected_files)
         rows3 = [[r["target"], str(r["seed"]), r["selected"] or LP_LABEL,
@@ -315,10 +460,13 @@ def main_table(
                   _md_table(["target", "selection seed", "selected", "val acc (%)", "rounds", "stop reason"], rows3,
                             ["l", "l", "l", "r", "r", "l"])]
     _write_text("\n".join(parts) + "\n", out_md)
+    summ = summ.drop(columns=["_n_max"])
+    if len(vtab):
+        summ = pd.concat([summ, vtab], ignore_index=True)
     if out_json is not None:  # DVC metrics
         with atomic_path(out_json) as tmp:
             tmp.write_text(json.dumps(main_metrics(summ), indent=2, sort_keys=True) + "\n")
-    return summ.drop(columns=["_n_max"])
+    return summ
 
 
 def main_metrics(summ: pd.DataFrame) -> dict[str, dict[str, dict[str, float | int | None]]]:
@@ -618,11 +766,17 @@ def sweep(run_files: Sequence[PathLike], out_csv: PathLike, out_png: PathLike,
     """Test accuracy against training-set size, per method (mean ± sample std over seeds).
 
     CSV: method, target, train_size, n_seeds, seeds, test_acc_mean, test_acc_std,
-    val_acc_mean, val_acc_std, trainable_params, ... (percent). PNG: error bars,
-    log x axis, one line per method (per method and target when there are several).
+    val_acc_mean, val_acc_std, trainable_params, ..., blocks (the distinct
+    block sets the runs fine-tuned, SubTuning: selected at that size; empty for
+    other methods) (percent). PNG: error bars, log x axis, one line per method
+    (per method and target when there are several), each SubTuning point
+    annotated with its blocks.
     """
     runs = load_runs(run_files, need_train_size=True)
     summ = _summary(runs, ["method", "target", "train_size"])
+    got = (runs.dropna(subset=["blocks"]).groupby(["method", "target", "train_size"], sort=False)["blocks"]
+               .agg(lambda s: " | ".join(dict.fromkeys(b or LP_LABEL for b in s))))
+    summ["blocks"] = [got.get(k, "") for k in zip(summ["method"], summ["target"], summ["train_size"])]
     targets = list(dict.fromkeys(runs["target"]))
     morder = {m: i for i, m in enumerate(method_order(summ["method"]))}
     summ = (summ.assign(_m=summ["method"].map(morder), _t=summ["target"].map(targets.index))
@@ -637,6 +791,10 @@ def sweep(run_files: Sequence[PathLike], out_csv: PathLike, out_png: PathLike,
         label = method_label(m) + (f" ({t})" if len(targets) > 1 else "")
         line = ax.errorbar(g["train_size"], g["test_acc_mean"], yerr=g["test_acc_std"], marker="o", capsize=3,
                            label=label)
+        for n, acc, b in zip(g["train_size"], g["test_acc_mean"], g["blocks"]):
+            if b:  # the blocks selected at this size
+                ax.annotate(b.replace("+", ", "), (n, acc), xytext=(4, -10), textcoords="offset points", fontsize=6,
+                            color=line[0].get_color())
         pub = g.dropna(subset=["published"])
         if len(pub):
             ax.plot(pub["train_size"], pub["published"], linestyle="none", marker="x", markersize=8,

@@ -6,8 +6,11 @@ checkpoint loading per candidate). Each candidate starts from the same
 pretrained weights and the same seeded head, trains its blocks plus the head
 with the one training loop, and is scored on validation data only: the
 validation split (``scoring: val``) or k-fold cross-validation on the
-training split (``scoring: cv``; folds from a seeded permutation). It is never
-given the test split.
+training split (``scoring: cv``; folds from a seeded permutation). With
+``selection.cv_data: train+val`` (``score --cv-data train+val``) the CLI hands
+the scorer the union of the train and val splits as its training split and no
+val split, so the folds run over both (SubTuning's 5-fold CV over VTAB-1k's
+train800val200). It is never given the test split.
 
 The fast path (``fast=True``, the default) is exact and does two things
 (see :mod:`subtune.prefix`):
