@@ -5,13 +5,9 @@
 
 SELDIR = f"{RES}/select/{{target}}/seed{{seed}}"
 # The prefix cache's memory budget changes no result: a global, not a param.
+# snakemake --lint: "Shell command directly uses variable CACHE" is accepted: see the line above.
 CACHE = cache_flags(config)
 SHARDS = config["selection"]["shards"]
-
-
-def previous_state(w):
-    r = int(w.round)
-    return [f"{RES}/select/{w.target}/seed{w.seed}/state{r - 1}.json"] if r > 1 else []
 
 
 rule score_round:
@@ -57,17 +53,6 @@ checkpoint decide:
     shell:
         "{PY} decide {params.state} --scores {input.scores} --selection '{params.selection}' "
         "--out {output} > {log} 2>&1"
-
-
-def final_state(w):
-    """Unroll the rounds: each decision tells whether another round is needed."""
-    r = 1
-    while True:
-        path = checkpoints.decide.get(target=w.target, seed=w.seed, round=r).output[0]
-        with open(path) as fh:
-            if json.load(fh)["done"]:
-                return path
-        r += 1
 
 
 rule selected:

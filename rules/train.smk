@@ -15,33 +15,6 @@ rule mlflow_init:
         "{PY} track-init --out {output} > {log} 2>&1"
 
 
-def stage_inputs(method, target, seed):
-    """What a method needs from the selection stage (SubTuning's blocks, Surgical's group scores)."""
-    needs = method_needs(method)
-    sel = f"{RES}/select/{target}/seed{selection_seed(seed)}"
-    if needs == "selection":
-        return {"selection": f"{sel}/selected.json"}
-    if needs == "surgical":
-        return {"surgical": f"{sel}/surgical.json"}
-    return {}
-
-
-def tuned_input(method, target):
-    """The values chosen on validation, when the method has a grid."""
-    return {"tuned": f"{RES}/tune/{target}/{method}.json"} if method_grid(config, method) else {}
-
-
-def method_args(w, input):
-    args = []
-    if "selection" in input.keys():
-        args.append(f"--selection-state {input.selection}")
-    if "surgical" in input.keys():
-        args.append(f"--surgical-scores {input.surgical}")
-    if "tuned" in input.keys():
-        args.append(f"--tuned {input.tuned}")
-    return " ".join(args)
-
-
 rule tune:
     input:
         unpack(lambda w: prepared(w.target)),
@@ -90,15 +63,6 @@ rule train:
         "{PY} train --method {wildcards.method} --method-params '{params.method}' {params.extra} "
         "--data {input.data} --manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' "
         "--seed {wildcards.seed} --threads {threads} --out {output} --track --tag stage=final > {log} 2>&1"
-
-
-def sweep_inputs(w):
-    # SubTuning in the sweep reuses the blocks selected in the 1k regime, and every
-    # method the values its grid chose in the 1k regime.
-    sel = f"{RES}/select/{w.target}/seed{selection_seed(w.seed)}"
-    needs = method_needs(w.method)
-    out = {"selection": f"{sel}/selected.json"} if needs == "selection" else {}
-    return out | tuned_input(w.method, w.target)
 
 
 rule train_sweep:
