@@ -55,6 +55,9 @@ wildcard_constraints:
     method=r"[a-z0-9_-]+",
 
 
+# snakemake --lint: "Specify a conda environment or container for each rule" is accepted: one
+# environment (environment.yml, the same pins as pyproject.toml) runs Snakemake and every job (the
+# stages run Snakemake's own interpreter); per-rule environments would each install torch.
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"

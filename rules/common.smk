@@ -17,12 +17,16 @@ from subtune.config import (
     multilora_train,
     scoring_flags,
     scoring_config,
+    selection_budget,
     selection_train,
+    target_head,
 )
 from subtune.data.targets import raw_dataset
 from subtune.needs import method_needs
 
 # The interpreter running Snakemake (the project venv) runs the stages, whatever PATH says.
+# snakemake --lint: "Shell command directly uses variable PY" is accepted: which interpreter runs a
+# stage changes no result, and as a param its path would rerun every job when the venv moves.
 PY = f"{shlex.quote(sys.executable)} -m subtune"
 DATA = f"data/prepared/{EXP}"
 CKPT = f"checkpoints/{EXP}/backbone.safetensors"
@@ -89,3 +93,90 @@ def all_outputs():
     if "multilora" in config:
         out += [f"{RES}/tables/multilora.csv", f"{RES}/tables/multilora.md"]
     return out
+
+
+# ---- input functions of rules/data.smk: the raw files a prepared dataset needs
+def raw_input(w):
+    raw = raw_dataset(w.dataset)
+    return [f"data/raw/{raw}/MANIFEST.json"] if raw else []
+
+
+def raw_dir(w):
+    raw = raw_dataset(w.dataset)
+    return f"--raw data/raw/{raw}" if raw else ""
+
+
+# ---- input functions of rules/select.smk: greedy selection rounds
+def previous_state(w):
+    r = int(w.round)
+    return [f"{RES}/select/{w.target}/{w.sizedir}seed{w.seed}/state{r - 1}.json"] if r > 1 else []
+
+
+def final_state(w):
+    """Unroll the rounds: each decision tells whether another round is needed."""
+    r = 1
+    while True:
+        path = checkpoints.decide.get(target=w.target, sizedir=w.sizedir, seed=w.seed, round=r).output[0]
+        with open(path) as fh:
+            if json.load(fh)["done"]:
+                return path
+        r += 1
+
+
+# ---- input functions of rules/train.smk: what a method's jobs need from the selection and tuning stages
+def stage_inputs(method, target, seed):
+    """What a method needs from the selection stage (SubTuning's blocks, Surgical's group scores)."""
+    needs = method_needs(method)
+    sel = sel_dir(target, selection_seed(seed))
+    if needs == "selection":
+        return {"selection": f"{sel}/selected.json"}
+    if needs == "surgical":
+        return {"surgical": f"{sel}/surgical.json"}
+    return {}
+
+
+def tuned_input(method, target):
+    """The values chosen on validation, when the method has a grid."""
+    return {"tuned": f"{RES}/tune/{target}/{method}.json"} if method_grid(config, method, target) else {}
+
+
+def method_args(w, input):
+    args = []
+    if "selection" in input.keys():
+        args.append(f"--selection-state {input.selection}")
+    if "surgical" in input.keys():
+        args.append(f"--surgical-scores {input.surgical}")
+    if "tuned" in input.keys():
+        args.append(f"--tuned {input.tuned}")
+    return " ".join(args)
+
+
+def sweep_inputs(w):
+    # SubTuning in the sweep uses the blocks selected on that size's training data (the
+    # same val split), and every method the values its grid chose in the 1k regime.
+    # The sweep trains on the train split whatever final_data says: its x axis is the size.
+    sel = sel_dir(w.target, selection_seed(w.seed), f"n{w.size}")
+    needs = method_needs(w.method)
+    out = {"selection": f"{sel}/selected.json"} if needs == "selection" else {}
+    return out | tuned_input(w.method, w.target)
+
+
+# ---- input functions of rules/report.smk: the files each table is made from
+def final_runs(w=None):
+    return expand(f"{RES}/runs/{{target}}/{{method}}/seed{{seed}}.json", target=TARGETS, method=METHODS, seed=SEEDS)
+
+
+def selected_files(w=None):
+    needs = any(method_needs(m) == "selection" for m in METHODS)
+    sweep_needs = any(method_needs(m) == "selection" for m in config.get("sweep", {}).get("methods", []))
+    if not (needs or sweep_needs):
+        return []
+    return expand(f"{RES}/select/{{target}}/seed{{seed}}/selected.json", target=TARGETS, seed=selection_seeds())
+
+
+def sweep_runs(w=None):
+    s = config["sweep"]
+    return expand(
+        f"{RES}/sweep/{s['target']}/n{{size}}/{{method}}/seed{{seed}}.json",
+        size=s["sizes"], method=s["methods"], seed=SEEDS,
+    )

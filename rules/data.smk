@@ -16,16 +16,6 @@ rule download:
         "{PY} download --dataset {wildcards.raw} --out data/raw/{wildcards.raw} {params.mirrors} > {log} 2>&1"
 
 
-def raw_input(w):
-    raw = raw_dataset(w.dataset)
-    return [f"data/raw/{raw}/MANIFEST.json"] if raw else []
-
-
-def raw_dir(w):
-    raw = raw_dataset(w.dataset)
-    return f"--raw data/raw/{raw}" if raw else ""
-
-
 rule prepare:
     input:
         raw_input,

@@ -1,18 +1,6 @@
 # Report: tables (csv, markdown) and plots under results/<experiment>/; `snakemake --report report.html`.
 
 
-def final_runs(w=None):
-    return expand(f"{RES}/runs/{{target}}/{{method}}/seed{{seed}}.json", target=TARGETS, method=METHODS, seed=SEEDS)
-
-
-def selected_files(w=None):
-    needs = any(method_needs(m) == "selection" for m in METHODS)
-    sweep_needs = any(method_needs(m) == "selection" for m in config.get("sweep", {}).get("methods", []))
-    if not (needs or sweep_needs):
-        return []
-    return expand(f"{RES}/select/{{target}}/seed{{seed}}/selected.json", target=TARGETS, seed=selection_seeds())
-
-
 rule report_main:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
@@ -82,14 +70,6 @@ rule report_pairs:
         f"benchmarks/{EXP}/report/pairs_{{target}}.tsv"
     shell:
         "{PY} report pairs --scores {input} --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
-
-
-def sweep_runs(w=None):
-    s = config["sweep"]
-    return expand(
-        f"{RES}/sweep/{s['target']}/n{{size}}/{{method}}/seed{{seed}}.json",
-        size=s["sizes"], method=s["methods"], seed=SEEDS,
-    )
 
 
 rule report_sweep:

@@ -5,19 +5,12 @@
 # (select/<target>/seed<S>/) and 'n<size>/' for a data-size sweep's size
 # (select/<target>/n<size>/seed<S>/, on that size's training data, the same val split).
 # Also the scores behind Surgical's group choice and the pair grid (1k regime).
-from subtune.config import target_head  # targets.<name>.head (new | keep)
-from subtune.config import selection_budget
 
 SELDIR = f"{RES}/select/{{target}}/{{sizedir}}seed{{seed}}"
 SEL_WILDCARDS = {"target": r"[^/]+", "sizedir": r"(n\d+/)?"}
 # The prefix cache's memory budget changes no result: a global, not a param.
 CACHE = cache_flags(config)
 SHARDS = config["selection"]["shards"]
-
-
-def previous_state(w):
-    r = int(w.round)
-    return [f"{RES}/select/{w.target}/{w.sizedir}seed{w.seed}/state{r - 1}.json"] if r > 1 else []
 
 
 rule score_round:
@@ -72,17 +65,6 @@ checkpoint decide:
     shell:
         "{PY} decide {params.state} --scores {input.scores} --selection '{params.selection}' "
         "--out {output} > {log} 2>&1"
-
-
-def final_state(w):
-    """Unroll the rounds: each decision tells whether another round is needed."""
-    r = 1
-    while True:
-        path = checkpoints.decide.get(target=w.target, sizedir=w.sizedir, seed=w.seed, round=r).output[0]
-        with open(path) as fh:
-            if json.load(fh)["done"]:
-                return path
-        r += 1
 
 
 rule selected:

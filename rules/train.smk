@@ -2,7 +2,6 @@
 # and the data-size sweep. Each job logs one MLflow run. Methods' training config,
 # parameters and grid are per target (targets.<t>.methods.<m> over methods.<m>).
 # final_data: train+val trains the final runs (not tune, not the sweep) on train and val.
-from subtune.config import target_head  # targets.<name>.head (new | keep)
 
 
 rule mlflow_init:
@@ -16,33 +15,6 @@ rule mlflow_init:
         f"benchmarks/{EXP}/mlflow_init.tsv"
     shell:
         "{PY} track-init --out {output} > {log} 2>&1"
-
-
-def stage_inputs(method, target, seed):
-    """What a method needs from the selection stage (SubTuning's blocks, Surgical's group scores)."""
-    needs = method_needs(method)
-    sel = sel_dir(target, selection_seed(seed))
-    if needs == "selection":
-        return {"selection": f"{sel}/selected.json"}
-    if needs == "surgical":
-        return {"surgical": f"{sel}/surgical.json"}
-    return {}
-
-
-def tuned_input(method, target):
-    """The values chosen on validation, when the method has a grid."""
-    return {"tuned": f"{RES}/tune/{target}/{method}.json"} if method_grid(config, method, target) else {}
-
-
-def method_args(w, input):
-    args = []
-    if "selection" in input.keys():
-        args.append(f"--selection-state {input.selection}")
-    if "surgical" in input.keys():
-        args.append(f"--surgical-scores {input.surgical}")
-    if "tuned" in input.keys():
-        args.append(f"--tuned {input.tuned}")
-    return " ".join(args)
 
 
 rule tune:
@@ -97,16 +69,6 @@ rule train:
         "--data {input.data} --manifest {input.manifest} {params.data} --checkpoint {input.ckpt} "
         "--train '{params.train}' --seed {wildcards.seed} --threads {threads} --out {output} --track --tag stage=final "
         "> {log} 2>&1"
-
-
-def sweep_inputs(w):
-    # SubTuning in the sweep uses the blocks selected on that size's training data (the
-    # same val split), and every method the values its grid chose in the 1k regime.
-    # The sweep trains on the train split whatever final_data says: its x axis is the size.
-    sel = sel_dir(w.target, selection_seed(w.seed), f"n{w.size}")
-    needs = method_needs(w.method)
-    out = {"selection": f"{sel}/selected.json"} if needs == "selection" else {}
-    return out | tuned_input(w.method, w.target)
 
 
 rule train_sweep:

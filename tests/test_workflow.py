@@ -310,6 +310,7 @@ window.addEventListener("load", async () => {
   await sleep(500);
   note("start", "", document.querySelector("#app").innerText);
   for (const cat of Object.keys(categories)) {
+    app.setView({navbarMode: "menu"}); await sleep(300);  // back to the menu, as a reader would
     app.showCategory(cat); await sleep(300);
     note("category", cat, document.querySelector("#app").innerText);
   }
@@ -359,6 +360,8 @@ def test_html_report_renders_with_captions_in_a_browser(finished):
         assert cat in start  # the menu, and the description's list of categories
     assert "main.md" in views[("category", "Tables")] and "multilora.md" in views[("category", "Tables")]
     assert "profile_digits.png" in views[("category", "Fine-tuning profiles")]
+    assert "rounds.csv" in views[("category", "Selection")] and "main.md" not in views[("category", "Selection")]
+    assert "pairs_digits.png" in views[("category", "Pair grid")] and "sweep.png" in views[("category", "Data-size sweep")]
     want = {  # file -> words from its caption, as rendered (Jinja values filled in)
         "tables/main.md": "Main table of experiment test: test accuracy (%) of each method on each target, "
                           "mean ± std over 2 seed(s)",
