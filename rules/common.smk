@@ -56,7 +56,8 @@ def sel_dir(target, seed, regime="1k"):
     select/<target>/n<size>/seed<S> (a data-size sweep's regime; the 1k one when the sizes agree)."""
     if regime != "1k" and sweep_reuses_1k(target, regime):
         regime = "1k"
-    return f"{RES}/select/{target}/{'' if regime == '1k' else regime + '/'}seed{seed}"
+    sizedir = "" if regime == "1k" else f"{regime}/"
+    return f"{RES}/select/{target}/{sizedir}seed{seed}"
 
 
 def sweep_reuses_1k(target, regime):
@@ -66,7 +67,7 @@ def sweep_reuses_1k(target, regime):
 
 def sel_regime(w):
     """The prepared regime a selection job runs on: its {sizedir} wildcard ('' or 'n<size>/')."""
-    return w.sizedir.rstrip("/") or "1k"
+    return w.sizedir[:-1] if w.sizedir else "1k"
 
 
 def regime_train_size(regime):

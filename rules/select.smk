@@ -9,6 +9,7 @@
 SELDIR = f"{RES}/select/{{target}}/{{sizedir}}seed{{seed}}"
 SEL_WILDCARDS = {"target": r"[^/]+", "sizedir": r"(n\d+/)?"}
 # The prefix cache's memory budget changes no result: a global, not a param.
+# snakemake --lint: "Shell command directly uses variable CACHE" is accepted: see the line above.
 CACHE = cache_flags(config)
 SHARDS = config["selection"]["shards"]
 
