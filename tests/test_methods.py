@@ -730,3 +730,33 @@ def test_keep_head_scoring_and_cli(files, tmp_path):
     m = json.loads((tmp_path / "k.json").read_text())
     biases = sum(p.numel() for n, p in small("resnet").named_parameters() if n.endswith("bias") and "fc" not in n)
     assert m["head"] == "keep" and m["trainable_params"] == biases  # BitFit without the head
+
+
+def test_lora_rank_factors_give_subtuning_authors_rank_3r_qkv_update():
+    """SubTuning's LoraAttention: one rank-3r update of the fused qkv (A: d -> 3r) and rank r on proj, both scaled by
+    768/r; the blocks' MLP and LayerNorms train fully. rank_factors {qkv: 3} with alpha 768 says exactly that."""
+    import timm
+
+    torch.manual_seed(0)
+    d, r, depth, k = 192, 4, 2, 3
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=k, img_size=32, depth=depth)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    method = get_method("lora", rank=r, alpha=768, target=["qkv", "proj"], train_modules=["mlp", "norm1", "norm2"],
+                        rank_factors={"qkv": 3})
+    wrapped = method.wrap(model)
+    layers = {n.removeprefix("base_model.model."): m for n, m in wrapped.named_modules()
+              if n.endswith(("attn.qkv", "attn.proj"))}
+    for n, m in layers.items():
+        rank = 3 * r if n.endswith("qkv") else r
+        assert m.r["default"] == rank and m.scaling["default"] == 768 / r
+        assert m.lora_A["default"].weight.shape == (rank, d)
+    per_block = (3 * r * d + 3 * d * 3 * r) + (r * d + d * r) + (d * 4 * d + 4 * d + 4 * d * d + d) + 4 * d
+    assert method.trainable(wrapped).num_params == depth * per_block + d * k + k
+    with pytest.raises(SubtuneError, match="rank_factors entry 'fc1'"):
+        get_method("lora", rank=r, target=["qkv", "proj"], rank_factors={"fc1": 2}).wrap(
+            timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=k, img_size=32, depth=depth))
+    with pytest.raises(SubtuneError, match="rank_factors"):
+        get_method("lora", rank_factors={"qkv": 0})
+    # frozen: the original qkv/proj weights and the stem stay as they were (nothing trained here, wrap changes none)
+    base = wrapped.get_base_model()
+    assert torch.equal(base.blocks[0].attn.qkv.base_layer.weight, before["blocks.0.attn.qkv.weight"])

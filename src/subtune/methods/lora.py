@@ -33,8 +33,13 @@ channels with the layer's stride and padding, ``B`` a ``1 x 1`` convolution).
   CIFAR WideResNet (default ``target: null``): the same rule, i.e. each
   block's ``conv1`` and ``conv2``; not the stem ``conv1``, not the 1x1
   ``convShortcut``.
-- Scaling: peft's ``scaling = lora_alpha / r`` (``use_rslora`` off, no
-  per-layer ``rank_pattern``/``alpha_pattern``); ``alpha`` is ``lora_alpha``.
+- Scaling: peft's ``scaling = lora_alpha / r`` (``use_rslora`` off);
+  ``alpha`` is ``lora_alpha``.
+- ``rank_factors`` (default ``{}``): a target entry -> an integer factor:
+  those layers get rank ``factor * rank`` and alpha ``factor * alpha``
+  (peft's per-layer ``rank_pattern``/``alpha_pattern``), so their scaling
+  stays ``alpha / rank``. ``{qkv: 3}`` is the SubTuning authors' one
+  rank-3r update of the fused qkv (A: d -> 3r) scaled by ``alpha / r``.
 - ``train_modules`` (default ``[]``): submodules of every adapted block
   (``lora``: every block; ``subtuning_lora``: the selected blocks), named
   relative to the block (``mlp``, ``norm1``, ``norm2``), trained fully (all
@@ -67,7 +72,8 @@ The SubTuning authors' LoRA (``src/model_utils.py``: ``LoraAttention``,
 only the original attention weights). Their plain LoRA baseline (``mode:
 finetune``) is the same on all 12 blocks, i.e. ``lora`` with these
 parameters; SubTuning+LoRA (``finetune_layers``) is ``subtuning_lora`` with
-them. Remaining departures from their code: their A and B are ``nn.Linear``
+them; ``rank_factors: {qkv: 3}`` gives qkv their rank-3r update. Remaining
+departures from their code: their A and B are ``nn.Linear``
 layers with biases where the adapted layer has one (qkv of their
 ``vit_base_patch16_224_miil`` has none; proj has: a trainable r-vector on A
 and a zero-initialised d-vector on B), peft's A and B have no bias; their
@@ -80,6 +86,8 @@ which the paper does not define.
 """
 
 from __future__ import annotations
+
+import re
 
 import copy
 from typing import Any
@@ -147,6 +155,10 @@ def _check_lora_params(who: str, p: dict[str, Any]) -> None:
     t = p["target"]
     if t is not None and (not isinstance(t, list) or not t or not all(isinstance(e, str) and e for e in t)):
         raise SubtuneError(f"{who}: target must be null or a non-empty list of module names, not {t!r}")
+    rf = p["rank_factors"]
+    if not isinstance(rf, dict) or not all(isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool)
+                                           and v >= 1 for k, v in rf.items()):
+        raise SubtuneError(f"{who}: rank_factors must map target names to positive integers, not {rf!r}")
     tm = p["train_modules"]
     if not isinstance(tm, list) or not all(isinstance(e, str) and e for e in tm):
         raise SubtuneError(f"{who}: train_modules must be a list of module names (relative to a block), not {tm!r}")
@@ -202,7 +214,8 @@ def _contiguous_adapters(module: nn.Module, args: tuple) -> None:
 @register
 class LoRA(Method):
     name = "lora"
-    defaults = {"rank": 8, "alpha": 8, "dropout": 0.0, "variant": "lora", "target": None, "train_modules": []}
+    defaults = {"rank": 8, "alpha": 8, "dropout": 0.0, "variant": "lora", "target": None, "train_modules": [],
+                "rank_factors": {}}
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -234,8 +247,17 @@ class LoRA(Method):
             raise SubtuneError(
                 f"{self.name}: variant 'pissa' is not supported by peft for Conv2d layers ({convs[0]}, ...); "
                 "use variant lora or dora for ResNet targets")
+        rank, alpha, factors = self.params["rank"], self.params["alpha"], self.params["rank_factors"]
+        unused = [e for e in factors if not any(_matches(n, e) for n in targets)]
+        if unused:
+            raise SubtuneError(f"{self.name}: rank_factors entry {unused[0]!r} names no adapted layer")
+        # full names, anchored: peft matches a pattern key as a suffix of the module name
+        scaled = {n: next(f for e, f in factors.items() if _matches(n, e)) for n in targets
+                  if any(_matches(n, e) for e in factors)}
         cfg = LoraConfig(
-            r=self.params["rank"], lora_alpha=self.params["alpha"], lora_dropout=float(self.params["dropout"]),
+            r=rank, lora_alpha=alpha, lora_dropout=float(self.params["dropout"]),
+            rank_pattern={f"^{re.escape(n)}$": f * rank for n, f in scaled.items()},
+            alpha_pattern={f"^{re.escape(n)}$": f * alpha for n, f in scaled.items()},
             target_modules=targets, modules_to_save=head_names(model) if self.trains_head else None,
             use_dora=variant == "dora", use_rslora=False,
             init_lora_weights="pissa" if variant == "pissa" else True, bias="none",
