@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import os
 import re
 import subprocess
@@ -41,7 +42,7 @@ from subtune.report import method_label
 
 from archives import http_mirror, make_cifar10, make_cifar10c, make_vtab, sha256
 from test_configs import PAPER
-from test_workflow import ROOT, SNAKEMAKE, job_stats, workdir
+from test_workflow import ROOT, SNAKEMAKE, workdir
 
 TRAIN, VAL, TEST = 40, 20, 20  # images per split of every kept dataset
 IMAGE = 32  # pixels, at most
@@ -210,8 +211,8 @@ def mirror(tmp_path_factory):
 
 # ------------------------------------------------------------------ the runs
 @pytest.mark.slow
-@pytest.mark.timeout(900)
-@pytest.mark.parametrize("name", PAPER)
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(f"paper-{n}")) for n in PAPER])
 def test_paper_config_runs_at_tiny_scale(name, mirror, tmp_path):
     url, env = mirror
     (tmp_path / "wd").mkdir()
@@ -235,7 +236,8 @@ def test_paper_config_runs_at_tiny_scale(name, mirror, tmp_path):
                if (wd / log).is_file()]  # fmt: skip
         pytest.fail(f"{name} at tiny scale: snakemake exit {p.returncode} after {took:.0f} s; failed jobs:\n"
                     + "\n".join(why or [out[-3000:]]))  # fmt: skip
-    print(f"{name}: {took:.0f} s, jobs {job_stats(out)}")
+    jobs = sum(1 for _ in (wd / "benchmarks").rglob("*.tsv"))
+    print(f"{name}: {took:.0f} s, {jobs} jobs")
 
     res = wd / "results" / cfg["experiment"]
     missing = [f for f in expected_tables(cfg) if not (res / f).is_file() or (res / f).stat().st_size == 0]
@@ -247,5 +249,8 @@ def test_paper_config_runs_at_tiny_scale(name, mirror, tmp_path):
     md = (res / "tables/main.md").read_text()
     for m in cfg["methods"]:
         assert f"| {method_label(m)} |" in md, (name, m)
+    # the backbone came the configured way: pretrained by the pretrain rule, else loaded from a weights file
+    origin = json.loads((wd / f"checkpoints/{cfg['experiment']}/backbone.json").read_text())["origin"]
+    assert origin["kind"] == ("pretrained" if cfg0["backbone"]["checkpoint"] == "pretrain" else "file"), origin
     # the protocol is the config's: the tiny config differs from it in size keys only
     assert cfg["train"].keys() == cfg0["train"].keys() and cfg["methods"].keys() == cfg0["methods"].keys()
