@@ -56,8 +56,11 @@ chromium:
 	  echo "chromium is missing: the report's browser test is skipped (sudo apt-get install chromium)"; \
 	fi
 
+# Two pytest-xdist workers; each test file stays on one worker (tests/conftest.py), the paper configs'
+# tiny end-to-end runs (tests/test_paper_configs.py) spread over both. PYTEST_ARGS= for a serial run.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 test: setup data slurm chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 reproduce: setup data
 	$(BIN)/snakemake --cores $(CORES)

@@ -5,7 +5,7 @@ options included (optimiser, schedule, augmentation, scoring, stop rule, strateg
 per-target overrides, keys added later), flows through unchanged:
 
 - backbone: the same timm architecture with size-reducing ``model_kwargs`` (ViT: depth 2, width 32, 2 heads,
-  32 px input in 8 px patches; ResNet: one block per stage, channels 8..64). A ``hub`` checkpoint becomes
+  32 px input in 8 px patches; ResNet: one block per stage, channels 8..64; WideResNet: depth 10, width 1). A ``hub`` checkpoint becomes
   ``checkpoint: file`` with random weights of that model made here by timm (the hub is unreachable);
   ``pretrain`` stays: the real pretrain rule on the real (tiny) source data.
 - data: images of at most 32 px; the first target only (Multi-LoRA: two, its minimum) with its overrides;
@@ -51,6 +51,7 @@ SWEEP = [TRAIN // 2, TRAIN]
 TINY_KWARGS = {
     "vit_": {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": IMAGE, "patch_size": 8},
     "resnet": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64]},
+    "wrn": {"depth": 10, "widen_factor": 1},  # subtune.models.wrn: one pre-activation block per stage
 }
 
 
