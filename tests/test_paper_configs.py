@@ -15,8 +15,9 @@ per-target overrides, keys added later), flows through unchanged:
   (``data.mirrors``) and verified as usual: the archives' own digests are pinned in the subprocesses
   (a ``sitecustomize`` module, the counterpart of tests/test_datasets_remote.py's ``monkeypatch``), and
   the built-in internet mirrors are emptied there.
-- one seed, one epoch (``warmup_epochs`` at most 1) wherever epochs appear (also pretraining and grids);
-  at most 2 folds, 2 shards per round and pair; the sweep on two sizes (20 and 40); pairs on the kept target.
+- one seed, one epoch (``warmup_epochs``/``cooldown_epochs`` at most 1, batches of at most 20) wherever
+  they appear (also pretraining and grids);
+  at most 2 folds, one shard per round and pair; the sweep on two sizes (20 and 40); pairs on the kept target.
 
 Each run must exit 0 and write every table the config implies, with every configured method in
 tables/main.md. A config that cannot run at tiny scale fails here.
@@ -67,13 +68,15 @@ def tiny_kwargs(arch: str) -> dict:
 
 
 def _shrink_epochs(node):
-    """Every ``epochs`` (value or grid list) -> 1, every ``warmup_epochs`` -> at most 1, anywhere in the tree."""
+    """Every ``epochs`` (value or grid list) -> 1, every ``warmup_epochs`` and ``cooldown_epochs`` -> at most 1,
+    every ``batch_size`` -> at most half the tiny training split (so ``drop_last`` keeps a batch), anywhere."""
+    caps = {"warmup_epochs": 1, "cooldown_epochs": 1, "batch_size": TRAIN // 2}
     if isinstance(node, dict):
         for k, v in node.items():
             if k == "epochs":
                 node[k] = [1] if isinstance(v, list) else 1
-            elif k == "warmup_epochs":
-                node[k] = sorted({min(int(e), 1) for e in v}) if isinstance(v, list) else min(int(v), 1)
+            elif k in caps:
+                node[k] = sorted({min(int(e), caps[k]) for e in v}) if isinstance(v, list) else min(int(v), caps[k])
             else:
                 _shrink_epochs(v)
     elif isinstance(node, list):
@@ -111,9 +114,9 @@ def tiny_config(cfg: dict, mirror: str, weights: Path | None) -> dict:
     _shrink_epochs(c)
     sel = c["selection"]
     sel["folds"] = min(sel.get("folds", 5), 2)
-    sel["shards"] = min(sel.get("shards", 1), 2)
+    sel["shards"] = 1
     if "pairs" in c:
-        c["pairs"].update(target=first, shards=min(c["pairs"].get("shards", 1), 2))
+        c["pairs"].update(target=first, shards=1)
     if "sweep" in c:
         c["sweep"].update(target=first, sizes=SWEEP)
     if "multilora" in c:
@@ -246,7 +249,7 @@ def test_paper_config_runs_at_tiny_scale(name, mirror, tmp_path):
     with open(res / "tables/main.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["method"] for r in rows} == set(cfg["methods"]), name
-    assert {r["target"] for r in rows} == set(cfg["targets"]), name
+    assert {r["target"] for r in rows if not r["target"].startswith("VTAB-1k ")} == set(cfg["targets"]), name
     md = (res / "tables/main.md").read_text()
     for m in cfg["methods"]:
         assert f"| {method_label(m)} |" in md, (name, m)
