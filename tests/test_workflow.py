@@ -208,7 +208,7 @@ def test_per_target_override_reruns_that_targets_jobs_only(finished):
         methods={"lora": {"train": {"lr": 0.01}, "params": {"rank": 2}}}))
     p = smk(wd, "--dry-run", "--printshellcmds", config=cfg)
     assert job_stats(p.stdout + p.stderr) == {"train": 2, "report_main": 1}  # LoRA on fmnist-new, 2 seeds
-    cmds = [l for l in p.stdout.splitlines() if " train --method lora" in l]
+    cmds = [l for l in p.stdout.splitlines() if " -m subtune train " in l and "--method lora" in l]
     assert len(cmds) == 2 and all("fmnist-new" in c for c in cmds)
     # the job receives the merged values: the target's lr and rank over the method's and the top-level config
     for c in cmds:

@@ -151,7 +151,7 @@ def _check_budget(config: dict[str, Any]) -> None:
     from .halving import Budget
     from .train_config import TrainConfig
 
-    s = config["selection"]
+    s = config.get("selection") or {}
     b = Budget.from_dict(s.get("budget"))
     if b is None:
         return
@@ -195,8 +195,8 @@ def _check_target_override(config: dict[str, Any], target: str, method: str, ove
 
 def _check_data_choices(config: dict[str, Any]) -> None:
     """final_data and selection.cv_data against the rest of the config."""
-    sel = config["selection"]
-    if sel.get("cv_data", "train") != "train" and sel["scoring"] != "cv":
+    sel = config.get("selection") or {}
+    if sel.get("cv_data", "train") != "train" and sel.get("scoring") != "cv":
         raise SubtuneError(f"selection.cv_data is {sel['cv_data']} but selection.scoring is {sel['scoring']} "
                            "(cv_data applies to scoring: cv only)")
     if config.get("final_data", "train") == "train":
