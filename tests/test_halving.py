@@ -1,13 +1,11 @@
 """Selection budget: successive halving inside a greedy round (pure logic, and exact against full training)."""
 
 import pytest
-import timm
 import torch
 
 from subtune import SubtuneError
 from subtune.config import validate
 from subtune.halving import Budget, Halving, keep_count, rungs, simulate, survivors
-from subtune.models.checkpoint import Checkpoint, save_checkpoint
 from subtune.scoring import CandidateScorer
 from subtune.select import SelectionConfig, candidates, decide, initial_state, reference
 from subtune.train import TrainConfig
@@ -120,13 +118,7 @@ def test_config_budget_validation(tmp_path):
 
 
 # ------------------------------------------------------------ exact against full training
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = timm.create_model("resnet18", num_classes=4, channels=(8, 16, 32, 64))
-    path = tmp_path_factory.mktemp("ck") / "c.safetensors"
-    save_checkpoint(path, model, Checkpoint("resnet18", 4, image_size=32, model_kwargs={"channels": [8, 16, 32, 64]}))
-    return str(path)
+from test_prefix import ckpt  # noqa: E402,F401  (the same small random ResNet-18 checkpoint fixture)
 
 
 def test_survivors_score_exactly_their_full_schedule(ckpt):
