@@ -320,3 +320,24 @@ def test_one_log_line_per_epoch(capsys):
     fit_group(runs, PRE, toy_data(), {"val": toy_data(16, 1)}, TrainConfig(epochs=2, batch_size=16), progress=False)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[1].startswith("2 runs epoch 2/2: train_loss ")
+
+
+def test_log_line_shows_only_the_runs_still_training(capsys):
+    """A run stopped early (successive halving) keeps a stale last row: the epoch's line leaves it out."""
+    runs = []
+    for blocks in (["layer4.1"], ["layer3.0"], ["layer2.0"]):
+        m = small_resnet()
+        runs.append(Run(m, get_method("subtuning", blocks=blocks).trainable(m)))
+    out = fit_group(runs, PRE, toy_data(), {"val": toy_data(16, 1)}, TrainConfig(epochs=3, batch_size=16),
+                    progress=False, stop=lambda epoch, rows: [0] if epoch == 1 else [])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [len(o["history"]) for o in out] == [1, 3, 3]
+    assert lines[0].startswith("3 runs epoch 1/3: ")
+    for epoch in (2, 3):
+        line = lines[epoch - 1]
+        assert line.startswith(f"2 of 3 runs epoch {epoch}/3: "), line
+        for key, spec in (("train_loss", ".4f"), ("val_acc", ".4f"), ("lr", ".3g")):
+            vals = sorted(o["history"][epoch - 1][key] for o in out[1:])
+            want = f"{key} {vals[0]:{spec}}" if f"{vals[0]:{spec}}" == f"{vals[1]:{spec}}" else \
+                f"{key} {vals[0]:{spec}}-{vals[1]:{spec}}"
+            assert f" {want} " in f" {line} ", (key, line)

@@ -435,6 +435,8 @@ def fit_group(
             set_modes(run.model, run.trainable.train_modules, cfg.bn_mode, cfg.drop_path > 0)
             st["loss"] = 0.0
         live = [(run, st) for run, st in zip(runs, states) if st["active"]]
+        if not live:  # ``stop`` stopped every run
+            break
         order = torch.randperm(n, generator=gen)
         for i in range(0, n_used, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
@@ -468,13 +470,15 @@ def fit_group(
             st["time"] += time.perf_counter() - t
             if on_epoch:
                 on_epoch(row)
+        # this epoch's rows: only the runs that trained in it (a run stopped earlier keeps a stale last row)
+        rows = [st["history"][-1] for _, st in live]
         if stop:
             for i in stop(epoch + 1, {i: st["history"][-1] for i, st in enumerate(states) if st["active"]}) or ():
                 states[i]["active"] = False
-        bar.set_postfix({k: round(v, 4) for k, v in states[0]["history"][-1].items() if k.endswith("acc")})
+        bar.set_postfix({k: round(v, 4) for k, v in rows[0].items() if k.endswith("acc")})
         if not progress:
-            print(_epoch_line(desc, epochs, [st["history"][-1] for st in states], time.perf_counter() - t_epoch),
-                  flush=True)
+            line_desc = desc if len(live) == len(runs) else f"{len(live)} of {len(runs)} runs"
+            print(_epoch_line(line_desc, epoch + 1, epochs, rows, time.perf_counter() - t_epoch), flush=True)
 
     out = []
     for run, st in zip(runs, states):
@@ -526,8 +530,8 @@ def _restore(model: nn.Module, params: list[nn.Parameter], saved: list[torch.Ten
         t.copy_(v)
 
 
-def _epoch_line(desc: str, epochs: int, rows: list[dict[str, Any]], seconds: float) -> str:
-    """One log line for an epoch: its values, or their range over runs trained in lockstep."""
+def _epoch_line(desc: str, epoch: int, epochs: int, rows: list[dict[str, Any]], seconds: float) -> str:
+    """One log line for epoch ``epoch``: its values, or their range over the runs that trained in it (in lockstep)."""
 
     def fmt(key: str, spec: str) -> str:
         vals = [r[key] for r in rows]
@@ -536,4 +540,4 @@ def _epoch_line(desc: str, epochs: int, rows: list[dict[str, Any]], seconds: flo
 
     keys = ["train_loss", *[k for k in rows[0] if k.endswith("_acc")]]
     parts = [fmt(k, ".4f") for k in keys] + [fmt("lr", ".3g")]
-    return f"{desc} epoch {rows[0]['epoch']}/{epochs}: " + " ".join(parts) + f" {seconds:.1f}s"
+    return f"{desc} epoch {epoch}/{epochs}: " + " ".join(parts) + f" {seconds:.1f}s"
