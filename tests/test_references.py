@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from subtune import SubtuneError
 from subtune.report import attach_published, load_references, main_table, multilora
@@ -42,7 +43,7 @@ def test_main_table_has_published_and_difference(tmp_path):
     runs.append(_run(tmp_path, "ft", "vtab-dtd", 0, 0.6))
     refs = [ROOT / "references/ssf-vtab1k.csv"]
     out = main_table(runs, tmp_path / "m.csv", tmp_path / "m.md", references=refs,
-                     backbone="vit_base_patch16_224.orig_in21k")
+                     backbone="vit_base_patch16_224.augreg_in21k")
     row = out[out["method"] == "ssf"].iloc[0]
     assert row["published"] == 75.1 and row["diff"] == pytest.approx(71.0 - 75.1)
     assert pd.isna(out[out["method"] == "ft"].iloc[0]["published"])
@@ -77,3 +78,59 @@ def test_multilora_table_lists_the_papers_numbers_as_not_comparable(tmp_path):
     assert mean["test_acc_mean"] == pytest.approx(70.0) and mean["params_stored"] == 400
     md = (tmp_path / "ml.md").read_text()
     assert "not comparable" in md and "85.1" in md and "Multi-LoRA" in md
+
+
+# ---------------------------------------------------------------- every paper config gets its published rows
+CONFIGS = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((ROOT / "configs").glob("*.yaml"))}
+
+
+def _fake_runs(tmp_path, pairs):
+    return [_run(tmp_path, m, t, 0, 0.5) for m, t in pairs]
+
+
+@pytest.mark.parametrize("name", [n for n, c in CONFIGS.items() if c.get("references")])
+def test_every_config_with_references_gets_its_published_rows(name, tmp_path):
+    """The table the workflow makes for the config shows every published row it lists: matched on the config's
+    backbone.arch (main table, VTAB averages), or listed as not comparable (Multi-LoRA's language models)."""
+    cfg = CONFIGS[name]
+    arch, files = cfg["backbone"]["arch"], [ROOT / r for r in cfg["references"]]
+    refs = load_references(files)
+    if "multilora" in cfg:  # the Multi-LoRA table (report multilora): one result per seed
+        tasks = cfg["multilora"]["targets"]
+        d = {"seed": 0, "tasks": tasks}
+        for kind in ("multilora", "separate_lora"):
+            d[kind] = {"per_task": {t: {"val_acc": 0.5, "test_acc": 0.5} for t in tasks},
+                       "params_trained": 1, "params_stored": 1}
+        f = tmp_path / "ml.json"
+        f.write_text(json.dumps(d))
+        out = multilora([f], tmp_path / "ml.csv", tmp_path / "ml.md", references=files, backbone=arch)
+        md = (tmp_path / "ml.md").read_text()
+        matched = out.dropna(subset=["published"])
+        shown = md.split("not comparable", 1)[1] if "not comparable" in md else ""
+        for _, r in refs.iterrows():  # each row: beside ours, or in the not-comparable list
+            assert (len(matched[(matched["kind"] == r["method"]) & (matched["task"] == r["target"])])
+                    or (f"{float(r['value']):.1f}" in shown and str(r["backbone"]) in shown)), (name, dict(r))
+        return
+    pairs = [(m, t) for m in cfg["methods"] for t in cfg["targets"]]
+    mine = refs[[(m, t) in set(pairs) for m, t in zip(refs["method"], refs["target"])]]
+    assert len(mine), f"{name}: no reference row names one of its methods and targets"
+    out = main_table(_fake_runs(tmp_path, pairs), tmp_path / "m.csv", tmp_path / "m.md", references=files,
+                     backbone=arch)
+    got = out.dropna(subset=["published"])
+    missing = set(zip(mine["method"], mine["target"])) - set(zip(got["method"], got["target"]))
+    assert not missing, f"{name} ({arch}): published rows not attached: {sorted(missing)}"
+    vt = out[out["target"].str.startswith("VTAB-1k mean")]
+    for m in set(mine["method"]) & set(vt["method"]):  # a method published on every VTAB task: both averages
+        if len(mine[mine["method"] == m]) == len(cfg["targets"]):
+            assert vt[vt["method"] == m]["published"].notna().all(), (name, m)
+
+
+@pytest.mark.parametrize("name", [n for n, c in CONFIGS.items() if not c.get("references")])
+def test_a_config_without_references_leaves_no_published_row_out(name, tmp_path):
+    """No reference file matches the backbone of a config that lists none (peft-vtab-dinov2: SSF's numbers are
+    AugReg ViT-B/16's, not DINOv2's), so nothing is missing from its tables."""
+    cfg = CONFIGS[name]
+    refs = load_references(sorted((ROOT / "references").glob("*.csv")))
+    summ = pd.DataFrame([{"method": m, "target": t, "test_acc_mean": 50.0}
+                         for m in cfg["methods"] for t in cfg["targets"]])
+    assert attach_published(summ, refs, cfg["backbone"]["arch"])["published"].isna().all()
