@@ -379,3 +379,80 @@ def test_sweep_shows_blocks_per_size(tmp_path):
     assert list(zip(df["method"], df["train_size"], df["blocks"])) == [
         ("lp", 100, ""), ("lp", 1000, ""), ("subtuning", 100, "layer2.1"), ("subtuning", 1000, "layer1.0+layer2.1")]
     _png_ok(png)
+
+
+# ---------------------------------------------------------------- report captions (report/*.rst) per config
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_FILES = {p.stem: p for p in [*sorted((ROOT / "configs").glob("*.yaml")), ROOT / "config.yaml"]}
+
+
+def render_captions(config: dict) -> dict[str, str]:
+    """Every report/*.rst as ``snakemake --report`` renders it (its Jinja settings; StrictUndefined here, so a
+    misspelt key fails instead of printing nothing), each checked by docutils (a warning fails)."""
+    import jinja2
+    from docutils.core import publish_parts
+
+    class Snakemake:  # what snakemake.report gives a caption: config, params, wildcards
+        params = type("Params", (), {"backbone": config["backbone"]["arch"]})
+        wildcards = type("Wildcards", (), {"target": next(iter(config["targets"]))})
+
+    Snakemake.config = config
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    out = {}
+    for f in sorted((ROOT / "report").glob("*.rst")):
+        text = env.from_string(f.read_text()).render(snakemake=Snakemake, categories={}, files={})
+        publish_parts(text, writer="html", settings_overrides={"halt_level": 2, "report_level": 5})
+        out[f.stem] = " ".join(text.split())
+    return out
+
+
+def _config(name: str, **selection) -> dict:
+    import yaml
+
+    from subtune.config import validate
+
+    cfg = yaml.safe_load(CONFIG_FILES[name].read_text())
+    cfg["selection"].update(selection)
+    return validate(cfg, ROOT / "schemas" / "config.schema.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_FILES))
+def test_captions_describe_each_configs_protocol(name):
+    cfg = _config(name)
+    cap = render_captions(cfg)
+    sel, wf = cfg["selection"], cap["workflow"]
+    assert "None" not in wf and "None" not in cap["rounds"]  # no "k = None"
+    selects = any(m in ("subtuning", "subtuning_lora")
+                  for m in [*cfg["methods"], *cfg.get("sweep", {}).get("methods", [])])
+    if selects:
+        assert f"greedy {sel['strategy']} selection" in wf and f"stop_rule: {sel['stop_rule']}" in wf
+        assert ("cross-validation" in wf) == (sel["scoring"] == "cv")
+        assert "Exact selection" in wf and "no ``selection.budget``" in wf
+        if sel["strategy"] == "backward":
+            assert "removes the block" in wf and "k is not used" in wf and "the linear probe" in wf
+        elif sel["k"] is None:
+            assert "no limit on the number of blocks" in wf
+        else:
+            assert f"at most k = {sel['k']} block" in wf
+    else:
+        assert "no greedy selection runs" in wf and "stop_rule" not in wf
+    if sel["stop_rule"] == "code" or sel["strategy"] == "backward":
+        assert "more than epsilon below the best so far" in cap["rounds"]
+    else:
+        assert "gain below epsilon" in cap["rounds"]
+    assert "candidate_epochs" in cap["rounds"] and "dropped" in cap["rounds"]
+    assert f"final_data: {cfg['final_data']}" in wf
+    vtab = any(t.startswith("vtab-") for t in cfg["targets"])
+    assert ("mean of group means" in cap["main"]) == vtab and ("mean of tasks" in cap["main"]) == vtab
+    best_val = cfg["train"].get("epoch_select") == "best_val"
+    assert ("epoch_select: best_val" in cap["main"]) == best_val
+    assert ("Surgical fine-tuning's block group" in wf) == ("surgical" in cfg["methods"])
+    assert "re-runs greedy selection at every size" in cap["sweep"] and "main regime and" not in cap["sweep"]
+
+
+def test_captions_describe_the_selection_budget():
+    cap = render_captions(_config("test", budget={"kind": "halving", "min_epochs": 1, "eta": 2}, profile=False))
+    assert "successive halving inside each round" in cap["workflow"] and "Exact selection" not in cap["workflow"]
+    assert "this experiment uses successive halving" in cap["rounds"]
+    cap = render_captions(_config("test", budget={"epochs": 1}))
+    assert "scored after a shorter 1-epoch schedule" in cap["workflow"]
