@@ -1,3 +1,10 @@
-from .cli import main
+import sys
 
-raise SystemExit(main())
+from .warm import run
+
+code = run(sys.argv)  # a heavy stage in a warm server's child (subtune.warm), else None
+if code is None:
+    from .cli import main
+
+    code = main()
+raise SystemExit(code)
