@@ -341,3 +341,49 @@ def test_log_line_shows_only_the_runs_still_training(capsys):
             want = f"{key} {vals[0]:{spec}}" if f"{vals[0]:{spec}}" == f"{vals[1]:{spec}}" else \
                 f"{key} {vals[0]:{spec}}-{vals[1]:{spec}}"
             assert f" {want} " in f" {line} ", (key, line)
+
+
+def test_per_target_drop_path_reaches_the_model_through_the_train_command(tmp_path, monkeypatch):
+    """peft-vtab.yaml's per-target SSF drop-path (targets.<task>.methods.ssf.train), as the workflow passes it
+    (method_train -> the rule's --train JSON -> ``subtune train`` -> TrainConfig -> build_model's drop_path_rate),
+    is active in the frozen blocks while training; a task with drop-path 0 builds no DropPath at all."""
+    import json
+
+    import subtune.train as train_mod
+    from subtune.cli import main
+    from subtune.config import dumps, method_train
+    from subtune.data.prepared import save_prepared
+
+    cfg = validate(yaml.safe_load((ROOT / "configs/peft-vtab.yaml").read_text()), ROOT / "schemas/config.schema.yaml")
+    save_checkpoint(tmp_path / "vit.safetensors", small_vit(),
+                    Checkpoint("vit_tiny_patch16_224", 3, image_size=32,
+                               model_kwargs={"img_size": 32, "patch_size": 8, "depth": 4}))
+    splits = {}
+    for i, (s, n) in enumerate((("train", 32), ("val", 8), ("test", 8))):
+        splits[f"{s}_x"], splits[f"{s}_y"] = toy_data(n, seed=i, size=32)
+    save_prepared(tmp_path / "d.safetensors", tmp_path / "d.json", splits, {
+        "name": "vtab-caltech101", "classes": ["0", "1", "2"], "num_classes": 3, "channels": 1, "image_size": 32,
+        "splits": {"train": 32, "val": 8, "test": 8}, "seed": 0, "params": {}, "inputs": {}})
+    seen = []
+
+    def spy(model, train_modules, bn_mode="tuned", drop_path=False):
+        set_modes(model, train_modules, bn_mode, drop_path)
+        dps = [m for m in model.modules() if type(m).__name__ == "DropPath"]
+        frozen = [m for name, m in model.named_modules() if name.startswith("blocks.") and name.count(".") == 1
+                  and not m.training]
+        seen.append((max((m.drop_prob for m in dps), default=0.0), any(m.training for m in dps), len(frozen)))
+
+    monkeypatch.setattr(train_mod, "set_modes", spy)
+    for target, rate in (("vtab-caltech101", 0.1), ("vtab-cifar100", 0.0)):
+        train = method_train(cfg, "ssf", target)
+        assert train["drop_path"] == rate  # the target's value over methods.ssf over the top-level train
+        train = {k: v for k, v in train.items() if k != "warmup_lr"}  # shrunk in length only
+        train.update(epochs=1, warmup_epochs=0, cooldown_epochs=0, batch_size=8)
+        seen.clear()
+        assert main(["train", "--method", "ssf", "--train", dumps(train), "--data", str(tmp_path / "d.safetensors"),
+                     "--manifest", str(tmp_path / "d.json"), "--checkpoint", str(tmp_path / "vit.safetensors"),
+                     "--out", str(tmp_path / f"{target}.json")]) == 0
+        m = json.loads((tmp_path / f"{target}.json").read_text())
+        assert m["train"]["drop_path"] == rate
+        (built, active, n_frozen), = seen  # one epoch
+        assert built == pytest.approx(rate) and active == (rate > 0) and n_frozen == 4  # SSF: every block frozen
