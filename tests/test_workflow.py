@@ -139,6 +139,19 @@ def test_method_lr_change_reruns_that_method_and_aggregation_only(finished):
     assert stats == {"train": 4, "report_main": 1}, stats  # LoRA: 2 targets x 2 seeds
 
 
+def test_adding_a_seed_trains_only_the_new_seeds_runs(finished):
+    wd, _ = finished
+    cfg = edit_config(wd, "seed.yaml", lambda c: c.update(seeds=[*c["seeds"], 2]))
+    stats = dry_run(wd, cfg)
+    # seed 2 only: every method on both targets (5 x 2), the sweep's two methods at two sizes (2 x 2), Multi-LoRA
+    # once; selection (first seed), tuning, data and the backbone stay; then the tables
+    assert stats == {"train": 10, "train_sweep": 4, "multilora": 1, "report_main": 1, "report_sweep": 1,
+                     "report_multilora": 1}, stats  # fmt: skip
+    p = smk(wd, "--dry-run", config=cfg)
+    outputs = " ".join(re.findall(r"output: (.+)", p.stdout))
+    assert set(re.findall(r"seed(\d+)", outputs)) == {"2"}, outputs
+
+
 def test_method_param_change_reruns_that_method_and_aggregation_only(finished):
     wd, _ = finished
     cfg = edit_config(wd, "rank.yaml", lambda c: c["methods"]["lora"]["params"].update(rank=2))

@@ -56,7 +56,9 @@ def _track(a: argparse.Namespace, metrics: dict, out: str, tags: dict[str, str])
     if not getattr(a, "track", False):
         return
     import os
+    import time
 
+    from . import timing
     from .track import log_or_queue
 
     tags = {
@@ -66,12 +68,14 @@ def _track(a: argparse.Namespace, metrics: dict, out: str, tags: dict[str, str])
         **_tags(a.tag),
     }
     # On failure: one WARNING line, the run queued for `log --pending`; the job still succeeds.
+    t = time.perf_counter()
     run_id = log_or_queue(
         metrics,
         experiment=os.environ.get("SUBTUNE_MLFLOW_EXPERIMENT", "subtune"),
         tags={k: str(v) for k, v in tags.items() if v != ""},
         artifact=Path(out),
     )
+    timing.add_mlflow(time.perf_counter() - t)
     if run_id is not None:
         print(f"logged MLflow run {run_id}")
 
@@ -741,6 +745,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import timing
+    from .warm import STAGES
+
+    timing.reset()
     parser = build_parser()
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(message)s")
@@ -749,4 +757,6 @@ def main(argv: list[str] | None = None) -> int:
     except SubtuneError as exc:
         print(f"subtune {a.stage}: error: {exc}", file=sys.stderr)
         return 2
+    if a.stage in STAGES:  # the job log's last line: where its time went (bench/pipeline.py reads it)
+        print(timing.summary(a.stage), file=sys.stderr, flush=True)
     return 0

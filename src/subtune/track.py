@@ -74,6 +74,10 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from . import SubtuneError, __version__
 
+# MLflow 3 sends usage telemetry to its vendor from every process that logs (a network attempt per job, offline
+# on a laptop or a cluster node); off unless the user's environment says otherwise (MLFLOW_DISABLE_TELEMETRY=false).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_RETRY_S = 60.0
 SERVER_WAIT_S = 10.0  # longest wait for an unreachable tracking server (within retry_s)

@@ -72,6 +72,7 @@ import torch.nn.functional as F
 
 from . import SubtuneError
 from .augment import Augmenter, augment_batch  # noqa: F401  (augment_batch: part of this module's API)
+from .timing import counted
 from .train_config import AUGMENTS, TrainConfig  # noqa: F401  (TrainConfig is part of this module's API)
 
 
@@ -101,6 +102,7 @@ class Preprocess(nn.Module):
         return (x - self.mean) / self.std
 
 
+@counted
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -352,6 +354,7 @@ def has_randomness(model: nn.Module) -> bool:
     return bool(getattr(model, "drop_rate", 0))
 
 
+@counted
 def fit_group(
     runs: list[Run],
     pre: Preprocess | None,

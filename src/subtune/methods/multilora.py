@@ -82,6 +82,7 @@ import torch.nn.functional as F
 
 from .. import SubtuneError
 from ..models.blocks import head_names
+from ..timing import counted
 from .base import Trainable
 from .lora import lora_targets
 
@@ -335,6 +336,7 @@ def _task_forward(model: MultiLoRAModel, pre, t: int, device: torch.device):
     return forward
 
 
+@counted
 def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: int = 0, device=None,
                  progress: bool | None = False, desc: str = "multilora") -> dict[str, Any]:
     """Train the K tasks together: each step one batch per task, one optimizer and schedule per task.
