@@ -179,3 +179,30 @@ def test_an_idle_server_exits_and_removes_its_socket(work, tmp_path):
     (server,) = servers(tmp_path / "s")
     psutil.Process(server).wait(timeout=30)
     assert not list((tmp_path / "s").glob("*.sock"))
+
+
+def test_each_child_draws_its_own_random_numbers():
+    """Forked children reseed Python's and NumPy's global RNGs, as fresh processes would seed them."""
+    import random
+
+    import numpy as np
+
+    def draw(reseed: bool) -> str:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            if reseed:
+                warm._reseed()
+            os.write(w, f"{np.random.rand()} {random.random()}".encode())
+            os._exit(0)
+        os.close(w)
+        os.waitpid(pid, 0)
+        with os.fdopen(r) as fh:
+            return fh.read()
+
+    np.random.seed(0)
+    random.seed(0)
+    # what a plain fork gives: NumPy's numbers of the parent in every child (Python's random reseeds itself)
+    assert draw(False).split()[0] == draw(False).split()[0]
+    a, b = draw(True), draw(True)
+    assert a != b and a.split()[0] != b.split()[0] and a.split()[1] != b.split()[1]

@@ -24,8 +24,11 @@ Rules that keep it exact and safe:
   server also checks the peer's uid (``SO_PEERCRED``).
 - Signals sent to the client (Ctrl-C, Snakemake cancelling a job) are forwarded to the child; if the client
   dies, the server kills the child. A child killed by signal N makes the client die of signal N too.
-- Off under SLURM (``SLURM_JOB_ID`` set: the scheduler kills whatever a job leaves running, and jobs land on
-  many nodes) and with ``SUBTUNE_WARM=0``; the server exits after ``SUBTUNE_WARM_IDLE`` seconds (default 60)
+- The server never initialises CUDA (it refuses to serve if a preloaded module did): each job's child
+  initialises it itself, as its own process would. Python's and NumPy's global RNGs are reseeded from the OS in
+  each child, as a fresh process would seed them.
+- Linux only (forking after macOS's frameworks are loaded is unsafe). Off under SLURM (``SLURM_JOB_ID`` set: the
+  scheduler kills whatever a job leaves running, and jobs land on many nodes) and with ``SUBTUNE_WARM=0``; the server exits after ``SUBTUNE_WARM_IDLE`` seconds (default 60)
   without a job. If a server cannot be started or reached, the job runs in its own process as before.
 
 What changes for the user: Snakemake's ``benchmark:`` files keep the wall time ``s`` of each job (what
@@ -71,7 +74,8 @@ def enabled() -> bool:
     """Whether jobs go through a warm server (``SUBTUNE_WARM=0`` or a SLURM job: no)."""
     if os.environ.get("SUBTUNE_WARM", "1").strip().lower() in {"0", "false", "no", "off", ""}:
         return False
-    return "SLURM_JOB_ID" not in os.environ and hasattr(os, "fork") and hasattr(socket, "send_fds")
+    # Linux only: on macOS, forking after the system frameworks are loaded is unsafe (Objective-C runtime)
+    return "SLURM_JOB_ID" not in os.environ and sys.platform.startswith("linux") and hasattr(socket, "send_fds")
 
 
 def key(env: dict[str, str] | None = None) -> str:
@@ -219,6 +223,10 @@ def serve(path: Path, idle_s: float | None = None) -> None:
             __import__(name)
         except Exception as exc:  # noqa: BLE001 - the job will import it itself and report
             print(f"preload {name}: {type(exc).__name__}: {exc}", flush=True)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # a forked child could not use the GPU
+        print("CUDA was initialised while preloading: not serving (jobs run in their own processes)", flush=True)
+        sys.exit(3)
     print(f"warm server {os.getpid()} on {path}: preloaded in {time.monotonic() - start:.1f} s", flush=True)
 
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -353,6 +361,7 @@ def _child(req: dict, fds: list[int], conn: socket.socket) -> int:
     os.environ.clear()
     os.environ.update(req["env"])
     os.umask(req["umask"])
+    _reseed()
     sys.argv = list(req["argv"])
     sys.path[:] = req["path"]
     code = 1
@@ -376,6 +385,18 @@ def _child(req: dict, fds: list[int], conn: socket.socket) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
     return code
+
+
+def _reseed() -> None:
+    """Fresh entropy for the global RNGs a process seeds from the OS when it starts (Python's ``random``, NumPy's
+    legacy global state): forked children would otherwise all draw the server's numbers. torch's default generator
+    starts from a fixed seed in every process, and the server has drawn nothing from it."""
+    import random
+
+    random.seed()
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed()
 
 
 if __name__ == "__main__":
