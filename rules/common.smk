@@ -22,7 +22,7 @@ from subtune.config import (
     target_head,
 )
 from subtune.data.targets import raw_dataset
-from subtune.needs import method_needs
+from subtune.methods import method_needs  # the method registry (no torch)
 
 # The interpreter running Snakemake (the project venv) runs the stages, whatever PATH says.
 # snakemake --lint: "Shell command directly uses variable PY" is accepted: which interpreter runs a

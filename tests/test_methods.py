@@ -285,9 +285,8 @@ def test_merge_formulas_ssf_on_batchnorm_and_san():
 
 
 # ------------------------------------------------------------------ errors
-@pytest.mark.parametrize("name", ["bitfit", "lpft", "lora", "ssf", "san", "subtuning_lora"])
+@pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_unknown_parameter_is_named(name):
-    assert name in REGISTRY
     with pytest.raises(SubtuneError, match=f"method '{name}' takes no parameter 'bogus'"):
         get_method(name, bogus=1)
     with pytest.raises(SubtuneError, match=f"method '{name}' takes no parameter 'rnk'"):  # config validation
@@ -530,9 +529,13 @@ ONE_STEP = TrainConfig(epochs=1, lr=1e-2, batch_size=16)
 
 
 def contract_params(name, model):
+    """A registered method's parameters in the contract tests: what it needs from earlier stages (two selected
+    blocks; Surgical's group 1), and quicker values of a few parameters where it has them; otherwise its defaults."""
     blocks = block_names(model)
-    return {"subtuning": {"blocks": [blocks[1], blocks[-1]]}, "subtuning_lora": {"blocks": [blocks[-1]], "rank": 2},
-            "lora": {"rank": 2}, "surgical": {"group": 1}, "lpft": {"lp_epochs": 1}}.get(name, {})
+    cls = REGISTRY[name]
+    needs = {"selection": {"blocks": [blocks[1], blocks[-1]]}, "surgical": {"group": 1}}.get(cls.needs, {})
+    quick = {k: v for k, v in {"rank": 2, "lp_epochs": 1}.items() if k in cls.parameters}
+    return {**needs, **quick}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -684,11 +687,9 @@ def test_lora_train_modules_train_and_the_rest_stays_bit_identical():
 
 
 # ------------------------------------------------------------------ head: keep
-@pytest.mark.parametrize("name,params,head_trains", [
-    ("surgical", {"group": 1}, False), ("subtuning", {"blocks": ["layer3.0"]}, False), ("bitfit", {}, False),
-    ("lora", {"rank": 2}, False), ("ssf", {}, False), ("san", {}, False), ("lp", {}, True), ("ft", {}, True),
-    ("lpft", {}, True)])
-def test_keep_head_trains_the_head_only_in_methods_that_train_it_themselves(name, params, head_trains):
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_keep_head_trains_the_head_only_in_methods_that_train_it_themselves(name):
+    params, head_trains = contract_params(name, small("resnet")), REGISTRY[name].own_head
     new, keep = get_method(name, **params), get_method(name, head="keep", **params)
     mn, mk = new.wrap(small("resnet")), keep.wrap(small("resnet"))
     tn = [n for t, _ in new.phases(mn) for n in t.names]

@@ -38,7 +38,7 @@ import pytest
 import yaml
 
 from subtune.data.targets import raw_dataset
-from subtune.needs import method_needs
+from subtune.methods import method_needs
 from subtune.report import method_label
 
 from archives import http_mirror, make_cifar10, make_cifar10c, make_vtab, sha256

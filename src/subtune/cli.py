@@ -566,6 +566,17 @@ def cmd_report(a: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from .methods import REGISTRY, method_order
+    from .methods.base import describe_parameters
+
+    # the method registry's one definition of each method (subtune.methods): names, parameters, needs, head
+    methods_help = f"one of {', '.join(method_order(REGISTRY))}"
+    params_help = "the method's parameters as JSON; each method's: " + describe_parameters().replace("\n", " | ")
+    own_head = ", ".join(m for m in method_order(REGISTRY) if REGISTRY[m].own_head)
+    head_help = (f"new: a fresh classifier; keep: the checkpoint's own (same label space), trained only by "
+                 f"methods that train it themselves ({own_head})")
+    needing = {n: ", ".join(m for m in method_order(REGISTRY) if REGISTRY[m].needs == n)
+               for n in ("selection", "surgical")}
     p = argparse.ArgumentParser(prog="python -m subtune", description="subtune: one subcommand per pipeline stage (each reads explicit inputs and writes explicit outputs atomically).")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
@@ -638,9 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with scoring cv: the data the folds run over (train+val: the union of the two splits)")
     s.add_argument("--cache-mb", type=float, default=2048, help="memory budget of the prefix cache")
     s.add_argument("--cache-dir", help="where prefix-cache entries over the memory budget go")
-    s.add_argument("--head", choices=["new", "keep"], default="new",
-                   help="new: a fresh classifier; keep: the checkpoint's own (same label space), trained only by "
-                        "methods that train it themselves (lp, ft, lpft)")
+    s.add_argument("--head", choices=["new", "keep"], default="new", help=head_help)
     s.add_argument("--budget", type=_json_arg, default=None,
                    help="with --sets greedy: the selection budget as JSON (selection.budget; null: exact)")
     s.add_argument("--out", required=True)
@@ -653,34 +662,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
 
     s = stage("train", cmd_train, "final training of one method on one target and seed (test read once)")
-    s.add_argument("--method", required=True)
-    s.add_argument("--method-params", type=_json_arg, default={})
-    s.add_argument("--selection-state", help="greedy selection result (SubTuning)")
-    s.add_argument("--surgical-scores", help="validation scores of the block groups (Surgical)")
+    s.add_argument("--method", required=True, help=methods_help)
+    s.add_argument("--method-params", type=_json_arg, default={}, help=params_help)
+    s.add_argument("--selection-state", help=f"greedy selection result ({needing['selection']})")
+    s.add_argument("--surgical-scores", help=f"validation scores of the block groups ({needing['surgical']})")
     s.add_argument("--data", required=True)
     s.add_argument("--manifest", required=True)
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--save-model", help="also save the trained model as a checkpoint")
     s.add_argument("--tuned", help="the values chosen on validation by `tune` (applied over --train/--method-params)")
-    s.add_argument("--head", choices=["new", "keep"], default="new",
-                   help="new: a fresh classifier; keep: the checkpoint's own (same label space), trained only by "
-                        "methods that train it themselves (lp, ft, lpft)")
+    s.add_argument("--head", choices=["new", "keep"], default="new", help=head_help)
     s.add_argument("--train-splits", default="train",
                    help="train (default) or train,val: train on the union of the two (no validation per epoch)")
     s.add_argument("--out", required=True)
     common_train(s)
     s = stage("tune", cmd_tune, "train a method's grid on the training split and choose by validation (no test)")
-    s.add_argument("--method", required=True)
-    s.add_argument("--method-params", type=_json_arg, default={})
+    s.add_argument("--method", required=True, help=methods_help)
+    s.add_argument("--method-params", type=_json_arg, default={}, help=params_help)
     s.add_argument("--grid", type=_json_arg, default={}, help="hyperparameter -> values, as JSON")
-    s.add_argument("--selection-state", help="greedy selection result (SubTuning)")
-    s.add_argument("--surgical-scores", help="validation scores of the block groups (Surgical)")
+    s.add_argument("--selection-state", help=f"greedy selection result ({needing['selection']})")
+    s.add_argument("--surgical-scores", help=f"validation scores of the block groups ({needing['surgical']})")
     s.add_argument("--data", required=True)
     s.add_argument("--manifest", required=True)
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--head", choices=["new", "keep"], default="new",
-                   help="new: a fresh classifier; keep: the checkpoint's own (same label space), trained only by "
-                        "methods that train it themselves (lp, ft, lpft)")
+    s.add_argument("--head", choices=["new", "keep"], default="new", help=head_help)
     s.add_argument("--out", required=True)
     common_train(s)
     s = stage("multilora", cmd_multilora,

@@ -30,34 +30,23 @@ import os
 import re
 import statistics
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
 from . import SubtuneError
 from .io import atomic_path, read_json
+from .methods import method_label, method_order
 
 PathLike = str | os.PathLike
-METHOD_ORDER = ("lp", "ft", "lpft", "surgical", "subtuning", "bitfit", "lora", "subtuning_lora", "ssf", "san")
-METHOD_LABELS = {
-    "lp": "LP", "ft": "FT", "lp_ft": "LP-FT", "lp-ft": "LP-FT", "surgical": "Surgical",
-    "subtuning": "SubTuning", "bitfit": "BitFit", "lora": "LoRA", "dora": "DoRA",
-    "ssf": "SSF", "san": "SAN", "lpft": "LP-FT", "subtuning_lora": "SubTuning+LoRA", "multilora": "Multi-LoRA",
-    "separate_lora": "separate LoRA",
-}
 LP_LABEL = "(lp)"  # the empty block set in tables
+# the Multi-LoRA table's rows (`multilora --compare` results), in table order: not single-task methods
+MULTILORA_KINDS = {"separate_lora": "separate LoRA", "multilora": "Multi-LoRA"}
 
 
 # ---------------------------------------------------------------- small helpers
-def method_order(methods: Iterable[str]) -> list[str]:
-    """The methods in METHOD_ORDER first (those present), then the others alphabetically."""
-    ms = list(dict.fromkeys(methods))
-    first = [m for m in METHOD_ORDER if m in ms]
-    return first + sorted(m for m in ms if m not in METHOD_ORDER)
-
-
-def method_label(m: str) -> str:
-    return METHOD_LABELS.get(m, m)
+# A method's table label and its place among the rows are its class's (``label``, ``order``; the method
+# registry, subtune.methods): method_label(m) / method_order(ms), re-exported here.
 
 
 def fmt_params(n: float | None) -> str:
@@ -913,7 +902,7 @@ def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike
     tasks: list[str] | None = None
     for f in _as_list(run_files):
         d = _load(f)
-        for kind in ("multilora", "separate_lora"):
+        for kind in reversed(MULTILORA_KINDS):  # as before: multilora first (which one a missing file names)
             if kind not in d:
                 raise SubtuneError(f"{f}: no {kind!r} result (run `multilora --compare`)")
             r = d[kind]
@@ -959,7 +948,7 @@ def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike
     cols = [*(tasks or []), "mean"]
     n = int(out["n_seeds"].max())
     md_rows = []
-    for kind in ("separate_lora", "multilora"):
+    for kind, label in MULTILORA_KINDS.items():
         sub = out[out["kind"] == kind].set_index("task")
         cells = [f"{sub.loc[t, 'test_acc_mean']:.2f} ± {sub.loc[t, 'test_acc_std']:.2f}" for t in cols]
         steps = [sub.loc[t, "optimizer_steps"] for t in tasks or []]
@@ -968,7 +957,7 @@ def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike
         else:
             steps_cell = f"{steps[0]:g}" if len(set(steps)) == 1 else " / ".join(f"{x:g}" for x in steps)
         wall = sub.loc["mean", "wall_time_s"]
-        md_rows.append([method_label(kind), *cells, fmt_params(sub.loc["mean", "params_trained"]),
+        md_rows.append([label, *cells, fmt_params(sub.loc["mean", "params_trained"]),
                         fmt_params(sub.loc["mean", "params_stored"]), steps_cell,
                         "n/a" if math.isnan(wall) else f"{wall:.0f}"])
     k = len(tasks or [])
@@ -987,14 +976,14 @@ def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike
     ])
     pub = out.dropna(subset=["published"])
     if len(pub):
-        rows = [[method_label(r["kind"]), r["task"], f"{r['test_acc_mean']:.2f}", f"{r['published']:.2f}",
+        rows = [[MULTILORA_KINDS[r["kind"]], r["task"], f"{r['test_acc_mean']:.2f}", f"{r['published']:.2f}",
                  f"{r['diff']:+.2f}", r["published_source"]] for _, r in pub.iterrows()]
         text += "\n\n## Published numbers beside ours\n\n" + _md_table(
             ["method", "task", "ours", "published", "Δ", "source"], rows, ["l", "l", "r", "r", "r", "l"])
-    other = refs[refs["method"].isin(["multilora", "separate_lora"])] if not refs.empty else refs
+    other = refs[refs["method"].isin(list(MULTILORA_KINDS))] if not refs.empty else refs
     other = other[~other["backbone"].isin([backbone or "", (backbone or "").split(".")[0]])] if len(other) else other
     if len(other):
-        rows = [[method_label(r["method"]), str(r["backbone"]), str(r["target"]), f"{float(r['value']):.1f}",
+        rows = [[MULTILORA_KINDS[r["method"]], str(r["backbone"]), str(r["target"]), f"{float(r['value']):.1f}",
                  str(r.get("note", "") if isinstance(r.get("note"), str) else ""),
                  f"{r['paper']}, {r['table']}, arXiv:{r['arxiv']}"] for _, r in other.iterrows()]
         text += ("\n\n## Published by the Multi-LoRA paper (other backbones and tasks: not comparable)\n\n"

@@ -1,7 +1,7 @@
 """The one training / evaluation loop.
 
 ``fit`` fine-tunes a model whose trainable parameters were chosen by a method
-(:class:`subtune.methods.Trainable`), evaluating on named splits after every
+(:class:`subtune.trainable.Trainable`), evaluating on named splits after every
 epoch, and returns plain-JSON metrics.
 
 Conventions (tested in tests/test_train.py):
@@ -331,7 +331,7 @@ def fit(
     desc: str = "train",
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Train ``trainable`` (a :class:`subtune.methods.Trainable`) of ``model`` on ``train``.
+    """Train ``trainable`` (a :class:`subtune.trainable.Trainable`) of ``model`` on ``train``.
 
     ``evals`` are evaluated after every epoch (validation); ``final_evals`` only
     once, after the last epoch (the test split: read once, never for choices;

@@ -35,11 +35,9 @@ TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig)) - {"eval_batch_size"
 
 
 def _method_defaults(method: str) -> dict[str, Any]:
-    from .methods import REGISTRY
+    from .methods import method_class
 
-    if method not in REGISTRY:
-        raise SubtuneError(f"unknown method {method!r} (known: {', '.join(sorted(REGISTRY))})")
-    return REGISTRY[method].defaults
+    return method_class(method).defaults
 
 
 def grid_points(method: str, grid: dict[str, list] | None) -> list[dict[str, dict[str, Any]]]:

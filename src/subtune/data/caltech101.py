@@ -27,7 +27,8 @@ import numpy as np
 
 from .. import SubtuneError
 from ._archive import checked
-from .download import Digests, fetch_all
+from .download import Digests
+from .registry import Built, Params, Split, carve, register, register_raw, small_test_note, stratified_order, subset
 from .rgb import decode
 
 NAME = "caltech101"
@@ -38,9 +39,10 @@ FILES: dict[str, Digests] = {ARCHIVE: (None, None, "3138e1922a9193bfa496528edbbc
 BACKGROUND = "background_google"
 
 
-def download(dest_dir: str | os.PathLike, mirrors: list[str] | None = None) -> dict[str, Path]:
-    """Fetch ``caltech-101.zip`` (``$SUBTUNE_MIRRORS``, then ``mirrors``, then CaltechDATA)."""
-    return fetch_all(FILES, [*(mirrors or []), *MIRRORS], dest_dir)
+RAW = register_raw(NAME, files=lambda: FILES, mirrors=lambda: MIRRORS)
+
+#: fetch ``caltech-101.zip`` (``$SUBTUNE_MIRRORS``, then ``mirrors``, then CaltechDATA).
+download = RAW.download
 
 
 def load(raw_dir: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray, list[bytes], dict[str, str]]:
@@ -75,3 +77,39 @@ def decode_all(blobs: list[bytes], names: list[str], indices: np.ndarray, size: 
     for pos, i in enumerate(indices):
         out[pos] = decode(blobs[i], size, f"{where}:{names[i]}")
     return out
+
+
+# ------------------------------------------------------------------- targets (see :mod:`.targets`)
+TRAIN_PER_CLASS = 30  # TFDS: 30 images per class for training, the rest for test
+
+
+@register("caltech101", raw=NAME, background=True)
+def build_caltech101(raw_dir: Path, p: Params) -> Built:
+    """Caltech-101: 30 images per class form the training pool (val, then train); the rest are test."""
+    classes, names, y_all, blobs, inputs = load(raw_dir)
+    keep = np.arange(len(y_all))
+    if not p.background and BACKGROUND in classes:
+        keep = np.flatnonzero(y_all != classes.index(BACKGROUND))
+    kept = sorted({int(c) for c in y_all[keep]})
+    for c in kept:
+        if (y_all[keep] == c).sum() <= TRAIN_PER_CLASS:
+            raise SubtuneError(f"caltech101: class {classes[c]} has no more than {TRAIN_PER_CLASS} images")
+    relabel = np.full(len(classes), -1, dtype=np.int64)
+    relabel[kept] = np.arange(len(kept))
+    y = relabel[y_all]
+    order = stratified_order(y[keep], p.seed, 0)  # the first 30 of every class come first
+    n_pool = TRAIN_PER_CLASS * len(kept)
+    pool, test_pool = keep[order[:n_pool]], np.sort(keep[order[n_pool:]])
+    parts = carve(len(pool), p.seed, 1, [("val", p.val_size), ("train", p.train_size)], "caltech101")
+    picks = {
+        "train": pool[parts["train"]],
+        "val": pool[parts["val"]],
+        "test": subset(test_pool, p.test_size, p.seed, 2, "test", "caltech101"),
+    }
+    where = str(Path(raw_dir) / ARCHIVE)
+    splits = {
+        s: Split(decode_all(blobs, names, idx, p.image_size, where), y[idx], idx, "caltech101:all-sorted")
+        for s, idx in picks.items()
+    }
+    notes = small_test_note(len(picks["test"]), "caltech101")
+    return Built(splits, [classes[c] for c in kept], inputs, notes)

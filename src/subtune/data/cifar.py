@@ -31,7 +31,8 @@ import numpy as np
 
 from .. import SubtuneError
 from ._archive import checked, load_pickle
-from .download import Digests, fetch_all
+from .download import Digests
+from .registry import Built, Params, carve, register, register_raw, rgb_split, small_test_note, subset
 
 MIRRORS = ["https://www.cs.toronto.edu/~kriz/"]
 
@@ -48,10 +49,6 @@ class Cifar:
     label_key: str
     names_key: str
     mirrors: list[str] = field(default_factory=lambda: list(MIRRORS))
-
-    def download(self, dest_dir: str | os.PathLike, mirrors: list[str] | None = None) -> dict[str, Path]:
-        """Fetch the tarball (``$SUBTUNE_MIRRORS``, then ``mirrors``, then the built-in mirrors)."""
-        return fetch_all(self.files, [*(mirrors or []), *self.mirrors], dest_dir)
 
     def load(
         self, raw_dir: str | os.PathLike
@@ -130,3 +127,33 @@ CIFAR100 = Cifar(
     label_key="fine_labels",
     names_key="fine_label_names",
 )
+
+# the raw datasets: the tarball (``$SUBTUNE_MIRRORS``, then the caller's mirrors, then the object's ``mirrors``)
+register_raw(CIFAR10.name, files=lambda: CIFAR10.files, mirrors=lambda: CIFAR10.mirrors)
+register_raw(CIFAR100.name, files=lambda: CIFAR100.files, mirrors=lambda: CIFAR100.mirrors)
+
+
+# ------------------------------------------------------------------- targets (see :mod:`.targets`)
+def _cifar(spec: Cifar, raw_dir: Path, p: Params, dataset: str) -> Built:
+    train_x, train_y, test_x, test_y, classes, inputs = spec.load(raw_dir)
+    parts = carve(len(train_x), p.seed, 0, [("val", p.val_size), ("train", p.train_size)], dataset)
+    test = subset(np.arange(len(test_x)), p.test_size, p.seed, 1, "test", dataset)
+    src_train, src_test = f"{spec.name}:train", f"{spec.name}:test"
+    splits = {
+        "train": rgb_split(train_x, train_y, parts["train"], src_train, p.image_size),
+        "val": rgb_split(train_x, train_y, parts["val"], src_train, p.image_size),
+        "test": rgb_split(test_x, test_y, test, src_test, p.image_size),
+    }
+    return Built(splits, classes, inputs, small_test_note(len(test), dataset))
+
+
+@register("cifar10", raw=CIFAR10.name, val_size=5000)
+def cifar10(raw_dir: Path, p: Params) -> Built:
+    """CIFAR-10 (official training set: val then train; test = the official test set)."""
+    return _cifar(CIFAR10, raw_dir, p, "cifar10")
+
+
+@register("cifar100", raw=CIFAR100.name, val_size=5000)
+def cifar100(raw_dir: Path, p: Params) -> Built:
+    """CIFAR-100, fine labels (official training set: val then train; test = the official test set)."""
+    return _cifar(CIFAR100, raw_dir, p, "cifar100")

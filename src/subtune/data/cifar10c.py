@@ -24,7 +24,10 @@ from numpy.lib import format as npformat
 
 from .. import SubtuneError
 from ._archive import checked
-from .download import Digests, fetch_all
+from .download import Digests
+from .prepared import SPLITS
+from .registry import Builder, Built, Params, Split, cut, register, register_raw, small_test_note, stratified_order
+from .rgb import resize_rgb
 
 NAME = "cifar-10-c"
 ARCHIVE = "CIFAR-10-C.tar"
@@ -46,9 +49,9 @@ SEVERITIES = 5
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def download(dest_dir: str | os.PathLike, mirrors: list[str] | None = None) -> dict[str, Path]:
-    """Fetch ``CIFAR-10-C.tar`` (``$SUBTUNE_MIRRORS``, then ``mirrors``, then Zenodo)."""
-    return fetch_all(FILES, [*(mirrors or []), *MIRRORS], dest_dir)
+RAW = register_raw(NAME, files=lambda: FILES, mirrors=lambda: MIRRORS)
+#: fetch ``CIFAR-10-C.tar`` (``$SUBTUNE_MIRRORS``, then ``mirrors``, then Zenodo)
+download = RAW.download
 
 
 def _read_npy(tar: tarfile.TarFile, member: str, where: str, block: int | None) -> np.ndarray:
@@ -100,3 +103,34 @@ def load(raw_dir: str | os.PathLike, corruption: str, severity: int) -> tuple[np
     if y.shape != (len(x),) or y.min() < 0 or y.max() >= len(CLASSES):
         raise SubtuneError(f"{path}:labels.npy: expected {len(x)} labels per severity in 0..9")
     return x, y.astype(np.int64), (severity - 1) * len(x), inputs
+
+
+# ------------------------------------------------------------------- targets (see :mod:`.targets`)
+def _builder(corruption: str) -> Builder:
+    dataset = f"cifar10c-{corruption}"
+
+    def build_c(raw_dir: Path, p: Params) -> Built:
+        x, y, offset, inputs = load(raw_dir, corruption, p.severity)
+        order = stratified_order(y, p.seed, 0)
+        parts = cut(order, [("test", p.test_size), ("val", p.val_size), ("train", p.train_size)], dataset)
+        source = f"{NAME}:{corruption}.npy"
+        splits = {}
+        for s in SPLITS:  # idx: rows of the 50,000-row .npy
+            splits[s] = Split(resize_rgb(x[parts[s]], p.image_size), y[parts[s]], parts[s] + offset, source)
+        notes = [f"{dataset}: severity {p.severity} (Surgical fine-tuning: severity 5, per class 100 train, "
+                 "10 val, 90 test)"] + small_test_note(len(parts["test"]), dataset)  # fmt: skip
+        return Built(splits, list(CLASSES), inputs, notes)
+
+    return build_c
+
+
+for _c in CORRUPTIONS:
+    register(
+        f"cifar10c-{_c}",
+        raw=NAME,
+        description=f"CIFAR-10-C {_c}: Surgical fine-tuning's per-class 100/10/90 split of one corruption",
+        train_size=1000,
+        val_size=100,
+        test_size=900,
+        severity=5,
+    )(_builder(_c))

@@ -57,7 +57,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
-import importlib
 import logging
 import os
 import socket
@@ -78,17 +77,6 @@ log = logging.getLogger(__name__)
 
 ENV_MIRRORS = "SUBTUNE_MIRRORS"
 SCHEMES = ("http://", "https://", "file://")
-
-# Raw datasets the ``download`` stage knows: name -> a module (or ``module:object``) with download().
-RAW_DATASETS = {
-    "fashion-mnist": "subtune.data.fashion_mnist",
-    "cifar-10": "subtune.data.cifar:CIFAR10",
-    "cifar-100": "subtune.data.cifar:CIFAR100",
-    "cifar-10-c": "subtune.data.cifar10c",
-    "flowers102": "subtune.data.flowers102",
-    "caltech101": "subtune.data.caltech101",
-    "vtab-1k": "subtune.data.vtab",
-}
 
 # (sha256 of the file, sha256 of its gunzipped payload[, md5 of the file])
 Digests = tuple[str | None, ...]
@@ -398,14 +386,16 @@ def fetch_all(
 def download_dataset(name: str, dest_dir: str | os.PathLike, mirrors: list[str] | None = None) -> dict[str, Path]:
     """Download raw dataset ``name`` into ``dest_dir`` and write ``dest_dir/MANIFEST.json``.
 
+    The raw datasets are the ones the dataset modules register (:mod:`.registry`).
     The manifest (the ``download`` rule's output, written last and atomically)
     lists each file with its SHA-256 and size.
     """
-    if name not in RAW_DATASETS:
-        raise SubtuneError(f"unknown raw dataset {name!r} (known: {', '.join(sorted(RAW_DATASETS))})")
-    module_name, _, attr = RAW_DATASETS[name].partition(":")  # "module" or "module:object"
-    spec = importlib.import_module(module_name)
-    files = (getattr(spec, attr) if attr else spec).download(dest_dir, mirrors=mirrors)
+    from .registry import RAW, discover
+
+    discover()
+    if name not in RAW:
+        raise SubtuneError(f"unknown raw dataset {name!r} (known: {', '.join(sorted(RAW))})")
+    files = RAW[name].download(dest_dir, mirrors=mirrors)
     write_json(
         Path(dest_dir) / "MANIFEST.json",
         {

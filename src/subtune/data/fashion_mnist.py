@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import SubtuneError
-from .download import fetch_all
+from . import corruptions
+from .prepared import SPLITS
+from .registry import Built, Params, Split, carve, gray_split, register, register_raw, small_test_note
 
 NAME = "fashion-mnist"
 
@@ -61,9 +63,9 @@ IMAGE_SHAPE = (28, 28)
 _IDX_DTYPES = {0x08: np.uint8}
 
 
-def download(dest_dir: str | os.PathLike, mirrors: list[str] | None = None) -> dict[str, Path]:
-    """Fetch the four files into ``dest_dir`` (``$SUBTUNE_MIRRORS``, then ``mirrors``, then :data:`MIRRORS`)."""
-    return fetch_all(FILES, [*(mirrors or []), *MIRRORS], dest_dir)
+RAW = register_raw(NAME, files=lambda: FILES, mirrors=lambda: MIRRORS)
+#: fetch the four files into ``dest_dir`` (``$SUBTUNE_MIRRORS``, then ``mirrors``, then :data:`MIRRORS`)
+download = RAW.download
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -130,3 +132,50 @@ def load(raw_dir: str | os.PathLike, verify: bool = True) -> tuple[np.ndarray, n
 def payload_digests(split: str) -> dict[str, str]:
     """``{idx file name: payload sha256}`` of one official split (a prepared dataset's ``inputs``)."""
     return {f.removesuffix(".gz"): d[1] for f, d in FILES.items() if f.startswith(split + "-")}
+
+
+# ------------------------------------------------------------------- targets (see :mod:`.targets`)
+def _classes(raw_dir: Path, p: Params, classes: range, dataset: str) -> Built:
+    """Pool = the official train split's ``classes`` (val, then train); test = the official test split's."""
+    train_x, train_y = load_split(raw_dir, "train")
+    test_x, test_y = load_split(raw_dir, "t10k")
+    pool = np.flatnonzero(np.isin(train_y, classes))
+    test_pool = np.flatnonzero(np.isin(test_y, classes))
+    parts = carve(len(pool), p.seed, 0, [("val", p.val_size), ("train", p.train_size)], dataset)
+    test = carve(len(test_pool), p.seed, 1, [("test", p.test_size)], dataset)["test"]
+    lo = classes.start
+    splits = {
+        "train": gray_split(train_x, train_y, pool[parts["train"]], lo, "fashion-mnist:train", p.image_size),
+        "val": gray_split(train_x, train_y, pool[parts["val"]], lo, "fashion-mnist:train", p.image_size),
+        "test": gray_split(test_x, test_y, test_pool[test], lo, "fashion-mnist:t10k", p.image_size),
+    }
+    inputs = {**payload_digests("train"), **payload_digests("t10k")}
+    return Built(splits, CLASSES[lo : classes.stop], inputs, small_test_note(len(test), dataset))
+
+
+@register("fmnist-source", raw=NAME, val_size=1000)
+def fmnist_source(raw_dir: Path, p: Params) -> Built:
+    """Fashion-MNIST classes 0-4 (official train split; test = official test split): the pretraining task."""
+    return _classes(raw_dir, p, range(0, 5), "fmnist-source")
+
+
+@register("fmnist-new", raw=NAME)
+def fmnist_new(raw_dir: Path, p: Params) -> Built:
+    """Fashion-MNIST classes 5-9 as a new 5-way task (output-level shift)."""
+    return _classes(raw_dir, p, range(5, 10), "fmnist-new")
+
+
+@register("fmnist-c", raw=NAME, test_size=2000, corruptions=list(corruptions.DEFAULT), severity=3)
+def fmnist_c(raw_dir: Path, p: Params) -> Built:
+    """Fashion-MNIST classes 0-4 of the official test split, corrupted (input-level shift, like CIFAR-10-C)."""
+    x, y = load_split(raw_dir, "t10k")
+    pool = np.flatnonzero(y < 5)
+    plan = [("test", p.test_size), ("val", p.val_size), ("train", p.train_size)]
+    parts = carve(len(pool), p.seed, 0, plan, "fmnist-c")
+    splits = {}
+    for s in SPLITS:
+        clean = gray_split(x, y, pool[parts[s]], 0, "fashion-mnist:t10k", p.image_size)
+        xc = corruptions.corrupt(clean.x, p.corruptions, p.severity, p.seed, keys=clean.idx)
+        splits[s] = Split(xc, clean.y, clean.idx, clean.source)
+    notes = small_test_note(len(parts["test"]), "fmnist-c")
+    return Built(splits, CLASSES[:5], payload_digests("t10k"), notes)

@@ -20,7 +20,9 @@ import numpy as np
 
 from .. import SubtuneError
 from ._archive import checked
-from .download import Digests, fetch_all
+from .download import Digests
+from .prepared import SPLITS
+from .registry import Built, Params, Split, register, register_raw, small_test_note, subset
 from .rgb import decode
 
 NAME = "flowers102"
@@ -52,9 +54,10 @@ CLASSES = [
 assert len(CLASSES) == 102
 
 
-def download(dest_dir: str | os.PathLike, mirrors: list[str] | None = None) -> dict[str, Path]:
-    """Fetch the three files (``$SUBTUNE_MIRRORS``, then ``mirrors``, then Oxford's site)."""
-    return fetch_all(FILES, [*(mirrors or []), *MIRRORS], dest_dir)
+RAW = register_raw(NAME, files=lambda: FILES, mirrors=lambda: MIRRORS)
+
+#: fetch the three files (``$SUBTUNE_MIRRORS``, then ``mirrors``, then Oxford's site).
+download = RAW.download
 
 
 def _mat(path: Path, key: str) -> np.ndarray:
@@ -108,3 +111,21 @@ def load_images(raw_dir: str | os.PathLike, indices: np.ndarray, size: int) -> n
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise SubtuneError(f"{path}: archive lacks {missing[0]}{more}")
     return out
+
+
+# ------------------------------------------------------------------- targets (see :mod:`.targets`)
+@register("flowers102", raw=NAME, val_size=1020)
+def build_flowers102(raw_dir: Path, p: Params) -> Built:
+    """Oxford 102 Flowers with the official train/val/test splits."""
+    labels, official, inputs = load_meta(raw_dir)
+    sizes = {"train": p.train_size, "val": p.val_size, "test": p.test_size}
+    splits = {}
+    for i, s in enumerate(SPLITS):
+        if sizes[s] is not None and sizes[s] > len(official[s]):
+            raise SubtuneError(
+                f"flowers102: {s}_size {sizes[s]} is larger than the official {s} split ({len(official[s])} images)"
+            )
+        idx = subset(official[s], sizes[s], p.seed, i, s, "flowers102")
+        x = load_images(raw_dir, idx, p.image_size)
+        splits[s] = Split(x, labels[idx], idx, f"{NAME}:images")
+    return Built(splits, list(CLASSES), inputs, small_test_note(len(splits["test"].y), "flowers102"))

@@ -33,7 +33,9 @@ import numpy as np
 
 from .. import SubtuneError
 from ._archive import checked
-from .download import Digests, fetch_all
+from .download import Digests
+from .prepared import SPLITS
+from .registry import Builder, Built, Params, Split, register, register_raw, small_test_note, subset
 from .rgb import decode
 
 NAME = "vtab-1k"
@@ -78,9 +80,10 @@ def check_zip(path: Path) -> str | None:
     return None if bad is None else f"zip member {bad} fails its CRC-32"
 
 
-def download(dest_dir: str | os.PathLike, mirrors: list[str] | None = None) -> dict[str, Path]:
-    """Fetch ``vtab-1k.zip`` (``$SUBTUNE_MIRRORS``, then ``mirrors``, then the hub), zip-checked."""
-    return fetch_all(FILES, [*(mirrors or []), *MIRRORS], dest_dir, check=check_zip)
+RAW = register_raw(NAME, files=lambda: FILES, mirrors=lambda: MIRRORS, check=check_zip)
+
+#: fetch ``vtab-1k.zip`` (``$SUBTUNE_MIRRORS``, then ``mirrors``, then the hub), zip-checked.
+download = RAW.download
 
 
 def _task_dir(names: list[str], folder: str, path: Path) -> str:
@@ -152,3 +155,37 @@ def load_images(raw_dir: str | os.PathLike, members: list[str], size: int) -> np
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
         raise SubtuneError(f"{path}: unreadable archive ({type(exc).__name__}: {exc})") from None
     return out
+
+
+# ------------------------------------------------------------------- targets (see :mod:`.targets`)
+def _builder(task: str) -> Builder:
+    dataset = f"vtab-{task}"
+    folder, k = TASKS[task]
+
+    def build_v(raw_dir: Path, p: Params) -> Built:
+        lists, prefix, inputs = load_lists(raw_dir, task)
+        sizes = {"train": p.train_size, "val": p.val_size, "test": p.test_size}
+        splits = {}
+        for i, s in enumerate(SPLITS):
+            rows = lists[s]
+            if sizes[s] is not None and sizes[s] > len(rows):
+                raise SubtuneError(
+                    f"{dataset}: {s}_size {sizes[s]} is larger than {LISTS[s]} ({len(rows)} images)"
+                )
+            idx = subset(np.arange(len(rows)), sizes[s], p.seed, i, s, dataset)
+            x = load_images(raw_dir, [rows[j][0] for j in idx], p.image_size)
+            y = np.array([rows[j][1] for j in idx], dtype=np.int64)
+            splits[s] = Split(x, y, idx, f"{NAME}:{prefix}{LISTS[s]}")
+        notes = [f"{dataset}: VTAB-1k's own splits ({folder} in {ARCHIVE}); train800val200 = train + val"]
+        notes += small_test_note(len(splits["test"].y), dataset)
+        return Built(splits, [str(c) for c in range(k)], inputs, notes)
+
+    return build_v
+
+
+for _t, (_folder, _k) in TASKS.items():
+    register(
+        f"vtab-{_t}",
+        raw=NAME,
+        description=f"VTAB-1k {_folder} ({_k} classes): train800 / val200 / the full test split",
+    )(_builder(_t))

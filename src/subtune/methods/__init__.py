@@ -1,15 +1,53 @@
 """Methods: what trains. One module per method, one interface (:mod:`.base`).
 
+Every module of this package whose name does not start with ``_`` is
+imported here (:func:`discover`), and the classes it decorates with
+``@register`` make up :data:`REGISTRY`: adding a method is adding its module,
+listed nowhere else. The modules import without torch, timm or peft (the
+workflow and the config check read the registry). Two modules register no
+method: :mod:`.base` (the interface) and :mod:`.multilora` (Multi-LoRA's
+multi-task trainer, a function that imports torch, not a single-task method).
+
 peft provides LoRA/DoRA/PiSSA (:mod:`.lora`, also used by SubTuning+LoRA);
 the others are ours: LP, FT, LP-FT, Surgical, SubTuning and BitFit only
 choose among existing parameters; SSF and SAN add per-channel parameters
 with forward hooks (neither is a peft tuner for timm modules); Multi-LoRA's
-shared frozen A is not a peft feature (:mod:`.multilora`, a function, not a
-registered single-task method).
+shared frozen A is not a peft feature (:mod:`.multilora`).
 """
 
-from . import baselines, bitfit, lora, lpft, san, ssf, subtuning, surgical  # noqa: F401  (registration)
-from .base import REGISTRY, Method, Trainable, fit_phases, get_method, register
-from .surgical import surgical_groups
+from __future__ import annotations
 
-__all__ = ["REGISTRY", "Method", "Trainable", "fit_phases", "get_method", "register", "surgical_groups"]
+import importlib
+import pkgutil
+
+from .base import (
+    REGISTRY,
+    Method,
+    Param,
+    Trainable,
+    fit_phases,
+    get_method,
+    method_class,
+    method_label,
+    method_needs,
+    method_order,
+    register,
+)
+
+#: modules of this package that register no method (see above)
+NOT_METHODS = frozenset({"base", "multilora"})
+
+
+def discover() -> None:
+    """Import every method module of this package (each registers its classes; importing twice is a no-op)."""
+    for m in pkgutil.iter_modules(__path__):
+        if not m.name.startswith("_") and m.name not in NOT_METHODS:
+            importlib.import_module(f"{__name__}.{m.name}")
+
+
+discover()
+
+from .surgical import surgical_groups  # noqa: E402  (after discovery: part of this package's API)
+
+__all__ = ["REGISTRY", "Method", "Param", "Trainable", "discover", "fit_phases", "get_method", "method_class",
+           "method_label", "method_needs", "method_order", "register", "surgical_groups"]

@@ -6,10 +6,33 @@ the modules that run in train mode (everything else is frozen, in eval mode,
 and stays bit-identical). *How* it trains (lr, epochs, ...) is the training
 config, which the workflow sets per method.
 
-A new method is one module in this package with a class decorated by
-``@register``; its structural hyperparameters are the class's ``defaults``
-(anything else passed to it is rejected with the method's and the key's
-names).
+A new method is one module in this package (any name not starting with
+``_``): a class decorated by ``@register``. The package imports every such
+module (:mod:`subtune.methods`), so nothing else lists it. The class is the
+method's one definition, read by the workflow, the config check, the CLI,
+the grids (:mod:`subtune.tune`) and the report; every attribute is
+importable without torch, timm or peft (use :mod:`subtune._lazy` in the
+module), because the Snakefile and the config check read them:
+
+- ``name``: its key in configs, paths and ``--method``;
+- ``label``, ``order``: its row label in tables and its place among the rows
+  (ascending; :func:`method_label`, :func:`method_order`);
+- ``needs``: what it needs from earlier workflow stages: ``None``,
+  ``"selection"`` (the greedily selected blocks, passed as its ``blocks``
+  parameter) or ``"surgical"`` (the group chosen on validation, passed as its
+  ``group`` parameter); the workflow builds its job graph from it
+  (:func:`method_needs`);
+- ``own_head``: it trains the classifier itself (LP, FT, LP-FT), also with
+  the source head kept (see below);
+- ``parameters``: its typed structural hyperparameters, ``{key: Param(default,
+  kind, check)}``; ``defaults`` is derived from them. Anything else passed to
+  it is rejected with the method's and the key's names, and a value failing
+  its check with ``"<name>: <key> must be <kind>, not <value>"``; the config
+  check, the grids and ``--method-params`` all go through this.
+
+The registry (:data:`REGISTRY`, name -> class) is checked on registration:
+a duplicate name, a missing label, or a ``needs`` without its parameter is
+an error at import.
 
 Three optional hooks extend the interface for methods that add parameters or
 train in stages; their defaults keep the plain behaviour:
@@ -45,46 +68,80 @@ head kept) is evaluated without training (0 epochs).
 from __future__ import annotations
 
 import functools
+import json
 import time
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable
 
 from .. import SubtuneError
-from ..needs import method_needs
 from ..models.blocks import head_names, module_params
+from ..trainable import Trainable
 from .._lazy import lazy
 
 torch = lazy("torch")
 nn = lazy("torch.nn")
 
+#: name -> method class, filled by :func:`register` when :mod:`subtune.methods` imports the package's modules
 REGISTRY: dict[str, type["Method"]] = {}
 HEADS = ("new", "keep")
+NEEDS = (None, "selection", "surgical")
+#: the parameter through which the workflow passes what a method needs (see :attr:`Method.needs`)
+NEEDS_PARAM = {"selection": "blocks", "surgical": "group"}
+
+__all__ = ["REGISTRY", "Method", "Param", "Trainable", "fit_phases", "get_method", "method_class", "method_label",
+           "method_needs", "method_order", "register"]
 
 
-@dataclass
-class Trainable:
-    params: list[tuple[str, nn.Parameter]]
-    train_modules: list[str]
-    notes: dict[str, Any] = field(default_factory=dict)
+@dataclass(frozen=True)
+class Param:
+    """A method's typed parameter: its default, what a valid value is (``kind``, read in errors and the CLI's
+    help: "a positive integer") and ``check`` (True for a valid value; ``None``: checked against the model when
+    the method runs, e.g. block names)."""
 
-    @property
-    def num_params(self) -> int:
-        return sum(p.numel() for _, p in self.params)
+    default: Any
+    kind: str
+    check: Callable[[Any], bool] | None = None
 
-    @property
-    def names(self) -> list[str]:
-        return [n for n, _ in self.params]
+    def validate(self, method: str, key: str, value: Any) -> None:
+        if self.check is not None and not self.check(value):
+            raise SubtuneError(f"{method}: {key} must be {self.kind}, not {value!r}")
+
+
+# checks shared by the methods' parameters
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_positive_int(v: Any) -> bool:
+    return is_int(v) and v >= 1
+
+
+def is_positive_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+def is_names(v: Any) -> bool:
+    """A list of non-empty strings (module or block names)."""
+    return isinstance(v, list) and all(isinstance(e, str) and e for e in v)
 
 
 class Method:
+    """A method: what trains (see the module docstring for the attributes a method declares)."""
+
     name: ClassVar[str]
-    defaults: ClassVar[dict[str, Any]] = {}
-    #: what the method needs from earlier stages: None, "selection" (greedy
-    #: selected blocks) or "surgical" (the group chosen on validation); set by
-    #: :func:`register` from :data:`subtune.needs.NEEDS` (the workflow reads it there)
+    #: the row label in tables
+    label: ClassVar[str]
+    #: the place among table rows (ascending; ties by name)
+    order: ClassVar[int] = 1000
+    #: what the method needs from earlier stages: None, "selection" (greedy selected blocks, as ``blocks``)
+    #: or "surgical" (the group chosen on validation, as ``group``); the workflow reads it (:func:`method_needs`)
     needs: ClassVar[str | None] = None
     #: the method itself trains the classifier (LP, FT, LP-FT): with ``head="keep"`` it still trains it
     own_head: ClassVar[bool] = False
+    #: typed structural hyperparameters: key -> :class:`Param`
+    parameters: ClassVar[dict[str, Param]] = {}
+    #: key -> default, derived from :attr:`parameters`
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, head: str = "new", **params: Any):
         unknown = sorted(set(params) - set(self.defaults))
@@ -95,6 +152,8 @@ class Method:
             raise SubtuneError(f"method {self.name!r}: head must be one of {', '.join(HEADS)}, not {head!r}")
         self.head = head
         self.params = {**self.defaults, **params}
+        for key, spec in self.parameters.items():
+            spec.validate(self.name, key, self.params[key])
 
     @property
     def trains_head(self) -> bool:
@@ -103,6 +162,10 @@ class Method:
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
+        if "defaults" in cls.__dict__:
+            raise TypeError(f"{cls.__qualname__}: declare typed parameters (parameters = {{key: Param(default, kind, "
+                            f"check)}}); defaults is derived from them")
+        cls.defaults = {k: p.default for k, p in cls.parameters.items()}
         if "trainable" in cls.__dict__:
             fn = cls.__dict__["trainable"]
 
@@ -176,15 +239,68 @@ class Method:
 
 
 def register(cls: type[Method]) -> type[Method]:
-    cls.needs = method_needs(cls.name)
-    REGISTRY[cls.name] = cls
+    """Add ``cls`` to :data:`REGISTRY` under its ``name``, checking what it declares (see the module docstring)."""
+    where = f"method class {cls.__module__}.{cls.__qualname__}"
+    name, label = cls.__dict__.get("name"), cls.__dict__.get("label")  # its own, not a base class's
+    if not isinstance(name, str) or not name:
+        raise SubtuneError(f"{where}: give it its own name (class attribute name)")
+    if name in REGISTRY and REGISTRY[name] is not cls:
+        other = REGISTRY[name]
+        raise SubtuneError(f"{where}: the name {name!r} is already registered by "
+                           f"{other.__module__}.{other.__qualname__}")
+    if not isinstance(label, str) or not label:
+        raise SubtuneError(f"{where}: give it its own table label (class attribute label)")
+    if not is_int(cls.order):
+        raise SubtuneError(f"{where}: order must be an integer, not {cls.order!r}")
+    if cls.needs not in NEEDS:
+        raise SubtuneError(f"{where}: needs must be one of {NEEDS}, not {cls.needs!r}")
+    if cls.needs and NEEDS_PARAM[cls.needs] not in cls.parameters:
+        raise SubtuneError(f"{where}: needs {cls.needs} but has no parameter {NEEDS_PARAM[cls.needs]!r} to receive it")
+    bad = [k for k, p in cls.parameters.items() if not isinstance(p, Param)]
+    if bad:
+        raise SubtuneError(f"{where}: parameter {bad[0]!r} is not a Param")
+    REGISTRY[name] = cls
     return cls
 
 
-def get_method(name: str, **params: Any) -> Method:
+def method_class(name: str) -> type[Method]:
+    """The registered class of method ``name`` (raises naming the known ones)."""
     if name not in REGISTRY:
         raise SubtuneError(f"unknown method {name!r} (known: {', '.join(sorted(REGISTRY))})")
-    return REGISTRY[name](**params)
+    return REGISTRY[name]
+
+
+def get_method(name: str, **params: Any) -> Method:
+    return method_class(name)(**params)
+
+
+def method_needs(name: str) -> str | None:
+    """What method ``name`` needs from earlier workflow stages (None for an unknown name: the config check names it)."""
+    cls = REGISTRY.get(name)
+    return cls.needs if cls is not None else None
+
+
+def method_label(name: str) -> str:
+    """The table label of method ``name`` (the name itself for an unregistered one)."""
+    cls = REGISTRY.get(name)
+    return cls.label if cls is not None else name
+
+
+def method_order(names: Iterable[str]) -> list[str]:
+    """``names`` (duplicates dropped) in table order: registered methods by ``order``, then the others by name."""
+    ms = list(dict.fromkeys(names))
+    known = sorted((m for m in ms if m in REGISTRY), key=lambda m: (REGISTRY[m].order, m))
+    return known + sorted(m for m in ms if m not in REGISTRY)
+
+
+def describe_parameters() -> str:
+    """Every method's parameters with their kinds and defaults, one method per line (the CLI's help)."""
+    lines = []
+    for m in method_order(REGISTRY):
+        ps = REGISTRY[m].parameters
+        body = "; ".join(f"{k}: {p.kind} (default {json.dumps(p.default)})" for k, p in ps.items()) or "none"
+        lines.append(f"{m}: {body}")
+    return "\n".join(lines)
 
 
 def fit_phases(

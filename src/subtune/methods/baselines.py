@@ -12,8 +12,7 @@ every other parameter trains and every other top-level module is in train mode.
 from __future__ import annotations
 
 
-from .. import SubtuneError
-from .base import Method, Trainable, register
+from .base import Method, Param, Trainable, register
 from .._lazy import lazy
 
 nn = lazy("torch.nn")
@@ -24,6 +23,8 @@ class LP(Method):
     """Linear probe: only the new head trains; the backbone is frozen in eval mode."""
 
     name = "lp"
+    label = "LP"
+    order = 10
     own_head = True  # the head is the method: it trains with head keep too
 
     def trainable(self, model: nn.Module) -> Trainable:
@@ -38,17 +39,14 @@ class FT(Method):
     """
 
     name = "ft"
-    defaults = {"freeze_stem": False}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        if not isinstance(self.params["freeze_stem"], bool):
-            raise SubtuneError(f"method 'ft': freeze_stem must be true or false, not {self.params['freeze_stem']!r}")
+    label = "FT"
+    order = 20
     own_head = True
+    parameters = {"freeze_stem": Param(False, "true or false", lambda v: isinstance(v, bool))}
 
     def trainable(self, model: nn.Module) -> Trainable:
         if not self.params["freeze_stem"]:
-            return Trainable(list(model.named_parameters()), [""])
+            return Trainable.everything(model)
         from ..models.blocks import head_names
         from ..models.split import Staged
 

@@ -30,6 +30,8 @@ nn = lazy("torch.nn")
 @register
 class BitFit(Method):
     name = "bitfit"
+    label = "BitFit"
+    order = 60
 
     def trainable(self, model: nn.Module) -> Trainable:
         heads = head_names(model)

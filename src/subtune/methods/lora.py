@@ -94,7 +94,7 @@ from typing import Any
 
 from .. import SubtuneError
 from ..models.blocks import block_names, family_of, head_names
-from .base import Method, Trainable, register
+from .base import Method, Param, Trainable, is_names, is_positive_int, register
 from .._lazy import lazy
 
 torch = lazy("torch")
@@ -143,25 +143,21 @@ def lora_targets(model: nn.Module, target: list[str] | None = None, blocks: list
     return out
 
 
-def _check_lora_params(who: str, p: dict[str, Any]) -> None:
-    if not isinstance(p["rank"], int) or isinstance(p["rank"], bool) or p["rank"] < 1:
-        raise SubtuneError(f"{who}: rank must be a positive integer, not {p['rank']!r}")
-    if not isinstance(p["alpha"], (int, float)) or p["alpha"] <= 0:
-        raise SubtuneError(f"{who}: alpha must be a positive number, not {p['alpha']!r}")
-    if not isinstance(p["dropout"], (int, float)) or not 0 <= p["dropout"] < 1:
-        raise SubtuneError(f"{who}: dropout must be in [0, 1), not {p['dropout']!r}")
-    if p["variant"] not in VARIANTS:
-        raise SubtuneError(f"{who}: variant must be one of {', '.join(VARIANTS)}, not {p['variant']!r}")
-    t = p["target"]
-    if t is not None and (not isinstance(t, list) or not t or not all(isinstance(e, str) and e for e in t)):
-        raise SubtuneError(f"{who}: target must be null or a non-empty list of module names, not {t!r}")
-    rf = p["rank_factors"]
-    if not isinstance(rf, dict) or not all(isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool)
-                                           and v >= 1 for k, v in rf.items()):
-        raise SubtuneError(f"{who}: rank_factors must map target names to positive integers, not {rf!r}")
-    tm = p["train_modules"]
-    if not isinstance(tm, list) or not all(isinstance(e, str) and e for e in tm):
-        raise SubtuneError(f"{who}: train_modules must be a list of module names (relative to a block), not {tm!r}")
+def _rank_factors_ok(rf: Any) -> bool:
+    return isinstance(rf, dict) and all(isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool)
+                                        and v >= 1 for k, v in rf.items())
+
+
+#: LoRA's typed parameters (SubTuning+LoRA adds ``blocks``)
+LORA_PARAMETERS = {
+    "rank": Param(8, "a positive integer", is_positive_int),
+    "alpha": Param(8, "a positive number", lambda v: isinstance(v, (int, float)) and v > 0),
+    "dropout": Param(0.0, "in [0, 1)", lambda v: isinstance(v, (int, float)) and 0 <= v < 1),
+    "variant": Param("lora", f"one of {', '.join(VARIANTS)}", lambda v: v in VARIANTS),
+    "target": Param(None, "null or a non-empty list of module names", lambda v: v is None or (is_names(v) and v)),
+    "train_modules": Param([], "a list of module names (relative to a block)", is_names),
+    "rank_factors": Param({}, "a mapping of target names to positive integers", _rank_factors_ok),
+}
 
 
 def block_modules(model: nn.Module, blocks: list[str], names: list[str], targets: list[str],
@@ -214,12 +210,9 @@ def _contiguous_adapters(module: nn.Module, args: tuple) -> None:
 @register
 class LoRA(Method):
     name = "lora"
-    defaults = {"rank": 8, "alpha": 8, "dropout": 0.0, "variant": "lora", "target": None, "train_modules": [],
-                "rank_factors": {}}
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        _check_lora_params(self.name, self.params)
+    label = "LoRA"
+    order = 70
+    parameters = LORA_PARAMETERS
 
     def adapted_blocks(self, model: nn.Module) -> list[str]:
         return block_names(model)
@@ -303,13 +296,13 @@ class LoRA(Method):
 @register
 class SubTuningLoRA(LoRA):
     name = "subtuning_lora"
-    defaults = {**LoRA.defaults, "blocks": []}
+    label = "SubTuning+LoRA"
+    order = 80
+    needs = "selection"  # the greedily selected blocks (``blocks`` receives them)
+    parameters = {**LORA_PARAMETERS, "blocks": Param([], "a list of block names", is_names)}
 
     def adapted_blocks(self, model: nn.Module) -> list[str]:
-        blocks = self.params["blocks"]
-        if not isinstance(blocks, list):
-            raise SubtuneError(f"{self.name}: blocks must be a list of block names, not {blocks!r}")
-        return list(blocks)
+        return list(self.params["blocks"])
 
     def targets(self, model: nn.Module) -> list[str]:
         return lora_targets(model, self.params["target"], self.adapted_blocks(model), who=self.name)

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import SubtuneError
-from .base import Method, Trainable, register
+from .base import Method, Param, Trainable, is_positive_int, is_positive_number, register
 from .._lazy import lazy
 
 nn = lazy("torch.nn")
@@ -28,20 +27,17 @@ nn = lazy("torch.nn")
 @register
 class LPFT(Method):
     name = "lpft"
+    label = "LP-FT"
+    order = 30
     own_head = True
-    defaults = {"lp_epochs": None, "lp_lr": 0.01}
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        e, lr = self.params["lp_epochs"], self.params["lp_lr"]
-        if e is not None and (not isinstance(e, int) or isinstance(e, bool) or e < 1):
-            raise SubtuneError(f"{self.name}: lp_epochs must be a positive integer or null, not {e!r}")
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
-            raise SubtuneError(f"{self.name}: lp_lr must be a positive number, not {lr!r}")
+    parameters = {
+        "lp_epochs": Param(None, "a positive integer or null", lambda v: v is None or is_positive_int(v)),
+        "lp_lr": Param(0.01, "a positive number", is_positive_number),
+    }
 
     def trainable(self, model: nn.Module) -> Trainable:
         """The second (largest) phase: everything."""
-        return Trainable(list(model.named_parameters()), [""])
+        return Trainable.everything(model)
 
     def phases(self, model: nn.Module) -> list[tuple[Trainable, dict[str, Any]]]:
         lp = self.modules(model, [])

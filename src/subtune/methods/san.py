@@ -110,6 +110,8 @@ class _AnteriorScale:
 @register
 class SAN(Method):
     name = "san"
+    label = "SAN"
+    order = 100
 
     def wrap(self, model: nn.Module) -> nn.Module:
         if any(n.endswith(".san_scale") for n, _ in model.named_parameters()):

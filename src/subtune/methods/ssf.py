@@ -44,7 +44,7 @@ from typing import Any
 from .. import SubtuneError
 from ..models.blocks import block_names, family_of, head_names
 from ._channels import channel_view, final_norms, out_channels, patch_embed_target, scale_rows
-from .base import Method, Trainable, register
+from .base import Method, Param, Trainable, is_int, register
 from .._lazy import lazy
 
 torch = lazy("torch")
@@ -73,13 +73,9 @@ def _ssf_hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Ten
 @register
 class SSF(Method):
     name = "ssf"
-    defaults = {"seed": None}
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        s = self.params["seed"]
-        if s is not None and (not isinstance(s, int) or isinstance(s, bool)):
-            raise SubtuneError(f"{self.name}: seed must be an integer or null, not {s!r}")
+    label = "SSF"
+    order = 90
+    parameters = {"seed": Param(None, "an integer or null", lambda v: v is None or is_int(v))}
 
     def wrap(self, model: nn.Module) -> nn.Module:
         if any(n.endswith(".ssf_scale") for n, _ in model.named_parameters()):

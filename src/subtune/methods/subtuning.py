@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .. import SubtuneError
 from ..models.blocks import block_names
-from .base import Method, Trainable, register
+from .base import Method, Param, Trainable, register
 from .._lazy import lazy
 
 nn = lazy("torch.nn")
@@ -20,7 +20,11 @@ nn = lazy("torch.nn")
 @register
 class SubTuning(Method):
     name = "subtuning"
-    defaults = {"blocks": []}
+    label = "SubTuning"
+    order = 50
+    needs = "selection"  # the greedily selected blocks (``blocks`` receives them)
+    parameters = {"blocks": Param([], "a list of block names", lambda v: isinstance(v, (list, tuple))
+                                  and all(isinstance(b, str) for b in v))}
 
     def trainable(self, model: nn.Module) -> Trainable:
         blocks = list(self.params["blocks"])

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from .. import SubtuneError
 from ..models.blocks import block_names, family, stem_names
-from .base import Method, Trainable, register
+from .base import Method, Param, Trainable, is_int, register
 from .._lazy import lazy
 
 nn = lazy("torch.nn")
@@ -48,7 +48,11 @@ def surgical_groups(model: nn.Module) -> list[list[str]]:
 @register
 class Surgical(Method):
     name = "surgical"
-    defaults = {"group": 0}
+    label = "Surgical"
+    order = 40
+    needs = "surgical"  # the group is chosen on validation (``group`` receives it)
+    # the range is the model's (checked when it trains)
+    parameters = {"group": Param(0, "a group index (0 = the first group)", is_int)}
 
     def trainable(self, model: nn.Module) -> Trainable:
         groups = surgical_groups(model)

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from ..methods import get_method
 from ..train import Preprocess, TrainConfig, fit
+from ..trainable import Trainable
 from .checkpoint import Checkpoint, create, save_checkpoint
 
 
@@ -35,7 +35,7 @@ def pretrain(
     ckpt = Checkpoint(arch=arch, num_classes=num_classes, in_chans=3, image_size=int(manifest["image_size"]),
                       model_kwargs=model_kwargs, classes=[str(c) for c in manifest["classes"]])
     pre = Preprocess(ckpt.mean, ckpt.std, ckpt.in_chans)
-    trainable = get_method("ft").trainable(model)
+    trainable = Trainable.everything(model)  # every parameter: full fine-tuning from scratch
     metrics = fit(
         model, trainable, pre, (data["train_x"], data["train_y"]),
         {"val": (data["val_x"], data["val_y"])}, train_cfg, seed, device,
