@@ -93,7 +93,7 @@ import copy
 from typing import Any
 
 from .. import SubtuneError
-from ..models.blocks import block_names, family_of, head_names
+from ..models.blocks import block_names, family, head_names
 from .base import Method, Trainable, register
 from .._lazy import lazy
 
@@ -101,7 +101,6 @@ torch = lazy("torch")
 nn = lazy("torch.nn")
 
 VARIANTS = ("lora", "dora", "pissa")
-VIT_TARGETS = ("qkv", "proj", "fc1", "fc2")
 
 
 def _matches(rel: str, entry: str) -> bool:
@@ -112,24 +111,30 @@ def lora_targets(model: nn.Module, target: list[str] | None = None, blocks: list
                  who: str = "lora") -> list[str]:
     """Full module names of the layers to adapt (see the module docstring), in network order.
 
+    ``target=None``: the family record's ``lora_targets`` (:mod:`subtune.models.families`).
+
     ``blocks`` restricts them to those blocks (default: every block).
     """
-    family = family_of(model)
     known = block_names(model)
     blocks = known if blocks is None else list(blocks)
     for b in blocks:
         if b not in known:
             raise SubtuneError(f"{who}: {b!r} is not a block of this model (blocks: {', '.join(known)})")
-    if target is None and family == "vit":
-        target = list(VIT_TARGETS)
+    rule = None  # the family's default, when it is a predicate rather than names
+    if target is None:
+        default = family(model).lora_targets
+        if callable(default):
+            rule = default
+        else:
+            target = list(default)
     out: list[str] = []
     used: set[str] = set()
     for b in blocks:
         for rel, mod in model.get_submodule(b).named_modules():
             if not rel or not isinstance(mod, (nn.Linear, nn.Conv2d)):
                 continue
-            if target is None:  # ResNet default: the 3x3 convolutions
-                hit = isinstance(mod, nn.Conv2d) and tuple(mod.kernel_size) == (3, 3)
+            if rule is not None:
+                hit = bool(rule(rel, mod))
             else:
                 hits = [e for e in target if _matches(rel, e)]
                 used.update(hits)

@@ -54,8 +54,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import SubtuneError
-from ..models.blocks import block_names, family_of, head_names
-from ._channels import channel_view, out_channels, patch_embed_target, scale_cols, scale_rows
+from ..models.blocks import family, head_names
+from ._channels import channel_view, out_channels, scale_cols, scale_rows
 from .base import Method, Trainable, register
 from .._lazy import lazy
 
@@ -67,29 +67,9 @@ def _norm_types() -> tuple[type, ...]:
 
 
 def san_wiring(model: nn.Module) -> list[tuple[str, int, str | None, str]]:
-    """(adapted module, channel dim of its output, its anterior module or None, module the scale merges into)."""
-    if family_of(model) == "vit":
-        out: list[tuple[str, int, str | None, str]] = [("patch_embed", -1, None, patch_embed_target(model))]
-        for b in block_names(model):
-            out += [
-                (f"{b}.attn.qkv", -1, "patch_embed", f"{b}.attn.qkv"),
-                (f"{b}.attn.proj", -1, None, f"{b}.attn.proj"),
-                (f"{b}.mlp.fc1", -1, f"{b}.attn.proj", f"{b}.mlp.fc1"),
-                (f"{b}.mlp.fc2", -1, f"{b}.mlp.fc1", f"{b}.mlp.fc2"),
-            ]
-        return out
-    blocks = block_names(model)
-    out = []
-    for n, m in model.named_modules():
-        if not isinstance(m, nn.Conv2d):
-            continue
-        anterior = None
-        for b in blocks:
-            if n.startswith(b + ".") and n[len(b) + 1:] in ("conv2", "conv3"):
-                prev = f"{b}.conv{int(n[-1]) - 1}"
-                anterior = prev
-        out.append((n, 1, anterior, n))
-    return out
+    """(adapted module, channel dim of its output, its anterior module or None, module the scale merges into):
+    the family record's ``san_wiring`` (:mod:`subtune.models.families`)."""
+    return family(model).san_wiring(model)
 
 
 def _san_out(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:

@@ -42,8 +42,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import SubtuneError
-from ..models.blocks import block_names, family_of, head_names
-from ._channels import channel_view, final_norms, out_channels, patch_embed_target, scale_rows
+from ..models.blocks import family, head_names
+from ._channels import channel_view, out_channels, scale_rows
 from .base import Method, Trainable, register
 from .._lazy import lazy
 
@@ -54,15 +54,9 @@ INIT_STD = 0.02
 
 
 def ssf_positions(model: nn.Module) -> list[tuple[str, int, str]]:
-    """(module whose output is scaled, channel dim of that output, module the scale merges into)."""
-    if family_of(model) == "vit":
-        out = [("patch_embed", -1, patch_embed_target(model))]
-        for b in block_names(model):
-            for rel in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
-                out.append((f"{b}.{rel}", -1, f"{b}.{rel}"))
-        out += [(n, -1, n) for n in final_norms(model)]
-        return out
-    return [(n, 1, n) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """(module whose output is scaled, channel dim of that output, module the scale merges into): the family
+    record's ``ssf_positions`` (:mod:`subtune.models.families`)."""
+    return family(model).ssf_positions(model)
 
 
 def _ssf_hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:

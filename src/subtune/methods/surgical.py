@@ -40,7 +40,7 @@ nn = lazy("torch.nn")
 
 def surgical_groups(model: nn.Module) -> list[list[str]]:
     """The module (or parameter) names of each group, in network order."""
-    groups = [list(g) for g in family(model).groups(block_names(model))]
+    groups = [list(g) for g in family(model).groups(model, block_names(model))]
     groups[0] = stem_names(model) + groups[0]
     return groups
 
