@@ -48,6 +48,8 @@ FAMILY = Family(
     lora_targets=conv3x3,
     ssf_positions=batchnorm_outputs,
     san_wiring=conv_chain,
-    tiny=("resnet18", {"channels": (8, 16, 32, 64)}, 32),
+    # zero_init_last=False: timm zero-initialises each block's last BN scale, so a fresh ResNet's outputs
+    # would not depend on the block convolutions (the architecture is unchanged)
+    tiny=("resnet18", {"channels": (8, 16, 32, 64), "zero_init_last": False}, 32),
     shrink={"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64]},
 )
