@@ -22,17 +22,15 @@ channels with the layer's stride and padding, ``B`` a ``1 x 1`` convolution).
   the merged model starts equal to the checkpoint). peft has no PiSSA for
   convolutions: ``pissa`` on a ResNet target is rejected.
 - Targets (``target``: module names relative to a block, matched as the full
-  relative name or its last components). ViT family, default
-  ``[qkv, proj, fc1, fc2]``: attention ``attn.qkv`` (timm's fused q/k/v
-  Linear, one adapter for the three) and ``attn.proj``, MLP ``mlp.fc1`` and
-  ``mlp.fc2`` of every transformer block; the patch embedding and the head
-  are not adapted. ResNet family, default (``target: null``): every 3x3
-  convolution inside the residual blocks (BasicBlock ``conv1`` and
-  ``conv2``; Bottleneck ``conv2``); not the stem, not the 1x1 convolutions
-  (downsample, Bottleneck ``conv1``/``conv3``) unless named in ``target``.
-  CIFAR WideResNet (default ``target: null``): the same rule, i.e. each
-  block's ``conv1`` and ``conv2``; not the stem ``conv1``, not the 1x1
-  ``convShortcut``.
+  relative name or its last components). Default (``target: null``): the
+  backbone family record's ``lora_targets`` (:mod:`subtune.models.families`;
+  each record's docstring says which layers and why). ViT: ``attn.qkv``
+  (timm's fused q/k/v Linear, one adapter for the three), ``attn.proj``,
+  ``mlp.fc1``, ``mlp.fc2`` of every block; convolutional families: the
+  layers their record names (ResNet and WideResNet: every 3x3 convolution
+  inside the blocks; ConvNeXt: the pointwise ``mlp.fc1``/``mlp.fc2``). The
+  stem, any layer outside the blocks and the head are not adapted unless
+  ``target`` names them.
 - Scaling: peft's ``scaling = lora_alpha / r`` (``use_rslora`` off);
   ``alpha`` is ``lora_alpha``.
 - ``rank_factors`` (default ``{}``): a target entry -> an integer factor:
