@@ -48,12 +48,6 @@ from test_workflow import ROOT, SNAKEMAKE, workdir
 TRAIN, VAL, TEST = 40, 20, 20  # images per split of every kept dataset
 IMAGE = 32  # pixels, at most
 SWEEP = [TRAIN // 2, TRAIN]
-# size-reducing timm kwargs by family (the architecture stays: timm.create_model(arch, **kwargs))
-TINY_KWARGS = {
-    "vit_": {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": IMAGE, "patch_size": 8},
-    "resnet": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64]},
-    "wrn": {"depth": 10, "widen_factor": 1},  # subtune.models.wrn: one pre-activation block per stage
-}
 
 
 def load_raw(name: str) -> dict:
@@ -61,10 +55,13 @@ def load_raw(name: str) -> dict:
 
 
 def tiny_kwargs(arch: str) -> dict:
-    for prefix, kw in TINY_KWARGS.items():
-        if arch.startswith(prefix):
-            return copy.deepcopy(kw)
-    raise AssertionError(f"{arch}: no size-reducing model_kwargs known (add its family to TINY_KWARGS)")
+    """Size-reducing timm kwargs for ``arch``: its family record's ``shrink`` (subtune.models.families; the
+    architecture stays: timm.create_model(arch, **kwargs)); a new family brings its own."""
+    from subtune.models.families import family_for_arch
+
+    kw = copy.deepcopy(family_for_arch(arch).shrink)
+    assert kw.get("img_size", IMAGE) <= IMAGE, (arch, kw)
+    return kw
 
 
 def _shrink_epochs(node):

@@ -14,8 +14,16 @@ them all. :class:`MultiTaskModel` builds that network:
   branches that do not tune it (and the trunk) are concatenated along the
   batch dimension and run through the one frozen block once; a tuned block
   runs on its task's branch alone (it has its own weights);
-- the final shared part (ViT's final norm; WideResNet's final BatchNorm and ReLU; the pooling) runs once on all
-  branches stacked; each task has its own head.
+- a block's transition (ConvNeXt's downsample before a stage's first
+  block), frozen and shared, runs once on all branches stacked, before the
+  block;
+- the final shared part (the family record's tail: ViT's final norm,
+  WideResNet's final BatchNorm and ReLU; then ``forward_head`` up to the
+  classifier: the pooling, ConvNeXt's ``head.norm``) runs once on all
+  branches stacked; each task has its own classifier.
+
+The stem, transitions and tail come from the family record
+(:mod:`subtune.models.families`, through :class:`~subtune.models.split.Staged`).
 
 Tuned sets need not be contiguous, tasks may tune the same block index with
 different weights, and a task with no tuned block (a linear probe, or the
@@ -43,7 +51,7 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -54,26 +62,6 @@ from .models.split import Staged
 
 #: the branch id of the shared frozen path
 TRUNK = -1
-
-
-def _resnet_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return m.forward_head(x, pre_logits=True)
-
-
-def _vit_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return m.forward_head(m.norm(x), pre_logits=True)
-
-
-def _wrn_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return m.forward_head(m.relu(m.bn1(x)), pre_logits=True)
-
-
-#: family -> the frozen part between the last block and the classifier (shared by all tasks)
-_FEATURES: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
-    "resnet": _resnet_features,
-    "vit": _vit_features,
-    "wrn": _wrn_features,  # the final bn1 + relu, global pooling
-}
 
 
 @dataclass
@@ -212,7 +200,6 @@ class MultiTaskModel(nn.Module):
         base.eval().requires_grad_(False)
         self.base = base
         self._staged = Staged(base)
-        self._features = _FEATURES[self._staged.family]
         self.task_names = names
         known = self._staged.block_names
         head = head_names(base)[0]
@@ -303,25 +290,27 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         st = self._staged
-        acts: dict[int, torch.Tensor] = {TRUNK: st._stem(st.model, x)}
+        acts: dict[int, torch.Tensor] = {TRUNK: st.stem(x)}
         for i, (blk, step) in enumerate(zip(st.blocks, self.plan)):
+            if st.transitions[i] is not None:  # frozen and shared: every branch at once
+                acts = _stacked(st.transitions[i], acts, list(acts))
             new: dict[int, torch.Tensor] = {}
             key = str(i)
             for t, src in step.tuned:
                 new[t] = self.tuned[t][key](acts[src])
-            if len(step.frozen) == 1:
-                new[step.frozen[0]] = blk(acts[step.frozen[0]])
-            elif step.frozen:
-                out = blk(torch.cat([acts[b] for b in step.frozen]))
-                new.update(zip(step.frozen, out.split([acts[b].shape[0] for b in step.frozen])))
+            if step.frozen:
+                new.update(_stacked(blk, acts, list(step.frozen)))
             acts = new
-        branches = list(dict.fromkeys(self.exits))
-        if len(branches) == 1:
-            feats = {branches[0]: self._features(st.model, acts[branches[0]])}
-        else:
-            f = self._features(st.model, torch.cat([acts[b] for b in branches]))
-            feats = dict(zip(branches, f.split([acts[b].shape[0] for b in branches])))
+        feats = _stacked(lambda h: st.head(h, pre_logits=True), acts, list(dict.fromkeys(self.exits)))
         return {name: head(feats[b]) for name, head, b in zip(self.task_names, self.heads, self.exits)}
+
+
+def _stacked(fn, acts: dict[int, torch.Tensor], branches: list[int]) -> dict[int, torch.Tensor]:
+    """``fn`` on the ``branches``' activations concatenated along the batch dimension (one call), split back."""
+    if len(branches) == 1:
+        return {branches[0]: fn(acts[branches[0]])}
+    out = fn(torch.cat([acts[b] for b in branches]))
+    return dict(zip(branches, out.split([acts[b].shape[0] for b in branches])))
 
 
 def load_task(model_path: str | os.PathLike, metrics_path: str | os.PathLike | None = None,

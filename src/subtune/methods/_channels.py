@@ -39,18 +39,6 @@ def out_channels(module: nn.Module) -> int:
     raise TypeError(f"cannot tell the output channels of {type(module).__name__}")
 
 
-def final_norms(model: nn.Module) -> list[str]:
-    """The ViT's final norm(s) with parameters (``norm`` for token pooling, ``fc_norm`` for average pooling)."""
-    return [n for n in ("norm", "fc_norm") if isinstance(getattr(model, n, None), nn.Module)
-            and any(True for _ in getattr(model, n).parameters())]
-
-
-def patch_embed_target(model: nn.Module) -> str:
-    """Where a scale on timm PatchEmbed's output merges: its norm if it has one, else its projection."""
-    norm = model.patch_embed.norm
-    return "patch_embed.norm" if any(True for _ in norm.parameters()) else "patch_embed.proj"
-
-
 def scale_rows(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """diag(s) W for a weight whose dim 0 is the output channel (Linear, Conv, norm affine)."""
     return w * s.view(-1, *([1] * (w.ndim - 1)))

@@ -22,17 +22,15 @@ channels with the layer's stride and padding, ``B`` a ``1 x 1`` convolution).
   the merged model starts equal to the checkpoint). peft has no PiSSA for
   convolutions: ``pissa`` on a ResNet target is rejected.
 - Targets (``target``: module names relative to a block, matched as the full
-  relative name or its last components). ViT family, default
-  ``[qkv, proj, fc1, fc2]``: attention ``attn.qkv`` (timm's fused q/k/v
-  Linear, one adapter for the three) and ``attn.proj``, MLP ``mlp.fc1`` and
-  ``mlp.fc2`` of every transformer block; the patch embedding and the head
-  are not adapted. ResNet family, default (``target: null``): every 3x3
-  convolution inside the residual blocks (BasicBlock ``conv1`` and
-  ``conv2``; Bottleneck ``conv2``); not the stem, not the 1x1 convolutions
-  (downsample, Bottleneck ``conv1``/``conv3``) unless named in ``target``.
-  CIFAR WideResNet (default ``target: null``): the same rule, i.e. each
-  block's ``conv1`` and ``conv2``; not the stem ``conv1``, not the 1x1
-  ``convShortcut``.
+  relative name or its last components). Default (``target: null``): the
+  backbone family record's ``lora_targets`` (:mod:`subtune.models.families`;
+  each record's docstring says which layers and why). ViT: ``attn.qkv``
+  (timm's fused q/k/v Linear, one adapter for the three), ``attn.proj``,
+  ``mlp.fc1``, ``mlp.fc2`` of every block; convolutional families: the
+  layers their record names (ResNet and WideResNet: every 3x3 convolution
+  inside the blocks; ConvNeXt: the pointwise ``mlp.fc1``/``mlp.fc2``). The
+  stem, any layer outside the blocks and the head are not adapted unless
+  ``target`` names them.
 - Scaling: peft's ``scaling = lora_alpha / r`` (``use_rslora`` off);
   ``alpha`` is ``lora_alpha``.
 - ``rank_factors`` (default ``{}``): a target entry -> an integer factor:
@@ -93,7 +91,7 @@ import copy
 from typing import Any
 
 from .. import SubtuneError
-from ..models.blocks import block_names, family_of, head_names
+from ..models.blocks import block_names, family, head_names
 from .base import Method, Param, Trainable, is_names, is_positive_int, register
 from .._lazy import lazy
 
@@ -101,7 +99,6 @@ torch = lazy("torch")
 nn = lazy("torch.nn")
 
 VARIANTS = ("lora", "dora", "pissa")
-VIT_TARGETS = ("qkv", "proj", "fc1", "fc2")
 
 
 def _matches(rel: str, entry: str) -> bool:
@@ -112,24 +109,30 @@ def lora_targets(model: nn.Module, target: list[str] | None = None, blocks: list
                  who: str = "lora") -> list[str]:
     """Full module names of the layers to adapt (see the module docstring), in network order.
 
+    ``target=None``: the family record's ``lora_targets`` (:mod:`subtune.models.families`).
+
     ``blocks`` restricts them to those blocks (default: every block).
     """
-    family = family_of(model)
     known = block_names(model)
     blocks = known if blocks is None else list(blocks)
     for b in blocks:
         if b not in known:
             raise SubtuneError(f"{who}: {b!r} is not a block of this model (blocks: {', '.join(known)})")
-    if target is None and family == "vit":
-        target = list(VIT_TARGETS)
+    rule = None  # the family's default, when it is a predicate rather than names
+    if target is None:
+        default = family(model).lora_targets
+        if callable(default):
+            rule = default
+        else:
+            target = list(default)
     out: list[str] = []
     used: set[str] = set()
     for b in blocks:
         for rel, mod in model.get_submodule(b).named_modules():
             if not rel or not isinstance(mod, (nn.Linear, nn.Conv2d)):
                 continue
-            if target is None:  # ResNet default: the 3x3 convolutions
-                hit = isinstance(mod, nn.Conv2d) and tuple(mod.kernel_size) == (3, 3)
+            if rule is not None:
+                hit = bool(rule(rel, mod))
             else:
                 hits = [e for e in target if _matches(rel, e)]
                 used.update(hits)

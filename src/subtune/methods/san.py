@@ -13,24 +13,11 @@ its own layer's output feature, and again on the posterior weight's input
 columns. It is computed as ``W_l (s_p * x)`` (a forward pre-hook scales the
 posterior layer's input), which is the same function.
 
-Wiring:
-
-- ViT family (the authors' code): adapted layers are the patch embedding,
-  and in every block ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``.
-  The patch-embedding scale feeds every block's ``qkv``; ``attn.proj``'s
-  scale feeds ``mlp.fc1``; ``mlp.fc1``'s scale (before the GELU) feeds
-  ``mlp.fc2``; ``qkv`` and ``proj`` have no anterior.
-- ResNet family (ours): every convolution is adapted (stem ``conv1``, each
-  block's ``conv1``/``conv2``(/``conv3``), each ``downsample.0``), the scale on
-  the convolution's output (before its BatchNorm). Inside each block,
-  ``conv1``'s scale feeds ``conv2``'s input channels (BasicBlock), and for a
-  Bottleneck the chain continues ``conv2`` -> ``conv3``. Nothing crosses block
-  boundaries (the residual stream's width changes between stages).
-- CIFAR WideResNet (:mod:`subtune.models.wrn`; ours, the ResNet rule): every
-  convolution (stem ``conv1``, each block's ``conv1``/``conv2``, each
-  ``convShortcut``), the scale on its output; ``conv1``'s scale feeds
-  ``conv2`` (through ``bn2`` and the ReLU, as in ResNet); the trained norms
-  are its BatchNorms (affine only, eval mode).
+Wiring: the backbone family record's ``san_wiring``
+(:mod:`subtune.models.families`; each record's docstring gives its adapted
+layers, which scale feeds which layer, and their source: the authors' code on
+ViT; ours on ResNet, the WideResNet and ConvNeXt, where a scale feeds the next
+layer inside a block and nothing crosses blocks).
 
 Trainable: the scales, all normalisation affine parameters, the head. For
 the ViT these are the LayerNorms (``norm1``, ``norm2``, the final norm), as
@@ -54,8 +41,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import SubtuneError
-from ..models.blocks import block_names, family_of, head_names
-from ._channels import channel_view, out_channels, patch_embed_target, scale_cols, scale_rows
+from ..models.blocks import family, head_names
+from ._channels import channel_view, out_channels, scale_cols, scale_rows
 from .base import Method, Trainable, register
 from .._lazy import lazy
 
@@ -67,29 +54,9 @@ def _norm_types() -> tuple[type, ...]:
 
 
 def san_wiring(model: nn.Module) -> list[tuple[str, int, str | None, str]]:
-    """(adapted module, channel dim of its output, its anterior module or None, module the scale merges into)."""
-    if family_of(model) == "vit":
-        out: list[tuple[str, int, str | None, str]] = [("patch_embed", -1, None, patch_embed_target(model))]
-        for b in block_names(model):
-            out += [
-                (f"{b}.attn.qkv", -1, "patch_embed", f"{b}.attn.qkv"),
-                (f"{b}.attn.proj", -1, None, f"{b}.attn.proj"),
-                (f"{b}.mlp.fc1", -1, f"{b}.attn.proj", f"{b}.mlp.fc1"),
-                (f"{b}.mlp.fc2", -1, f"{b}.mlp.fc1", f"{b}.mlp.fc2"),
-            ]
-        return out
-    blocks = block_names(model)
-    out = []
-    for n, m in model.named_modules():
-        if not isinstance(m, nn.Conv2d):
-            continue
-        anterior = None
-        for b in blocks:
-            if n.startswith(b + ".") and n[len(b) + 1:] in ("conv2", "conv3"):
-                prev = f"{b}.conv{int(n[-1]) - 1}"
-                anterior = prev
-        out.append((n, 1, anterior, n))
-    return out
+    """(adapted module, channel dim of its output, its anterior module or None, module the scale merges into):
+    the family record's ``san_wiring`` (:mod:`subtune.models.families`)."""
+    return family(model).san_wiring(model)
 
 
 def _san_out(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:

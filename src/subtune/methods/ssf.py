@@ -5,19 +5,11 @@ peft tuner. Exact form, at every position ``p``::
 
     y = gamma_p * x + beta_p   (per channel)     gamma_p ~ N(1, 0.02^2), beta_p ~ N(0, 0.02^2)
 
-Positions:
-
-- ViT family (the paper's): after the patch embedding; in every block after
-  ``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1`` (before the
-  GELU) and ``mlp.fc2``; after the final norm (``norm``, or ``fc_norm`` for
-  average-pooled models).
-- ResNet family (our choice; the authors have no ResNet): after every
-  BatchNorm, i.e. after each convolution's BatchNorm (stem ``bn1``, each
-  block's ``bn1``/``bn2``(/``bn3``), each ``downsample.1``), before the
-  activation and the residual addition.
-- CIFAR WideResNet (:mod:`subtune.models.wrn`; our choice, the same rule):
-  after every BatchNorm: each pre-activation block's ``bn1`` (on the block
-  input) and ``bn2``, and the final ``bn1``, before the ReLU.
+Positions: the backbone family record's ``ssf_positions``
+(:mod:`subtune.models.families`; each record's docstring gives its positions
+and their source: the SSF paper's on ViT, the SSF authors' ConvNeXt code on
+ConvNeXt, ours on ResNet and the WideResNet: after every BatchNorm, before the
+activation and the residual addition).
 
 Trainable: every ``ssf_scale`` / ``ssf_shift`` and the head. Everything else
 is frozen in eval mode (ResNet BatchNorm statistics do not move); train mode
@@ -42,8 +34,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import SubtuneError
-from ..models.blocks import block_names, family_of, head_names
-from ._channels import channel_view, final_norms, out_channels, patch_embed_target, scale_rows
+from ..models.blocks import family, head_names
+from ._channels import channel_view, out_channels, scale_rows
 from .base import Method, Param, Trainable, is_int, register
 from .._lazy import lazy
 
@@ -54,15 +46,9 @@ INIT_STD = 0.02
 
 
 def ssf_positions(model: nn.Module) -> list[tuple[str, int, str]]:
-    """(module whose output is scaled, channel dim of that output, module the scale merges into)."""
-    if family_of(model) == "vit":
-        out = [("patch_embed", -1, patch_embed_target(model))]
-        for b in block_names(model):
-            for rel in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
-                out.append((f"{b}.{rel}", -1, f"{b}.{rel}"))
-        out += [(n, -1, n) for n in final_norms(model)]
-        return out
-    return [(n, 1, n) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """(module whose output is scaled, channel dim of that output, module the scale merges into): the family
+    record's ``ssf_positions`` (:mod:`subtune.models.families`)."""
+    return family(model).ssf_positions(model)
 
 
 def _ssf_hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:

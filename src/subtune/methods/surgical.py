@@ -1,21 +1,16 @@
 """Surgical fine-tuning (Lee et al., arXiv 2210.11466): one contiguous group of blocks plus the head.
 
 The group is chosen on validation data (the workflow scores every group like a
-selection round and trains the best). Groups, in network order (the family
-record's ``groups`` and ``stem``, :mod:`subtune.models.blocks`):
-
-- CIFAR WideResNet (:mod:`subtune.models.wrn`, the authors' model): group 0 =
-  ``conv1`` + ``block1``, then ``block2``, ``block3``: exactly the authors'
-  ``first_two_block``, ``second_block``, ``third_block`` (``main.py``). The
-  final ``bn1`` is in no group (the authors train it only with ``all``).
-- ResNet family: group 0 = the stem (``conv1``, ``bn1``) and ``layer1``; then
-  ``layer2``, ``layer3``, ``layer4``: the authors' "first block = conv1 +
-  block1" convention carried over to timm's stages (their ImageNet-C option
-  names ``conv1`` and ``layer1``; timm's stem BatchNorm ``bn1`` comes with it).
-- ViT family: four groups of consecutive transformer blocks (the first with
-  the patch embedding, positional embedding and class token, which are
-  parameters, not modules). The authors do not define ViT groups; this is our
-  choice.
+selection round and trains the best). Groups, in network order: the backbone
+family record's ``groups``, with the record's ``stem`` (its entries holding
+parameters) in front of group 0 (:mod:`subtune.models.families`; each record's
+docstring gives its groups and their source). The CIFAR WideResNet's are the
+authors' (``conv1`` + ``block1``, ``block2``, ``block3``: their
+``first_two_block``, ``second_block``, ``third_block`` in ``main.py``); ResNet
+carries their "first block = conv1 + block1" convention over to timm's stages
+(``conv1``, ``bn1`` + ``layer1``, then ``layer2`` ... ``layer4``); ConvNeXt
+is grouped by stage the same way, each stage with its downsample; ViT's four
+groups of consecutive blocks are our choice (the authors define none).
 
 The head: with a new head (``targets.<name>.head: new``) it trains with the
 group. With the source head kept (``head: keep``) only the group trains, as in
@@ -40,7 +35,7 @@ nn = lazy("torch.nn")
 
 def surgical_groups(model: nn.Module) -> list[list[str]]:
     """The module (or parameter) names of each group, in network order."""
-    groups = [list(g) for g in family(model).groups(block_names(model))]
+    groups = [list(g) for g in family(model).groups(model, block_names(model))]
     groups[0] = stem_names(model) + groups[0]
     return groups
 
