@@ -176,8 +176,15 @@ def test_an_idle_server_exits_and_removes_its_socket(work, tmp_path):
     p = subprocess.run([sys.executable, "-m", "subtune", "report", "--help"], env=env, capture_output=True,
                        text=True)  # fmt: skip
     assert p.returncode == 0 and "TABLE" in p.stdout, p.stdout + p.stderr
-    (server,) = servers(tmp_path / "s")
-    psutil.Process(server).wait(timeout=30)
+    (log,) = (tmp_path / "s").glob("*.log")
+    deadline = time.monotonic() + 60
+    while not log.read_text().rstrip().endswith(": exit"):  # it may be gone already: idle 1 s
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    pid = int(log.read_text().split()[2])
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     assert not list((tmp_path / "s").glob("*.sock"))
 
 
