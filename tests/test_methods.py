@@ -53,7 +53,8 @@ def changed(before, after):
     return {k for k in before if not torch.equal(before[k], after[k])}
 
 
-KINDS = ("lora_A", "lora_B", "lora_magnitude_vector", "modules_to_save", "ssf_scale", "ssf_shift", "san_scale")
+KINDS = ("lora_A", "lora_B", "lora_E", "lora_magnitude_vector", "modules_to_save", "ssf_scale", "ssf_shift",
+         "san_scale")
 
 
 def kind(name):
@@ -77,6 +78,7 @@ CASES = [
         ("bitfit", {}), ("lora", {"rank": 2}), ("lora", {"rank": 2, "variant": "dora"}),
         *([("lora", {"rank": 2, "variant": "pissa"})] if f == "vit" else []),
         ("ssf", {}), ("san", {}), ("subtuning_lora", {"rank": 2, "blocks": block_of(f)}),
+        ("adalora", {"init_r": 4, "target_r": 2}),
     ]
 ]
 
@@ -172,6 +174,8 @@ def expected_resnet(name, params):
         "ssf": 2 * sum(bns) + head,
         "san": sum(cout for _, _, cout, _ in convs) + 2 * sum(bns) + head,
         "lpft": sum(cin * cout * k * k for _, cin, cout, k in convs) + 2 * sum(bns) + head,
+        # AdaLoRA: Q (r0 x cin*9), Lambda (r0), P (cout x r0) per adapted 3x3 convolution
+        "adalora": sum(params.get("init_r", 12) * (cin * 9 + 1 + cout) for _, cin, cout, _ in lora_convs) + head,
     }[name]
 
 
@@ -196,6 +200,9 @@ def expected_vit(name, params):
         # scales: patch embed; per block qkv, proj, fc1, fc2; LayerNorm affine: norm1, norm2, final norm
         "san": D + DEPTH * (3 * D + D + 4 * D + D) + DEPTH * 4 * D + 2 * D + head,
         "lpft": total,
+        # AdaLoRA: Q (r0 x d_in), Lambda (r0), P (d_out x r0) on qkv, proj, fc1, fc2 of every block
+        "adalora": DEPTH * params.get("init_r", 12) * ((D + 1 + 3 * D) + (D + 1 + D) + (D + 1 + 4 * D)
+                                                       + (4 * D + 1 + D)) + head,
     }[name]
 
 
@@ -208,6 +215,7 @@ COUNT_CASES = [
     ("vit_tiny_patch16_224", "lora", {"rank": 4, "variant": "pissa"}),
     ("vit_tiny_patch16_224", "ssf", {}), ("vit_tiny_patch16_224", "san", {}), ("vit_tiny_patch16_224", "lpft", {}),
     ("vit_tiny_patch16_224", "subtuning_lora", {"rank": 4, "blocks": ["blocks.0", "blocks.11"]}),
+    ("resnet18", "adalora", {}), ("vit_tiny_patch16_224", "adalora", {"init_r": 6, "target_r": 3}),
 ]
 
 
@@ -374,6 +382,83 @@ def test_subtuning_lora_adapts_only_the_selected_blocks():
     lp = get_method("subtuning_lora", blocks=[])
     plain = small("resnet")
     assert lp.wrap(plain) is plain and lp.trainable(plain).names == ["fc.weight", "fc.bias"]
+
+
+# ------------------------------------------------------------------ AdaLoRA
+def test_adalora_penalty_is_pefts_and_ranks_end_at_the_target_budget():
+    from types import SimpleNamespace
+
+    from peft.tuners.adalora import AdaLoraLayer
+
+    from subtune.methods.adalora import orth_regularizer
+
+    method = get_method("adalora", init_r=4, target_r=2, tinit=0.1, tfinal=0.3, deltaT=2, orth_reg_weight=0.5)
+    model = method.wrap(small("vit"))
+    t = method.trainable(model)
+    layers = [m for m in model.modules() if isinstance(m, AdaLoraLayer)]
+    assert len(layers) == 8 and t.notes["targets"][:4] == [
+        "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
+    assert all(m.scaling["default"] == 8 and m.ranknum["default"].item() == 4 for m in layers)  # alpha, r0
+    assert not any("ranknum" in n for n in t.names)  # peft's ranknum is a frozen parameter
+    # the penalty is the one peft's AdaLoraModel.forward adds to a transformers model's loss
+    inner = model.base_model.model
+    fwd = inner.forward
+    inner.forward = lambda *a, **k: SimpleNamespace(loss=torch.zeros(()))
+    try:
+        peft_term = model.base_model.forward().loss
+    finally:
+        inner.forward = fwd
+    torch.testing.assert_close(peft_term, 0.5 * orth_regularizer(inner), atol=0, rtol=0)
+    torch.testing.assert_close(t.hooks.extra_loss(), peft_term, atol=0, rtol=0)
+    # 32 images, batch 4, 2 epochs: T = 16 steps, t_i = 1, t_f = 4; the final pattern is fixed at step 12
+    cfg = TrainConfig(epochs=2, lr=1e-2, batch_size=4)
+    before = snapshot(model)
+    fit(model, t, PRE, toy("vit"), {}, cfg, progress=False)
+    c = model.peft_config["default"]
+    assert (c.total_step, c.tinit, c.tfinal) == (16, 1, 4)
+    live = sum(int((m.lora_E["default"] != 0).sum()) for m in layers)
+    assert live == 2 * len(layers)  # the target budget: target_r per layer on average
+    assert sum(sum(v) for v in c.rank_pattern.values()) == live
+    diff = changed(before, snapshot(model))
+    assert diff <= set(t.names) and not any(".base_layer." in k for k in diff)
+    # merged into a plain timm model with the pruned ranks
+    plain = small("vit", seed=5)
+    plain.load_state_dict(method.merge(model), strict=True)
+    x = PRE(toy("vit", 4, 3)[0])
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), model.eval()(x), atol=ATOL, rtol=RTOL)
+
+
+def test_step_hooks_that_do_nothing_change_nothing():
+    """The loop with a no-op StepHooks is the plain loop, bit for bit (every method without hooks is unchanged)."""
+    from subtune.trainable import StepHooks, Trainable
+
+    runs = []
+    for hooks in (None, StepHooks()):
+        method = get_method("lora", rank=2)
+        model = method.wrap(small("resnet"))
+        t = method.trainable(model)
+        m = fit(model, Trainable(t.params, t.train_modules, t.notes, hooks), PRE, toy("resnet"),
+                {"val": toy("resnet", 8, 1)}, CFG, progress=False)
+        runs.append((m["history"], snapshot(model)))
+    assert runs[0][0] == runs[1][0]
+    assert not changed(runs[0][1], runs[1][1])
+
+
+def test_adalora_errors():
+    with pytest.raises(SubtuneError, match="adalora: target_r must be below init_r"):
+        get_method("adalora", init_r=4, target_r=4)
+    with pytest.raises(SubtuneError, match="adalora: tinit \\+ tfinal must be below 1"):
+        get_method("adalora", tinit=0.5, tfinal=0.5)
+    with pytest.raises(SubtuneError, match="adalora: deltaT"):
+        get_method("adalora", deltaT=0)
+    with pytest.raises(SubtuneError, match="call wrap"):
+        get_method("adalora").trainable(small("vit"))
+    model = small("resnet")
+    model.layer1[0].conv2 = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False)
+    with pytest.raises(SubtuneError, match="adalora: peft's AdaLoRA does not adapt grouped convolutions "
+                                           "\\(layer1.0.conv2 has groups=2\\)"):
+        get_method("adalora").wrap(model)
 
 
 # ------------------------------------------------------------------ Multi-LoRA
