@@ -162,6 +162,9 @@ def expected_resnet(name, params):
     head = 512 * NC + NC
     r = params.get("rank", 8)
     blocks = params.get("blocks")
+    if name == "siamese":  # copies of the selected blocks (each conv + its BatchNorm) and a head on 2 x 512
+        return sum(cin * cout * k * k + 2 * cout for n, cin, cout, k in convs
+                   if any(n.startswith(b + ".") for b in blocks)) + 2 * 512 * NC + NC
     lora_convs = [c for c in convs if c[3] == 3 and c[0].startswith("layer")
                   and (blocks is None or any(c[0].startswith(b + ".") for b in blocks))]
     lora = sum(r * cin * 9 + cout * r for _, cin, cout, _ in lora_convs)
@@ -188,8 +191,8 @@ def expected_vit(name, params):
     if params.get("variant") == "dora":
         lora += nblocks * (3 * D + D + 4 * D + D)
     tokens = (224 // 16) ** 2 + 1
-    total = (3 * 16 * 16 * D + D + D + tokens * D
-             + DEPTH * (4 * D + 3 * D * D + 3 * D + D * D + D + 4 * D * D + 4 * D + 4 * D * D + D) + 2 * D + head)
+    block = 4 * D + 3 * D * D + 3 * D + D * D + D + 4 * D * D + 4 * D + 4 * D * D + D
+    total = 3 * 16 * 16 * D + D + D + tokens * D + DEPTH * block + 2 * D + head
     return {
         # biases: patch proj; per block norm1, qkv, proj, norm2, fc1, fc2; the final norm
         "bitfit": D + DEPTH * (D + 3 * D + D + D + 4 * D + D) + D + head,
@@ -200,6 +203,7 @@ def expected_vit(name, params):
         # scales: patch embed; per block qkv, proj, fc1, fc2; LayerNorm affine: norm1, norm2, final norm
         "san": D + DEPTH * (3 * D + D + 4 * D + D) + DEPTH * 4 * D + 2 * D + head,
         "lpft": total,
+        "siamese": len(params.get("blocks", [])) * block + 2 * D * NC + NC,
         # AdaLoRA: Q (r0 x d_in), Lambda (r0), P (d_out x r0) on qkv, proj, fc1, fc2 of every block
         "adalora": DEPTH * params.get("init_r", 12) * ((D + 1 + 3 * D) + (D + 1 + D) + (D + 1 + 4 * D)
                                                        + (4 * D + 1 + D)) + head,
@@ -216,6 +220,8 @@ COUNT_CASES = [
     ("vit_tiny_patch16_224", "ssf", {}), ("vit_tiny_patch16_224", "san", {}), ("vit_tiny_patch16_224", "lpft", {}),
     ("vit_tiny_patch16_224", "subtuning_lora", {"rank": 4, "blocks": ["blocks.0", "blocks.11"]}),
     ("resnet18", "adalora", {}), ("vit_tiny_patch16_224", "adalora", {"init_r": 6, "target_r": 3}),
+    ("resnet18", "siamese", {"blocks": ["layer1.1", "layer3.0"]}),
+    ("vit_tiny_patch16_224", "siamese", {"blocks": ["blocks.3", "blocks.11"]}),
 ]
 
 
@@ -461,6 +467,74 @@ def test_adalora_errors():
         get_method("adalora").wrap(model)
 
 
+# ------------------------------------------------------------------ Siamese SubTuning
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_siamese_head_sees_subtuned_and_frozen_features_and_the_original_stays_bit_identical(family):
+    blocks = block_of(family)
+    method = get_method("siamese", blocks=list(reversed(blocks)))
+    ref = small(family).eval()
+    model = method.wrap(small(family))
+    t = method.trainable(model)
+    d = ref.num_features
+    assert model.head.in_features == 2 * d and model.head.out_features == 3
+    assert model.selected == blocks and t.notes["blocks"] == blocks  # network order
+    assert t.num_params == sum(p.numel() for b in blocks for p in ref.get_submodule(b).parameters()) + 2 * d * 3 + 3
+    # no frozen weight stored twice: the backbone (without its classifier), the copies and the head
+    clf = sum(p.numel() for p in ref.get_submodule("fc" if family == "resnet" else "head").parameters())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters()) - clf + t.num_params
+    x = PRE(toy(family, 4, 3)[0])
+    model.eval()
+    with torch.no_grad():  # at the start both paths are the pretrained network's features
+        f = ref.forward_head(ref.forward_features(x), pre_logits=True)
+        f_sub, f_orig = model.features(x)
+        torch.testing.assert_close(f_sub, f, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(f_orig, f, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(model(x), model.head(torch.cat([f_sub, f_orig], -1)), atol=0, rtol=0)
+    before = snapshot(model)
+    fit(model, t, PRE, toy(family), {"val": toy(family, 8, 1)}, CFG, progress=False)
+    diff = changed(before, snapshot(model))
+    # the original backbone (weights and BatchNorm statistics) bit-identical; the copies and the head moved
+    assert diff and all(k.startswith(("tuned.", "head.")) for k in diff)
+    assert {k.split(".")[0] for k in diff} == {"tuned", "head"}
+    assert {k.split(".")[1] for k in diff if k.startswith("tuned.")} == {str(i) for i in range(len(blocks))}
+    model.eval()
+    with torch.no_grad():
+        f_sub, f_orig = model.features(x)
+        torch.testing.assert_close(f_orig, f, atol=ATOL, rtol=RTOL)  # the frozen path is the pretrained network
+        assert not torch.allclose(f_sub, f, atol=1e-4)
+
+
+def test_siamese_without_blocks_errors_and_cli(files, tmp_path):
+    lp = get_method("siamese", blocks=[])
+    model = lp.wrap(small("resnet"))
+    assert lp.trainable(model).names == ["head.weight", "head.bias"] and len(model.tuned) == 0
+    x = PRE(toy("resnet", 2, 3)[0])
+    with torch.no_grad():
+        f_sub, f_orig = model.eval().features(x)
+    assert torch.equal(f_sub, f_orig)
+    with pytest.raises(SubtuneError, match="siamese: 'layer9.0' is not a block"):
+        get_method("siamese", blocks=["layer9.0"]).wrap(small("resnet"))
+    with pytest.raises(SubtuneError, match="siamese: call wrap"):
+        get_method("siamese").trainable(small("resnet"))
+    with pytest.raises(SubtuneError, match="method 'siamese' supports head new only"):
+        get_method("siamese", head="keep")
+    assert REGISTRY["siamese"].needs == "selection" and not REGISTRY["siamese"].mergeable
+    # the CLI: trains from a selection state; --save-model is refused before training
+    state = tmp_path / "selected.json"
+    state.write_text(json.dumps({"done": True, "selected": ["layer4.1"]}))
+    common = ["--data", files / "t1.safetensors", "--manifest", files / "t1.json", "--checkpoint",
+              files / "ckpt.safetensors", "--train", json.dumps({"epochs": 1, "batch_size": 16}),
+              "--selection-state", state]
+    assert main([str(a) for a in ["train", "--method", "siamese", *common, "--save-model", tmp_path / "m.st",
+                                  "--out", tmp_path / "x.json"]]) == 2
+    assert not (tmp_path / "x.json").exists()
+    cli("train", "--method", "siamese", *common, "--out", tmp_path / "s.json")
+    m = json.loads((tmp_path / "s.json").read_text())
+    block = sum(p.numel() for p in small("resnet").layer4[1].parameters())
+    assert m["notes"]["blocks"] == ["layer4.1"] and m["trainable_params"] == block + 2 * 64 * 3 + 3
+    assert m["method_params"] == {"blocks": ["layer4.1"]} and "test_acc" in m
+
+
 # ------------------------------------------------------------------ Multi-LoRA
 def test_multilora_tasks_share_a_frozen_a_and_learn_only_their_own_b():
     model = MultiLoRAModel(small("resnet"), [3, 2], rank=2, seed=0)
@@ -636,6 +710,10 @@ def test_every_method_trains_on_every_family(family, name):
     fit_phases(model, method.phases(model), PRE, tiny_data(size), {}, ONE_STEP, progress=False)
     diff = changed(before, snapshot(model))
     assert diff and {k for k in diff if "running_" not in k and "num_batches" not in k} <= names
+    if not method.mergeable:  # two feature paths (Siamese SubTuning): refused, naming the method
+        with pytest.raises(SubtuneError, match=f"{name}: .*cannot be merged into a plain timm model"):
+            method.merge(model)
+        return
     x = PRE(tiny_data(size, 4, 5)[0])
     plain, _ = tiny(family, seed=5)
     plain.load_state_dict(method.merge(model), strict=True)
@@ -775,6 +853,10 @@ def test_lora_train_modules_train_and_the_rest_stays_bit_identical():
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_keep_head_trains_the_head_only_in_methods_that_train_it_themselves(name):
     params, head_trains = contract_params(name, small("resnet")), REGISTRY[name].own_head
+    if "keep" not in REGISTRY[name].heads:  # a method that needs its own head (Siamese SubTuning: 2d inputs)
+        with pytest.raises(SubtuneError, match=f"method '{name}' supports head new only, not 'keep'"):
+            get_method(name, head="keep", **params)
+        return
     new, keep = get_method(name, **params), get_method(name, head="keep", **params)
     mn, mk = new.wrap(small("resnet")), keep.wrap(small("resnet"))
     tn = [n for t, _ in new.phases(mn) for n in t.names]
