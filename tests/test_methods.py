@@ -469,6 +469,16 @@ def test_adalora_errors():
     with pytest.raises(SubtuneError, match="adalora: peft's AdaLoRA does not adapt grouped convolutions "
                                            "\\(layer1.0.conv2 has groups=2\\)"):
         get_method("adalora").wrap(model)
+    # a peft without AdaLoRA for convolutions (before SVDConv2d) refuses ResNet's targets in one line
+    from peft.tuners.adalora import layer
+
+    svd_conv = layer.SVDConv2d
+    del layer.SVDConv2d
+    try:
+        with pytest.raises(SubtuneError, match="adalora: peft .* has no AdaLoRA for Conv2d layers \\(layer1.0.conv1"):
+            get_method("adalora").wrap(small("resnet"))
+    finally:
+        layer.SVDConv2d = svd_conv
 
 
 # ------------------------------------------------------------------ Siamese SubTuning

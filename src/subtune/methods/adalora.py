@@ -64,6 +64,11 @@ Parameters (``init_r``, ``target_r``, ``deltaT``, ``beta1``, ``beta2``,
   3x3 convolutions; ConvNeXt: ``mlp.fc1``/``mlp.fc2``). peft's ``SVDConv2d``
   has no grouped convolutions (its update has ``in_channels * k * k``
   columns): a grouped target is refused, naming the method and the layer.
+  peft added ``SVDConv2d`` late (huggingface/peft PR #3196; our floor, peft
+  0.17, has AdaLoRA for Linear layers only): with a peft without it, a
+  convolutional target (ResNet, WideResNet) is refused in one line naming
+  the method, the peft version and the layer; ViT and ConvNeXt (Linear MLP)
+  targets work with any supported peft.
 - Trainable: ``lora_A`` (Q), ``lora_E`` (Lambda) and ``lora_B`` (P) of every
   adapted layer, and the head (peft's trained copy; with ``head: keep`` no
   head). Count per layer: ``init_r * (d_in + 1 + d_out)``. peft's
@@ -120,6 +125,12 @@ def orth_regularizer(model: nn.Module, adapter: str = ADAPTER) -> torch.Tensor:
             num += 1
             regu = regu + torch.norm(cov - eye, p="fro")
     return regu / num if num else torch.zeros(())
+
+
+def _peft_has_conv() -> bool:
+    from peft.tuners.adalora import layer
+
+    return hasattr(layer, "SVDConv2d")
 
 
 class AdaLoraHooks(StepHooks):
@@ -195,9 +206,15 @@ class AdaLoRA(Method):
         targets = self.targets(model)
         if not targets:
             raise SubtuneError(f"{self.name}: no layer to adapt in this model")
-        for n in targets:
+        convs = [n for n in targets if isinstance(model.get_submodule(n), nn.Conv2d)]
+        if convs and not _peft_has_conv():
+            import peft
+
+            raise SubtuneError(f"{self.name}: peft {peft.__version__} has no AdaLoRA for Conv2d layers ({convs[0]}, "
+                               "...); a peft with SVDConv2d (huggingface/peft PR #3196) has")
+        for n in convs:
             mod = model.get_submodule(n)
-            if isinstance(mod, nn.Conv2d) and mod.groups != 1:
+            if mod.groups != 1:
                 raise SubtuneError(f"{self.name}: peft's AdaLoRA does not adapt grouped convolutions "
                                    f"({n} has groups={mod.groups})")
         p = self.params
