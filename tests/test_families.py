@@ -194,9 +194,10 @@ def test_convnext_downsample_trains_with_its_stage_and_keeps_the_prefix_cache():
 
 
 # ------------------------------------------------------------------ every kind a method names moves, on every family
-KINDS = ("lora_A", "lora_B", "lora_magnitude_vector", "modules_to_save", "ssf_scale", "ssf_shift", "san_scale")
+KINDS = ("lora_A", "lora_B", "lora_E", "lora_magnitude_vector", "modules_to_save", "ssf_scale", "ssf_shift",
+         "san_scale")
 METHODS = [("bitfit", {}), ("lora", {"rank": 2}), ("lora", {"rank": 2, "variant": "dora"}), ("ssf", {}),
-           ("san", {}), ("subtuning_lora", {"rank": 2})]
+           ("san", {}), ("subtuning_lora", {"rank": 2}), ("adalora", {"init_r": 4, "target_r": 2})]
 
 
 @pytest.mark.parametrize("fam", FAMILIES, ids=lambda f: f.name)

@@ -53,7 +53,8 @@ def changed(before, after):
     return {k for k in before if not torch.equal(before[k], after[k])}
 
 
-KINDS = ("lora_A", "lora_B", "lora_magnitude_vector", "modules_to_save", "ssf_scale", "ssf_shift", "san_scale")
+KINDS = ("lora_A", "lora_B", "lora_E", "lora_magnitude_vector", "modules_to_save", "ssf_scale", "ssf_shift",
+         "san_scale")
 
 
 def kind(name):
@@ -77,6 +78,7 @@ CASES = [
         ("bitfit", {}), ("lora", {"rank": 2}), ("lora", {"rank": 2, "variant": "dora"}),
         *([("lora", {"rank": 2, "variant": "pissa"})] if f == "vit" else []),
         ("ssf", {}), ("san", {}), ("subtuning_lora", {"rank": 2, "blocks": block_of(f)}),
+        ("adalora", {"init_r": 4, "target_r": 2}),
     ]
 ]
 
@@ -160,6 +162,9 @@ def expected_resnet(name, params):
     head = 512 * NC + NC
     r = params.get("rank", 8)
     blocks = params.get("blocks")
+    if name == "siamese":  # copies of the selected blocks (each conv + its BatchNorm) and a head on 2 x 512
+        return sum(cin * cout * k * k + 2 * cout for n, cin, cout, k in convs
+                   if any(n.startswith(b + ".") for b in blocks)) + 2 * 512 * NC + NC
     lora_convs = [c for c in convs if c[3] == 3 and c[0].startswith("layer")
                   and (blocks is None or any(c[0].startswith(b + ".") for b in blocks))]
     lora = sum(r * cin * 9 + cout * r for _, cin, cout, _ in lora_convs)
@@ -172,6 +177,8 @@ def expected_resnet(name, params):
         "ssf": 2 * sum(bns) + head,
         "san": sum(cout for _, _, cout, _ in convs) + 2 * sum(bns) + head,
         "lpft": sum(cin * cout * k * k for _, cin, cout, k in convs) + 2 * sum(bns) + head,
+        # AdaLoRA: Q (r0 x cin*9), Lambda (r0), P (cout x r0) per adapted 3x3 convolution
+        "adalora": sum(params.get("init_r", 12) * (cin * 9 + 1 + cout) for _, cin, cout, _ in lora_convs) + head,
     }[name]
 
 
@@ -184,8 +191,8 @@ def expected_vit(name, params):
     if params.get("variant") == "dora":
         lora += nblocks * (3 * D + D + 4 * D + D)
     tokens = (224 // 16) ** 2 + 1
-    total = (3 * 16 * 16 * D + D + D + tokens * D
-             + DEPTH * (4 * D + 3 * D * D + 3 * D + D * D + D + 4 * D * D + 4 * D + 4 * D * D + D) + 2 * D + head)
+    block = 4 * D + 3 * D * D + 3 * D + D * D + D + 4 * D * D + 4 * D + 4 * D * D + D
+    total = 3 * 16 * 16 * D + D + D + tokens * D + DEPTH * block + 2 * D + head
     return {
         # biases: patch proj; per block norm1, qkv, proj, norm2, fc1, fc2; the final norm
         "bitfit": D + DEPTH * (D + 3 * D + D + D + 4 * D + D) + D + head,
@@ -196,6 +203,10 @@ def expected_vit(name, params):
         # scales: patch embed; per block qkv, proj, fc1, fc2; LayerNorm affine: norm1, norm2, final norm
         "san": D + DEPTH * (3 * D + D + 4 * D + D) + DEPTH * 4 * D + 2 * D + head,
         "lpft": total,
+        "siamese": len(params.get("blocks", [])) * block + 2 * D * NC + NC,
+        # AdaLoRA: Q (r0 x d_in), Lambda (r0), P (d_out x r0) on qkv, proj, fc1, fc2 of every block
+        "adalora": DEPTH * params.get("init_r", 12) * ((D + 1 + 3 * D) + (D + 1 + D) + (D + 1 + 4 * D)
+                                                       + (4 * D + 1 + D)) + head,
     }[name]
 
 
@@ -208,6 +219,9 @@ COUNT_CASES = [
     ("vit_tiny_patch16_224", "lora", {"rank": 4, "variant": "pissa"}),
     ("vit_tiny_patch16_224", "ssf", {}), ("vit_tiny_patch16_224", "san", {}), ("vit_tiny_patch16_224", "lpft", {}),
     ("vit_tiny_patch16_224", "subtuning_lora", {"rank": 4, "blocks": ["blocks.0", "blocks.11"]}),
+    ("resnet18", "adalora", {}), ("vit_tiny_patch16_224", "adalora", {"init_r": 6, "target_r": 3}),
+    ("resnet18", "siamese", {"blocks": ["layer1.1", "layer3.0"]}),
+    ("vit_tiny_patch16_224", "siamese", {"blocks": ["blocks.3", "blocks.11"]}),
 ]
 
 
@@ -336,6 +350,10 @@ def test_the_workflow_config_accepts_the_methods_and_names_bad_parameters():
     cfg["methods"]["san"]["params"] = {"scale_init": 1}
     with pytest.raises(SubtuneError, match="method 'san' takes no parameter 'scale_init'"):
         validate(cfg, root / "schemas/config.schema.yaml")
+    cfg["methods"]["san"]["params"] = {}
+    cfg["targets"]["fmnist-c"]["head"] = "keep"  # Siamese SubTuning needs a new head: refused at the config check
+    with pytest.raises(SubtuneError, match="targets.fmnist-c.head is keep but method 'siamese' supports head new only"):
+        validate(json.loads(json.dumps(cfg)), root / "schemas/config.schema.yaml")
 
 
 def test_dora_on_convolutions_survives_channels_last():
@@ -374,6 +392,161 @@ def test_subtuning_lora_adapts_only_the_selected_blocks():
     lp = get_method("subtuning_lora", blocks=[])
     plain = small("resnet")
     assert lp.wrap(plain) is plain and lp.trainable(plain).names == ["fc.weight", "fc.bias"]
+
+
+# ------------------------------------------------------------------ AdaLoRA
+def test_adalora_penalty_is_pefts_and_ranks_end_at_the_target_budget():
+    from types import SimpleNamespace
+
+    from peft.tuners.adalora import AdaLoraLayer
+
+    from subtune.methods.adalora import orth_regularizer
+
+    method = get_method("adalora", init_r=4, target_r=2, tinit=0.1, tfinal=0.3, deltaT=2, orth_reg_weight=0.5)
+    model = method.wrap(small("vit"))
+    t = method.trainable(model)
+    layers = [m for m in model.modules() if isinstance(m, AdaLoraLayer)]
+    assert len(layers) == 8 and t.notes["targets"][:4] == [
+        "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
+    assert all(m.scaling["default"] == 8 and m.ranknum["default"].item() == 4 for m in layers)  # alpha, r0
+    assert not any("ranknum" in n for n in t.names)  # peft's ranknum is a frozen parameter
+    # the penalty is the one peft's AdaLoraModel.forward adds to a transformers model's loss
+    inner = model.base_model.model
+    fwd = inner.forward
+    inner.forward = lambda *a, **k: SimpleNamespace(loss=torch.zeros(()))
+    try:
+        peft_term = model.base_model.forward().loss
+    finally:
+        inner.forward = fwd
+    torch.testing.assert_close(peft_term, 0.5 * orth_regularizer(inner), atol=0, rtol=0)
+    torch.testing.assert_close(t.hooks.extra_loss(), peft_term, atol=0, rtol=0)
+    # 32 images, batch 4, 2 epochs: T = 16 steps, t_i = 1, t_f = 4; the final pattern is fixed at step 12
+    cfg = TrainConfig(epochs=2, lr=1e-2, batch_size=4)
+    before = snapshot(model)
+    fit(model, t, PRE, toy("vit"), {}, cfg, progress=False)
+    c = model.peft_config["default"]
+    assert (c.total_step, c.tinit, c.tfinal) == (16, 1, 4)
+    live = sum(int((m.lora_E["default"] != 0).sum()) for m in layers)
+    assert live == 2 * len(layers)  # the target budget: target_r per layer on average
+    assert sum(sum(v) for v in c.rank_pattern.values()) == live
+    diff = changed(before, snapshot(model))
+    assert diff <= set(t.names) and not any(".base_layer." in k for k in diff)
+    # merged into a plain timm model with the pruned ranks
+    plain = small("vit", seed=5)
+    plain.load_state_dict(method.merge(model), strict=True)
+    x = PRE(toy("vit", 4, 3)[0])
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), model.eval()(x), atol=ATOL, rtol=RTOL)
+
+
+def test_step_hooks_that_do_nothing_change_nothing():
+    """The loop with a no-op StepHooks is the plain loop, bit for bit (every method without hooks is unchanged)."""
+    from subtune.trainable import StepHooks, Trainable
+
+    runs = []
+    for hooks in (None, StepHooks()):
+        method = get_method("lora", rank=2)
+        model = method.wrap(small("resnet"))
+        t = method.trainable(model)
+        m = fit(model, Trainable(t.params, t.train_modules, t.notes, hooks), PRE, toy("resnet"),
+                {"val": toy("resnet", 8, 1)}, CFG, progress=False)
+        runs.append((m["history"], snapshot(model)))
+    assert runs[0][0] == runs[1][0]
+    assert not changed(runs[0][1], runs[1][1])
+
+
+def test_adalora_errors():
+    with pytest.raises(SubtuneError, match="adalora: target_r must be below init_r"):
+        get_method("adalora", init_r=4, target_r=4)
+    with pytest.raises(SubtuneError, match="adalora: tinit \\+ tfinal must be below 1"):
+        get_method("adalora", tinit=0.5, tfinal=0.5)
+    with pytest.raises(SubtuneError, match="adalora: deltaT"):
+        get_method("adalora", deltaT=0)
+    with pytest.raises(SubtuneError, match="call wrap"):
+        get_method("adalora").trainable(small("vit"))
+    model = small("resnet")
+    model.layer1[0].conv2 = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False)
+    with pytest.raises(SubtuneError, match="adalora: peft's AdaLoRA does not adapt grouped convolutions "
+                                           "\\(layer1.0.conv2 has groups=2\\)"):
+        get_method("adalora").wrap(model)
+    # a peft without AdaLoRA for convolutions (before SVDConv2d) refuses ResNet's targets in one line
+    from peft.tuners.adalora import layer
+
+    svd_conv = layer.SVDConv2d
+    del layer.SVDConv2d
+    try:
+        with pytest.raises(SubtuneError, match="adalora: peft .* has no AdaLoRA for Conv2d layers \\(layer1.0.conv1"):
+            get_method("adalora").wrap(small("resnet"))
+    finally:
+        layer.SVDConv2d = svd_conv
+
+
+# ------------------------------------------------------------------ Siamese SubTuning
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_siamese_head_sees_subtuned_and_frozen_features_and_the_original_stays_bit_identical(family):
+    blocks = block_of(family)
+    method = get_method("siamese", blocks=list(reversed(blocks)))
+    ref = small(family).eval()
+    model = method.wrap(small(family))
+    t = method.trainable(model)
+    d = ref.num_features
+    assert model.head.in_features == 2 * d and model.head.out_features == 3
+    assert model.selected == blocks and t.notes["blocks"] == blocks  # network order
+    assert t.num_params == sum(p.numel() for b in blocks for p in ref.get_submodule(b).parameters()) + 2 * d * 3 + 3
+    # no frozen weight stored twice: the backbone (without its classifier), the copies and the head
+    clf = sum(p.numel() for p in ref.get_submodule("fc" if family == "resnet" else "head").parameters())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters()) - clf + t.num_params
+    x = PRE(toy(family, 4, 3)[0])
+    model.eval()
+    with torch.no_grad():  # at the start both paths are the pretrained network's features
+        f = ref.forward_head(ref.forward_features(x), pre_logits=True)
+        f_sub, f_orig = model.features(x)
+        torch.testing.assert_close(f_sub, f, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(f_orig, f, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(model(x), model.head(torch.cat([f_sub, f_orig], -1)), atol=0, rtol=0)
+    before = snapshot(model)
+    fit(model, t, PRE, toy(family), {"val": toy(family, 8, 1)}, CFG, progress=False)
+    diff = changed(before, snapshot(model))
+    # the original backbone (weights and BatchNorm statistics) bit-identical; the copies and the head moved
+    assert diff and all(k.startswith(("tuned.", "head.")) for k in diff)
+    assert {k.split(".")[0] for k in diff} == {"tuned", "head"}
+    assert {k.split(".")[1] for k in diff if k.startswith("tuned.")} == {str(i) for i in range(len(blocks))}
+    model.eval()
+    with torch.no_grad():
+        f_sub, f_orig = model.features(x)
+        torch.testing.assert_close(f_orig, f, atol=ATOL, rtol=RTOL)  # the frozen path is the pretrained network
+        assert not torch.allclose(f_sub, f, atol=1e-4)
+
+
+def test_siamese_without_blocks_errors_and_cli(files, tmp_path):
+    lp = get_method("siamese", blocks=[])
+    model = lp.wrap(small("resnet"))
+    assert lp.trainable(model).names == ["head.weight", "head.bias"] and len(model.tuned) == 0
+    x = PRE(toy("resnet", 2, 3)[0])
+    with torch.no_grad():
+        f_sub, f_orig = model.eval().features(x)
+    assert torch.equal(f_sub, f_orig)
+    with pytest.raises(SubtuneError, match="siamese: 'layer9.0' is not a block"):
+        get_method("siamese", blocks=["layer9.0"]).wrap(small("resnet"))
+    with pytest.raises(SubtuneError, match="siamese: call wrap"):
+        get_method("siamese").trainable(small("resnet"))
+    with pytest.raises(SubtuneError, match="method 'siamese' supports head new only"):
+        get_method("siamese", head="keep")
+    assert REGISTRY["siamese"].needs == "selection" and not REGISTRY["siamese"].mergeable
+    # the CLI: trains from a selection state; --save-model is refused before training
+    state = tmp_path / "selected.json"
+    state.write_text(json.dumps({"done": True, "selected": ["layer4.1"]}))
+    common = ["--data", files / "t1.safetensors", "--manifest", files / "t1.json", "--checkpoint",
+              files / "ckpt.safetensors", "--train", json.dumps({"epochs": 1, "batch_size": 16}),
+              "--selection-state", state]
+    assert main([str(a) for a in ["train", "--method", "siamese", *common, "--save-model", tmp_path / "m.st",
+                                  "--out", tmp_path / "x.json"]]) == 2
+    assert not (tmp_path / "x.json").exists()
+    cli("train", "--method", "siamese", *common, "--out", tmp_path / "s.json")
+    m = json.loads((tmp_path / "s.json").read_text())
+    block = sum(p.numel() for p in small("resnet").layer4[1].parameters())
+    assert m["notes"]["blocks"] == ["layer4.1"] and m["trainable_params"] == block + 2 * 64 * 3 + 3
+    assert m["method_params"] == {"blocks": ["layer4.1"]} and "test_acc" in m
 
 
 # ------------------------------------------------------------------ Multi-LoRA
@@ -551,6 +724,10 @@ def test_every_method_trains_on_every_family(family, name):
     fit_phases(model, method.phases(model), PRE, tiny_data(size), {}, ONE_STEP, progress=False)
     diff = changed(before, snapshot(model))
     assert diff and {k for k in diff if "running_" not in k and "num_batches" not in k} <= names
+    if not method.mergeable:  # two feature paths (Siamese SubTuning): refused, naming the method
+        with pytest.raises(SubtuneError, match=f"{name}: .*cannot be merged into a plain timm model"):
+            method.merge(model)
+        return
     x = PRE(tiny_data(size, 4, 5)[0])
     plain, _ = tiny(family, seed=5)
     plain.load_state_dict(method.merge(model), strict=True)
@@ -690,6 +867,10 @@ def test_lora_train_modules_train_and_the_rest_stays_bit_identical():
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_keep_head_trains_the_head_only_in_methods_that_train_it_themselves(name):
     params, head_trains = contract_params(name, small("resnet")), REGISTRY[name].own_head
+    if "keep" not in REGISTRY[name].heads:  # a method that needs its own head (Siamese SubTuning: 2d inputs)
+        with pytest.raises(SubtuneError, match=f"method '{name}' supports head new only, not 'keep'"):
+            get_method(name, head="keep", **params)
+        return
     new, keep = get_method(name, **params), get_method(name, head="keep", **params)
     mn, mk = new.wrap(small("resnet")), keep.wrap(small("resnet"))
     tn = [n for t, _ in new.phases(mn) for n in t.names]

@@ -359,7 +359,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     ``total_params`` is the plain backbone's size (before any adapter), so
     ``trainable_params / total_params`` compares across methods;
     ``adapted_params`` counts the trained model with its adapters.
-    ``--save-model`` saves the merged plain timm model (:meth:`Method.merge`).
+    ``--save-model`` saves the merged plain timm model (:meth:`Method.merge`);
+    refused, before training, for a method that is not ``mergeable``.
     ``--train-splits train,val`` trains on the union of the train and val
     splits (train first; ``train_size`` counts both) and evaluates no
     validation split (no ``val_acc``); the metrics' ``train_data`` says which.
@@ -371,6 +372,10 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .models.checkpoint import create, save_checkpoint
     from .train import TrainConfig
 
+    from .methods import method_class
+
+    if a.save_model and not method_class(a.method).mergeable:  # before any training
+        raise SubtuneError(f"--save-model: method {a.method!r} cannot be merged into a plain timm model")
     train_cfg, params, tuned = dict(a.train), dict(a.method_params or {}), None
     if a.tuned:
         t = read_json(_existing(a.tuned))

@@ -115,6 +115,12 @@ def _check_registries(config: dict[str, Any]) -> None:
     for name, spec in config["targets"].items():
         for m, over in (spec.get("methods") or {}).items():
             _check_target_override(config, name, m, over or {})
+    for name in config["targets"]:  # a method that supports only some heads (Siamese SubTuning: a new one)
+        head = target_head(config, name)
+        for m in config["methods"]:
+            if head not in REGISTRY[m].heads:
+                raise SubtuneError(f"targets.{name}.head is {head} but method {m!r} supports head "
+                                   f"{' or '.join(REGISTRY[m].heads)} only")
     bb = config["backbone"]
     check_arch(bb["arch"], "backbone.arch")  # reads timm's source: no torch
     if bb["checkpoint"] == "pretrain":

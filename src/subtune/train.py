@@ -52,6 +52,9 @@ Protocol options (:class:`TrainConfig` keys; the defaults are the plain loop):
 - ``drop_last``: the incomplete last batch of every epoch is dropped (SSF's
   and SAN's loaders): ``floor(n / batch_size)`` steps per epoch instead of
   ``ceil``; the shuffled order still covers all ``n`` images over epochs.
+- A method's per-step hooks (``Trainable.hooks``, :class:`subtune.trainable.StepHooks`;
+  AdaLoRA's): an extra loss term and callbacks before and after each
+  optimizer step. Without them the loop is unchanged.
 - The learning-rate schedule (:func:`lr_scheduler`; ``schedule``,
   ``schedule_unit``, ``warmup_epochs``, ``warmup_lr``, ``min_lr``,
   ``cooldown_epochs``) and the number of epochs a run trains,
@@ -422,9 +425,12 @@ def fit_group(
         opt = _optimizer(_param_groups(model, params, cfg), cfg)
         sched = lr_scheduler(opt, cfg, spe)
         forward = run.forward or _image_forward(model, pre, device)
+        hooks = getattr(run.trainable, "hooks", None)
+        if hooks is not None:
+            hooks.start(opt, spe * epochs)
         states.append({"params": params, "opt": opt, "sched": sched, "forward": forward, "history": [],
                        "loss": 0.0, "time": 0.0, "best": None, "best_epoch": epochs,
-                       "active": True})
+                       "active": True, "hooks": hooks, "step": 0})
 
     if progress is None:
         progress = sys.stderr.isatty()
@@ -453,10 +459,20 @@ def fit_group(
                     loss = F.cross_entropy(logits.float(), yb)
                 else:
                     loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+                hooks = st["hooks"]
+                if hooks is not None:
+                    extra = hooks.extra_loss()
+                    if extra is not None:
+                        loss = loss + extra
                 st["opt"].zero_grad(set_to_none=True)
                 loss.backward()
+                if hooks is not None:
+                    hooks.before_step(st["step"])
                 st["opt"].step()
                 st["sched"].step()
+                if hooks is not None:
+                    hooks.after_step(st["step"])
+                st["step"] += 1
                 st["loss"] += loss.detach() * len(idx)  # summed on the device: no sync per step
                 st["time"] += time.perf_counter() - t
         for run, st in live:

@@ -8,11 +8,14 @@ workflow and the config check read the registry). Two modules register no
 method: :mod:`.base` (the interface) and :mod:`.multilora` (Multi-LoRA's
 multi-task trainer, a function that imports torch, not a single-task method).
 
-peft provides LoRA/DoRA/PiSSA (:mod:`.lora`, also used by SubTuning+LoRA);
-the others are ours: LP, FT, LP-FT, Surgical, SubTuning and BitFit only
-choose among existing parameters; SSF and SAN add per-channel parameters
-with forward hooks (neither is a peft tuner for timm modules); Multi-LoRA's
-shared frozen A is not a peft feature (:mod:`.multilora`).
+peft provides LoRA/DoRA/PiSSA (:mod:`.lora`, also used by SubTuning+LoRA)
+and AdaLoRA (:mod:`.adalora`, whose penalty and rank allocation run through
+the loop's per-step hooks); the others are ours: LP, FT, LP-FT, Surgical,
+SubTuning and BitFit only choose among existing parameters; SSF and SAN add
+per-channel parameters with forward hooks (neither is a peft tuner for timm
+modules); Siamese SubTuning wraps the backbone in a two-path model
+(:mod:`.siamese`); Multi-LoRA's shared frozen A is not a peft feature
+(:mod:`.multilora`).
 """
 
 from __future__ import annotations

@@ -24,6 +24,11 @@ module), because the Snakefile and the config check read them:
   (:func:`method_needs`);
 - ``own_head``: it trains the classifier itself (LP, FT, LP-FT), also with
   the source head kept (see below);
+- ``heads``: the heads it supports (default both, ``("new", "keep")``; see
+  below); another is refused naming the method;
+- ``mergeable``: :meth:`Method.merge` gives a plain timm state dict (default
+  True); False for a method whose trained model is not a timm architecture
+  (Siamese SubTuning's two feature paths), whose ``merge`` raises;
 - ``parameters``: its typed structural hyperparameters, ``{key: Param(default,
   kind, check)}``; ``defaults`` is derived from them. Anything else passed to
   it is rejected with the method's and the key's names, and a value failing
@@ -138,6 +143,10 @@ class Method:
     needs: ClassVar[str | None] = None
     #: the method itself trains the classifier (LP, FT, LP-FT): with ``head="keep"`` it still trains it
     own_head: ClassVar[bool] = False
+    #: the heads it supports (a subset of :data:`HEADS`)
+    heads: ClassVar[tuple[str, ...]] = HEADS
+    #: :meth:`merge` gives the state dict of the plain timm architecture
+    mergeable: ClassVar[bool] = True
     #: typed structural hyperparameters: key -> :class:`Param`
     parameters: ClassVar[dict[str, Param]] = {}
     #: key -> default, derived from :attr:`parameters`
@@ -150,6 +159,8 @@ class Method:
             raise SubtuneError(f"method {self.name!r} takes no parameter {unknown[0]!r} (it takes: {known})")
         if head not in HEADS:
             raise SubtuneError(f"method {self.name!r}: head must be one of {', '.join(HEADS)}, not {head!r}")
+        if head not in self.heads:
+            raise SubtuneError(f"method {self.name!r} supports head {' or '.join(self.heads)} only, not {head!r}")
         self.head = head
         self.params = {**self.defaults, **params}
         for key, spec in self.parameters.items():
@@ -195,7 +206,7 @@ class Method:
 
         params = [(n, p) for n, p in t.params if not in_head(n)]
         modules = [m for m in t.train_modules if not (m and in_head(m))]
-        return Trainable(params, modules, {**t.notes, "head": "keep"})
+        return Trainable(params, modules, {**t.notes, "head": "keep"}, t.hooks)
 
     def trainable(self, model: nn.Module) -> Trainable:
         raise NotImplementedError
@@ -256,6 +267,8 @@ def register(cls: type[Method]) -> type[Method]:
         raise SubtuneError(f"{where}: needs must be one of {NEEDS}, not {cls.needs!r}")
     if cls.needs and NEEDS_PARAM[cls.needs] not in cls.parameters:
         raise SubtuneError(f"{where}: needs {cls.needs} but has no parameter {NEEDS_PARAM[cls.needs]!r} to receive it")
+    if not cls.heads or any(h not in HEADS for h in cls.heads):
+        raise SubtuneError(f"{where}: heads must be a non-empty subset of {HEADS}, not {cls.heads!r}")
     bad = [k for k, p in cls.parameters.items() if not isinstance(p, Param)]
     if bad:
         raise SubtuneError(f"{where}: parameter {bad[0]!r} is not a Param")
