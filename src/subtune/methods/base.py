@@ -67,6 +67,7 @@ head kept) is evaluated without training (0 epochs).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -195,7 +196,11 @@ class Method:
 
         params = [(n, p) for n, p in t.params if not in_head(n)]
         modules = [m for m in t.train_modules if not (m and in_head(m))]
-        return Trainable(params, modules, {**t.notes, "head": "keep"})
+        stages = [dataclasses.replace(s, names=[n for n in s.names if not in_head(n)],
+                                      train_modules=[m for m in s.train_modules if not (m and in_head(m))])
+                  for s in t.stages]
+        return dataclasses.replace(t, params=params, train_modules=modules, notes={**t.notes, "head": "keep"},
+                                   stages=stages)
 
     def trainable(self, model: nn.Module) -> Trainable:
         raise NotImplementedError

@@ -1,0 +1,124 @@
+"""The reviewer-asked methods that change *how* parameters train, not only which: LLRD (a learning-rate factor
+per layer), gradual unfreezing (a trainable set per epoch within one run) and Auto-RGN (a learning-rate factor
+per tensor, recomputed every step).
+
+Each against its reference: LLRD's factors are timm's ``param_groups_layer_decay``'s and every optimizer group
+trains at factor x the schedule; gradual unfreezing trains exactly its stage's parameters in each epoch (the
+rest bit-identical through that epoch); Auto-RGN's factors are ||g|| / ||theta|| / max on each step's gradients
+(surgical-finetuning ``main.py``). Exact trainable counts on timm resnet18 / vit_tiny_patch16_224. The contract
+tests (only named parameters change, merge into a plain timm model, head keep) are tests/test_methods.py's,
+parametrised over the registry.
+"""
+
+import pytest
+import timm
+import torch
+
+from subtune import SubtuneError
+from subtune.methods import fit_phases, get_method, surgical_groups
+from subtune.models.blocks import block_names, head_names
+from subtune.train import Preprocess, TrainConfig, _optimizer, _param_groups, fit, lr_scheduler
+
+from test_methods import NC, changed, expected_resnet, expected_vit, resnet18_layout, small, snapshot, toy
+
+PRE = Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 3)
+
+
+def names_of(model):
+    return {id(p): n for n, p in model.named_parameters()}
+
+
+# ------------------------------------------------------------------ LLRD
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_llrd_factors_are_timms_layer_decay_and_decay_to_the_depth(family):
+    from timm.optim import param_groups_layer_decay
+
+    d = 0.6
+    model = small(family)
+    t = get_method("llrd", decay=d).trainable(model)
+    assert t.names == [n for n, _ in model.named_parameters()]
+    # timm's own layer map (the architecture's group_matcher) gives the same factor to every parameter
+    ids = names_of(model)
+    theirs = {ids[id(p)]: g["lr_scale"] for g in param_groups_layer_decay(model, layer_decay=d) for p in g["params"]}
+    assert t.lr_scale == pytest.approx(theirs, rel=0, abs=0)
+    # decay ** (depth from the top): the head 1, block i decay ** (n - i), the stem decay ** (n + 1)
+    blocks = block_names(model)
+    n = len(blocks)
+    for name, s in t.lr_scale.items():
+        if any(name.startswith(h + ".") for h in head_names(model)):
+            want = 1.0
+        elif any(name.startswith(b + ".") for b in blocks):
+            want = d ** (n - next(i for i, b in enumerate(blocks) if name.startswith(b + ".")))
+        elif name.startswith("norm."):  # ViT's final norm: with the last block (timm's MATCH_PREV_GROUP)
+            want = d
+        else:  # the stem
+            want = d ** (n + 1)
+        assert s == pytest.approx(want, rel=1e-12), name
+
+
+@pytest.mark.parametrize("unit", ["step", "epoch"])
+@pytest.mark.parametrize("no_wd_1d", [False, True])
+def test_llrd_every_group_trains_at_its_factor_times_the_schedule(unit, no_wd_1d):
+    cfg = TrainConfig(epochs=3, lr=0.01, weight_decay=0.05, warmup_epochs=1, warmup_lr=0.001, min_lr=0.0005,
+                      schedule_unit=unit, no_weight_decay_1d=no_wd_1d)
+    model = small("vit")
+    t = get_method("llrd", decay=0.5).trainable(model)
+    params = [p for _, p in t.params]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    groups = _param_groups(model, params, cfg, t)
+    plain_groups = _param_groups(model, params, cfg)
+    opt, ref = _optimizer(groups, cfg), _optimizer(plain_groups, cfg)
+    spe = 4
+    sched, ref_sched = lr_scheduler(opt, cfg, spe), lr_scheduler(ref, cfg, spe)
+    ids = names_of(model)
+    # one group per (weight decay, factor); each parameter once, with its own weight decay and factor
+    assert sorted(ids[id(p)] for g in opt.param_groups for p in g["params"]) == sorted(t.names)
+    wd_of = ({id(p): g["weight_decay"] for g in plain_groups for p in g["params"]} if no_wd_1d
+             else {id(p): cfg.weight_decay for p in params})
+    for g in opt.param_groups:
+        assert len({t.lr_scale[ids[id(p)]] for p in g["params"]}) == 1
+        assert all(wd_of[id(p)] == g["weight_decay"] for p in g["params"])
+        assert g["lr_scale"] == t.lr_scale[g["names"][0]] and g["names"] == [ids[id(p)] for p in g["params"]]
+    assert len(opt.param_groups) == len(set(t.lr_scale.values())) * (2 if no_wd_1d else 1)
+    for _ in range(cfg.epochs * spe + 1):  # warm-up, cosine, min_lr: every step
+        base = ref.param_groups[0]["lr"]
+        for g in opt.param_groups:
+            assert g["lr"] == pytest.approx(g["lr_scale"] * base, rel=1e-12)
+        opt.step(), ref.step(), sched.step(), ref_sched.step()
+
+
+def test_llrd_updates_are_the_factor_times_fts_and_decay_one_is_ft():
+    sgd = TrainConfig(epochs=1, lr=0.05, batch_size=32, optimizer="sgd", weight_decay=0.0, schedule="constant")
+    data = toy("resnet")
+    ft = small("resnet")
+    before = snapshot(ft)
+    fit(ft, get_method("ft").trainable(ft), PRE, data, {}, sgd, progress=False)
+    ll = small("resnet")
+    t = get_method("llrd", decay=0.5).trainable(ll)
+    fit(ll, t, PRE, data, {}, sgd, progress=False)
+    # one SGD step from the same weights on the same batch: each tensor moved by its factor x FT's move
+    ft_sd, ll_sd = snapshot(ft), snapshot(ll)
+    for n, _ in ll.named_parameters():
+        torch.testing.assert_close(ll_sd[n] - before[n], t.lr_scale[n] * (ft_sd[n] - before[n]), rtol=1e-4, atol=1e-7)
+    assert min(t.lr_scale.values()) == 0.5 ** 9 and t.notes["min_lr_scale"] == 0.5 ** 9
+    # decay 1: FT exactly (AdamW, weight-decay groups, cosine per epoch), bit for bit
+    for unit in ("step", "epoch"):
+        cfg = TrainConfig(epochs=2, lr=1e-2, batch_size=16, schedule_unit=unit, no_weight_decay_1d=True)
+        a, b = small("resnet"), small("resnet")
+        fit(a, get_method("ft").trainable(a), PRE, data, {}, cfg, progress=False)
+        fit(b, get_method("llrd", decay=1).trainable(b), PRE, data, {}, cfg, progress=False)
+        assert not changed(snapshot(a), snapshot(b))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vit_tiny_patch16_224"])
+def test_llrd_exact_trainable_counts(arch):
+    model = timm.create_model(arch, num_classes=NC)
+    t = get_method("llrd").trainable(model)
+    expected = expected_resnet if arch == "resnet18" else expected_vit
+    assert t.num_params == expected("lpft", {})  # everything
+    assert set(t.lr_scale) == set(t.names) and max(t.lr_scale.values()) == 1.0
+    n = len(block_names(model))
+    assert min(t.lr_scale.values()) == pytest.approx(0.75 ** (n + 1))
+    with pytest.raises(SubtuneError, match=r"llrd: decay must be a number in \(0, 1\], not 1.5"):
+        get_method("llrd", decay=1.5)
