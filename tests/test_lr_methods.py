@@ -122,3 +122,68 @@ def test_llrd_exact_trainable_counts(arch):
     assert min(t.lr_scale.values()) == pytest.approx(0.75 ** (n + 1))
     with pytest.raises(SubtuneError, match=r"llrd: decay must be a number in \(0, 1\], not 1.5"):
         get_method("llrd", decay=1.5)
+
+
+# ------------------------------------------------------------------ gradual unfreezing
+def under(name, prefixes):
+    return any(prefix == "" or name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+@pytest.mark.parametrize("family,unit", [("resnet", "group"), ("vit", "block")])
+def test_gradual_trains_exactly_its_stage_in_each_epoch(family, unit):
+    model = small(family)
+    t = get_method("gradual", unit=unit).trainable(model)
+    params = [n for n, _ in model.named_parameters()]
+    head = [n for n in params if under(n, head_names(model))]
+    blocks = block_names(model)
+    if family == "resnet":  # Surgical's groups: conv1 + bn1 + layer1, layer2, layer3, layer4
+        tops = [["layer4"], ["layer3", "layer4"], ["layer2", "layer3", "layer4"]]
+    else:  # one block at a time, the final norm with the top block, the stem with the lowest block
+        tops = [[blocks[-1], "norm"]]
+    want = [head, *[[n for n in params if under(n, [*ps, *head_names(model)])] for ps in tops], params]
+    assert [s.names for s in t.stages] == want and [s.first_epoch for s in t.stages] == list(range(len(want)))
+    assert t.stages[-1].train_modules == [""] and t.names == params
+    # one run: after each epoch exactly the stage's parameters moved, and BatchNorm statistics only in its modules
+    snaps = [snapshot(model)]
+    cfg = TrainConfig(epochs=len(want) + 1, lr=1e-2, batch_size=16)
+    m = fit(model, t, PRE, toy(family), {}, cfg, progress=False, on_epoch=lambda row: snaps.append(snapshot(model)))
+    assert m["trainable_params"] == sum(p.numel() for p in model.parameters()) and len(snaps) == cfg.epochs + 1
+    for e in range(cfg.epochs):
+        stage = t.stages[min(e, len(t.stages) - 1)]
+        diff = changed(snaps[e], snaps[e + 1])
+        assert {k for k in diff if k in params} == set(stage.names), e
+        moved_stats = {k for k in diff if k not in params}
+        assert all(under(k, stage.train_modules) for k in moved_stats), e
+        if family == "resnet":
+            assert bool(moved_stats) == (e >= 1)  # the head has no BatchNorm; every later stage has
+    # the schedule is one run's: the lr decays smoothly over all epochs (no restart per stage)
+    lrs = [r["lr"] for r in m["history"]]
+    assert lrs == sorted(lrs, reverse=True) and len(set(lrs)) == len(lrs)
+
+
+def test_gradual_epochs_per_stage_and_head_keep():
+    model = small("resnet")
+    t = get_method("gradual", epochs_per_stage=3).trainable(model)
+    assert [s.first_epoch for s in t.stages] == [0, 3, 6, 9, 12]
+    # head keep: it ends as FT, so the head still trains (own_head), from the first stage
+    k = get_method("gradual", head="keep").trainable(model)
+    assert k.stages[0].names == ["fc.weight", "fc.bias"]
+    with pytest.raises(SubtuneError, match="gradual: unit must be group or block, not 'layer'"):
+        get_method("gradual", unit="layer")
+    with pytest.raises(SubtuneError, match="gradual: epochs_per_stage must be a positive integer, not 0"):
+        get_method("gradual", epochs_per_stage=0)
+
+
+def test_gradual_exact_trainable_counts_resnet18():
+    convs, _ = resnet18_layout()
+    # every resnet18 convolution is followed by a BatchNorm of its output width
+    size = lambda pre: sum(ci * co * k * k + 2 * co for n, ci, co, k in convs if under(n, pre))  # noqa: E731
+    head = 512 * NC + NC
+    model = timm.create_model("resnet18", num_classes=NC)
+    t = get_method("gradual").trainable(model)
+    assert [sum(p.numel() for n, p in model.named_parameters() if n in set(s.names)) for s in t.stages] == [
+        head, head + size(["layer4"]), head + size(["layer3", "layer4"]), head + size(["layer2", "layer3", "layer4"]),
+        expected_resnet("lpft", {})]
+    assert t.num_params == expected_resnet("lpft", {})
+    vt = get_method("gradual", unit="block").trainable(timm.create_model("vit_tiny_patch16_224", num_classes=NC))
+    assert len(vt.stages) == 12 + 1 and vt.num_params == expected_vit("lpft", {})

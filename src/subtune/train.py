@@ -471,8 +471,8 @@ def fit_group(
             stage = run.trainable.stage(epoch) if getattr(run.trainable, "stages", None) else None
             if stage is not None:  # this epoch's parameters get gradients; the others none (left untouched)
                 names = set(stage.names)
-                for n, p in run.trainable.params:
-                    p.requires_grad_(n in names)
+                for pname, p in run.trainable.params:
+                    p.requires_grad_(pname in names)
             modules = stage.train_modules if stage is not None else run.trainable.train_modules
             set_modes(run.model, modules, cfg.bn_mode, cfg.drop_path > 0)
             st["loss"] = 0.0
