@@ -187,3 +187,88 @@ def test_gradual_exact_trainable_counts_resnet18():
     assert t.num_params == expected_resnet("lpft", {})
     vt = get_method("gradual", unit="block").trainable(timm.create_model("vit_tiny_patch16_224", num_classes=NC))
     assert len(vt.stages) == 12 + 1 and vt.num_params == expected_vit("lpft", {})
+
+
+# ------------------------------------------------------------------ Auto-RGN
+def rgn_spy(t):
+    """Wrap the method's step hook: record, at every step, each group's name, its RGN from the gradient about
+    to be applied, the factors and the scheduled lr."""
+    hook, steps = t.step_hook, []
+
+    def spy(groups):
+        f = hook(groups)
+        steps.append({"names": [g["names"][0] for g in groups], "lr": [g["lr"] for g in groups], "factors": f,
+                      "rgn": [(g["params"][0].grad.norm() / g["params"][0].norm()).item() for g in groups],
+                      "grad": [g["params"][0].grad.clone() for g in groups]})
+        return f
+
+    t.step_hook = spy
+    return steps
+
+
+def test_autorgn_factors_are_relative_gradient_norms_over_the_max_each_step():
+    model = small("resnet")
+    t = get_method("autorgn").trainable(model)
+    bn = [n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert t.names == [n for n, _ in model.named_parameters() if not under(n, bn)]
+    steps = rgn_spy(t)
+    before = snapshot(model)
+    # timm's per-epoch cosine: the groups' lrs change only at epoch ends, so a factor left in place would compound
+    cfg = TrainConfig(epochs=2, lr=0.01, batch_size=8, optimizer="adamw", schedule="cosine", schedule_unit="epoch")
+    m = fit(model, t, PRE, toy("resnet"), {}, cfg, progress=False)
+    assert len(steps) == 8  # 32 images, batch 8, 2 epochs: recomputed at every step
+    for s in steps:
+        assert s["names"] == t.names  # one group per tensor
+        top = max(s["rgn"])
+        assert s["factors"] == pytest.approx([r / top for r in s["rgn"]], rel=1e-5)
+        assert max(s["factors"]) == 1.0 and min(s["factors"]) > 0
+        assert len(set(s["lr"])) == 1  # the schedule's lr, the same for every group before the factors
+    assert [s["lr"][0] for s in steps] == [0.01] * 4 + [0.005] * 4
+    assert steps[0]["factors"] != steps[1]["factors"] != steps[-1]["factors"]
+    # the schedule never sees the factors: the groups' lrs after the run are the plain cosine's
+    assert [r["lr"] for r in m["history"]] == pytest.approx([0.005, 0.0])
+    # BatchNorm: affine frozen, statistics frozen (eval mode); everything else moved
+    diff = changed(before, snapshot(model))
+    assert diff == set(t.names) and not any(under(k, bn) for k in diff)
+
+
+def test_autorgn_update_is_lr_times_factor_times_gradient():
+    """One SGD step (momentum buffer = the gradient): each tensor moves by -lr * RGN_j / max RGN * g_j."""
+    model = small("vit")
+    t = get_method("autorgn").trainable(model)
+    assert t.names == [n for n, _ in model.named_parameters()] and t.train_modules == [""]  # no BatchNorm
+    with torch.no_grad():
+        model.head.bias.zero_()  # zero norm: factor 1, left out of the max
+    steps = rgn_spy(t)
+    before = snapshot(model)
+    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=32, optimizer="sgd", weight_decay=0.0, schedule="constant")
+    fit(model, t, PRE, toy("vit"), {}, cfg, progress=False)
+    (s,) = steps
+    f = dict(zip(s["names"], s["factors"]))
+    zero = {n for n in s["names"] if not before[n].any()}  # the head bias and timm's zero-initialised biases
+    assert "head.bias" in zero and all(f[n] == 1.0 for n in zero)
+    rest = {n: r for n, r in zip(s["names"], s["rgn"]) if n not in zero}
+    assert max(f[n] for n in rest) == 1.0
+    after = snapshot(model)
+    for n, g in zip(s["names"], s["grad"]):
+        torch.testing.assert_close(after[n] - before[n], -0.05 * f[n] * g, rtol=1e-4, atol=1e-8)
+        if n not in zero:
+            assert f[n] == pytest.approx(rest[n] / max(rest.values()), rel=1e-5)
+
+
+def test_autorgn_train_bn_and_exact_counts():
+    convs, bns = resnet18_layout()
+    model = timm.create_model("resnet18", num_classes=NC)
+    t = get_method("autorgn").trainable(model)
+    assert t.num_params == expected_resnet("lpft", {}) - 2 * sum(bns)  # every tensor but the BatchNorm affine
+    tb = get_method("autorgn", train_bn=True).trainable(model)
+    assert tb.num_params == expected_resnet("lpft", {}) and tb.train_modules == [""]
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=NC)
+    assert get_method("autorgn").trainable(vit).num_params == expected_vit("lpft", {})
+    # with train_bn the BatchNorms train (affine and statistics), at their own RGN
+    m = small("resnet")
+    t = get_method("autorgn", train_bn=True).trainable(m)
+    before = snapshot(m)
+    fit(m, t, PRE, toy("resnet"), {}, TrainConfig(epochs=1, lr=1e-2, batch_size=16), progress=False)
+    diff = changed(before, snapshot(m))
+    assert "layer1.0.bn1.weight" in diff and "layer1.0.bn1.running_mean" in diff
