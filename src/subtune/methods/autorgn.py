@@ -74,18 +74,18 @@ class RelativeGradNorm:
     def __init__(self) -> None:
         self.last: dict[str, float] = {}
 
-    @torch.no_grad()
     def __call__(self, groups: list[dict[str, Any]]) -> list[float]:
         tensors = [g["params"][0] for g in groups]
         with_grad = [i for i, p in enumerate(tensors) if p.grad is not None]
         factors = [0.0] * len(tensors)
         if with_grad:
-            gn = torch.stack(torch._foreach_norm([tensors[i].grad.float() for i in with_grad]))
-            pn = torch.stack(torch._foreach_norm([tensors[i].detach().float() for i in with_grad]))
-            zero = pn == 0
-            rgn = torch.where(zero, torch.zeros_like(gn), gn / torch.where(zero, torch.ones_like(pn), pn))
-            top = rgn.max()
-            f = torch.where(zero, torch.ones_like(rgn), rgn / top if top > 0 else torch.zeros_like(rgn))
+            with torch.no_grad():
+                gn = torch.stack(torch._foreach_norm([tensors[i].grad.float() for i in with_grad]))
+                pn = torch.stack(torch._foreach_norm([tensors[i].detach().float() for i in with_grad]))
+                zero = pn == 0
+                rgn = torch.where(zero, torch.zeros_like(gn), gn / torch.where(zero, torch.ones_like(pn), pn))
+                top = rgn.max()  # 0 when no tensor has a gradient norm: then every factor 0 (but zero-norm ones)
+                f = torch.where(zero, torch.ones_like(rgn), rgn / torch.where(top > 0, top, torch.ones_like(top)))
             for i, v in zip(with_grad, f.tolist()):  # one device sync per step
                 factors[i] = v
         self.last = {g["names"][0]: f for g, f in zip(groups, factors)}

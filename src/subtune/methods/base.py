@@ -49,6 +49,13 @@ train in stages; their defaults keep the plain behaviour:
   into an unmodified ``timm.create_model``). Default: the model's own state
   dict (methods that add nothing).
 
+A method may also change *how* its parameters train through the
+:class:`Trainable` it returns (:mod:`subtune.trainable`; the training loop
+honours them, other methods are untouched): ``lr_scale`` (a constant lr
+factor per parameter: LLRD), ``stages`` (a trainable set per epoch within one
+run: gradual unfreezing) and ``step_hook`` (per-tensor lr factors computed
+after each backward pass: Auto-RGN).
+
 The head (``targets.<name>.head``, passed as ``get_method(name, head=...)``):
 with ``head="new"`` (the default) the model has a fresh classifier and every
 method trains it. With ``head="keep"`` the model starts from the checkpoint's
