@@ -15,7 +15,7 @@ import timm
 import torch
 
 from subtune import SubtuneError
-from subtune.methods import fit_phases, get_method, surgical_groups
+from subtune.methods import get_method
 from subtune.models.blocks import block_names, head_names
 from subtune.train import Preprocess, TrainConfig, _optimizer, _param_groups, fit, lr_scheduler
 
