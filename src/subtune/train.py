@@ -175,25 +175,51 @@ def set_modes(model: nn.Module, train_modules: list[str], bn_mode: str = "tuned"
                 m.train()
 
 
-def _param_groups(model: nn.Module, params: list[nn.Parameter], cfg: TrainConfig):
-    """The optimizer's parameters: one group, or timm's decay / no-decay groups (``no_weight_decay_1d``).
+def _param_groups(model: nn.Module, params: list[nn.Parameter], cfg: TrainConfig, trainable=None):
+    """The optimizer's parameters: one group, or timm's decay / no-decay groups (``no_weight_decay_1d``),
+    split further by the method's learning-rate factors (``trainable``, a :class:`~subtune.trainable.Trainable`).
 
     timm's groups are built from the model's parameters with ``requires_grad``
     (exactly the method's, set by the caller). The model's
     ``no_weight_decay()`` names are matched also under a wrapper's prefix
     (peft's ``base_model.model.``).
+
+    ``trainable.lr_scale``: each group split by factor (in order of first
+    appearance), the factor in the group's ``lr_scale`` (timm's key: the
+    schedule multiplies it, see :func:`lr_scheduler`). ``trainable.step_hook``:
+    one group per tensor, its name in ``names``. Without either (every other
+    method) the groups are exactly as before.
     """
     if not cfg.no_weight_decay_1d:
-        return params
-    from timm.optim import param_groups_weight_decay
+        groups = params
+    else:
+        from timm.optim import param_groups_weight_decay
 
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    skip |= {f"*.{n}" for n in skip}
-    groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=skip)
-    if {id(p) for g in groups for p in g["params"]} != {id(p) for p in params} or sum(
-            len(g["params"]) for g in groups) != len(params):
-        raise SubtuneError("no_weight_decay_1d: the method's parameters are not the model's trainable parameters")
-    return groups
+        skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+        skip |= {f"*.{n}" for n in skip}
+        groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=skip)
+        if {id(p) for g in groups for p in g["params"]} != {id(p) for p in params} or sum(
+                len(g["params"]) for g in groups) != len(params):
+            raise SubtuneError("no_weight_decay_1d: the method's parameters are not the model's trainable parameters")
+    scale = getattr(trainable, "lr_scale", None) or {}
+    per_tensor = getattr(trainable, "step_hook", None) is not None
+    if not scale and not per_tensor:
+        return groups
+    names = {id(p): n for n, p in trainable.params}
+    out: list[dict[str, Any]] = []
+    for g in ([{"params": groups}] if not cfg.no_weight_decay_1d else groups):
+        buckets: dict[Any, dict[str, Any]] = {}
+        for p in g["params"]:
+            n = names[id(p)]
+            key = n if per_tensor else scale.get(n, 1.0)
+            if key not in buckets:
+                buckets[key] = {**g, "params": [], "names": []}
+                if scale:
+                    buckets[key]["lr_scale"] = float(scale.get(n, 1.0))
+            buckets[key]["params"].append(p)
+            buckets[key]["names"].append(n)
+        out += buckets.values()
+    return out
 
 
 def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -284,10 +310,16 @@ def lr_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: 
     """The run's schedule; its ``step()`` is called once after every optimizer step.
 
     ``schedule_unit: step``: a ``LambdaLR`` of :func:`lr_factor` (the lr of
-    every step is its own); ``epoch``: :class:`EpochSchedule`.
+    every step is its own); ``epoch``: :class:`EpochSchedule`. A group with
+    an ``lr_scale`` (:func:`_param_groups`) trains at that factor times the
+    schedule at every step, warm-up and ``min_lr`` included (timm's
+    layer-decay convention: its schedulers multiply ``lr_scale``).
     """
     if cfg.schedule_unit == "epoch":
-        return EpochSchedule(opt, cfg, steps_per_epoch)
+        return EpochSchedule(opt, cfg, steps_per_epoch)  # timm's scheduler multiplies a group's ``lr_scale``
+    if any("lr_scale" in g for g in opt.param_groups):  # the same: each group's factor times the schedule
+        return torch.optim.lr_scheduler.LambdaLR(opt, [
+            (lambda s, k=g.get("lr_scale", 1.0): k * lr_factor(s, cfg, steps_per_epoch)) for g in opt.param_groups])
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, steps_per_epoch))
 
 
@@ -422,13 +454,14 @@ def fit_group(
         model.to(device)
         if device.type == "cuda":
             model.to(memory_format=torch.channels_last)
-        opt = _optimizer(_param_groups(model, params, cfg), cfg)
+        opt = _optimizer(_param_groups(model, params, cfg, run.trainable), cfg)
         sched = lr_scheduler(opt, cfg, spe)
         forward = run.forward or _image_forward(model, pre, device)
         hooks = getattr(run.trainable, "hooks", None)
         if hooks is not None:
             hooks.start(opt, spe * epochs)
         states.append({"params": params, "opt": opt, "sched": sched, "forward": forward, "history": [],
+                       "hook": getattr(run.trainable, "step_hook", None),
                        "loss": 0.0, "time": 0.0, "best": None, "best_epoch": epochs,
                        "active": True, "hooks": hooks, "step": 0})
 
@@ -441,7 +474,13 @@ def fit_group(
     for epoch in bar:
         t_epoch = time.perf_counter()
         for run, st in zip(runs, states):
-            set_modes(run.model, run.trainable.train_modules, cfg.bn_mode, cfg.drop_path > 0)
+            stage = run.trainable.stage(epoch) if getattr(run.trainable, "stages", None) else None
+            if stage is not None:  # this epoch's parameters get gradients; the others none (left untouched)
+                names = set(stage.names)
+                for pname, p in run.trainable.params:
+                    p.requires_grad_(pname in names)
+            modules = stage.train_modules if stage is not None else run.trainable.train_modules
+            set_modes(run.model, modules, cfg.bn_mode, cfg.drop_path > 0)
             st["loss"] = 0.0
         live = [(run, st) for run, st in zip(runs, states) if st["active"]]
         if not live:  # ``stop`` stopped every run
@@ -468,7 +507,10 @@ def fit_group(
                 loss.backward()
                 if hooks is not None:
                     hooks.before_step(st["step"])
-                st["opt"].step()
+                if st["hook"] is None:
+                    st["opt"].step()
+                else:
+                    _scaled_step(st["opt"], st["hook"])
                 st["sched"].step()
                 if hooks is not None:
                     hooks.after_step(st["step"])
@@ -527,6 +569,22 @@ def fit_group(
             p.requires_grad_(False)
         out.append(metrics)
     return out
+
+
+def _scaled_step(opt: torch.optim.Optimizer, hook) -> None:
+    """One optimizer step with each group's scheduled lr multiplied by the method's factor for this step
+    (``Trainable.step_hook``), then the scheduled lrs restored (the schedule never sees the factors)."""
+    factors = hook(opt.param_groups)
+    if len(factors) != len(opt.param_groups):
+        raise SubtuneError(f"step_hook returned {len(factors)} factors for {len(opt.param_groups)} parameter groups")
+    lrs = [g["lr"] for g in opt.param_groups]
+    for g, f in zip(opt.param_groups, factors):
+        g["lr"] = g["lr"] * float(f)
+    try:
+        opt.step()
+    finally:
+        for g, lr in zip(opt.param_groups, lrs):
+            g["lr"] = lr
 
 
 def _check_drop_path(model: nn.Module, rate: float) -> None:

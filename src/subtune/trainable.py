@@ -14,7 +14,7 @@ other method) the loop is the plain one, bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ._lazy import lazy
 
@@ -54,12 +54,47 @@ class StepHooks:
 
 
 @dataclass
+class Stage:
+    """From epoch ``first_epoch`` (0-based) on, only the parameters ``names`` train and only the modules
+    ``train_modules`` are in train mode (until the next stage's first epoch)."""
+
+    first_epoch: int
+    names: list[str]
+    train_modules: list[str]
+
+
+@dataclass
 class Trainable:
+    """What a run trains; the optional fields change *how* (their defaults keep the plain loop, bit-identical):
+
+    - ``lr_scale``: parameter name -> a constant factor of its learning rate (missing names: 1). The
+      optimizer gets one parameter group per (weight-decay group, factor), each with timm's ``lr_scale``
+      key: every group's learning rate is the factor times the run's schedule at every step (LLRD).
+    - ``stages``: :class:`Stage` s in order of ``first_epoch`` (the first at 0): within one run (one
+      optimizer, one schedule) each epoch trains only its stage's parameters, the others get no gradient,
+      so the optimizer leaves them bit-identical (gradual unfreezing). ``params`` is every parameter that
+      trains in some stage (the optimizer's), ``train_modules`` is unused.
+    - ``step_hook``: called after every backward pass, before the optimizer step, with the optimizer's
+      parameter groups (one per parameter tensor, its name in the group's ``names``); it returns one factor
+      per group, which multiplies that group's scheduled learning rate for this step only (Auto-RGN).
+    """
+
     params: list[tuple[str, nn.Parameter]]
     train_modules: list[str]
     notes: dict[str, Any] = field(default_factory=dict)
     #: per-step callbacks inside the training loop (None: the plain loop)
     hooks: StepHooks | None = None
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    stages: list[Stage] = field(default_factory=list)
+    step_hook: Callable[[list[dict[str, Any]]], list[float]] | None = None
+
+    def stage(self, epoch: int) -> Stage | None:
+        """The stage epoch ``epoch`` (0-based) trains in (None without stages)."""
+        current = None
+        for s in self.stages:
+            if s.first_epoch <= epoch:
+                current = s
+        return current
 
     @classmethod
     def everything(cls, model: nn.Module) -> "Trainable":

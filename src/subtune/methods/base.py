@@ -54,6 +54,13 @@ train in stages; their defaults keep the plain behaviour:
   into an unmodified ``timm.create_model``). Default: the model's own state
   dict (methods that add nothing).
 
+A method may also change *how* its parameters train through the
+:class:`Trainable` it returns (:mod:`subtune.trainable`; the training loop
+honours them, other methods are untouched): ``lr_scale`` (a constant lr
+factor per parameter: LLRD), ``stages`` (a trainable set per epoch within one
+run: gradual unfreezing) and ``step_hook`` (per-tensor lr factors computed
+after each backward pass: Auto-RGN).
+
 The head (``targets.<name>.head``, passed as ``get_method(name, head=...)``):
 with ``head="new"`` (the default) the model has a fresh classifier and every
 method trains it. With ``head="keep"`` the model starts from the checkpoint's
@@ -72,6 +79,7 @@ head kept) is evaluated without training (0 epochs).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -206,7 +214,11 @@ class Method:
 
         params = [(n, p) for n, p in t.params if not in_head(n)]
         modules = [m for m in t.train_modules if not (m and in_head(m))]
-        return Trainable(params, modules, {**t.notes, "head": "keep"}, t.hooks)
+        stages = [dataclasses.replace(s, names=[n for n in s.names if not in_head(n)],
+                                      train_modules=[m for m in s.train_modules if not (m and in_head(m))])
+                  for s in t.stages]
+        return dataclasses.replace(t, params=params, train_modules=modules, notes={**t.notes, "head": "keep"},
+                                   stages=stages)
 
     def trainable(self, model: nn.Module) -> Trainable:
         raise NotImplementedError
