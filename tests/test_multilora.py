@@ -287,7 +287,8 @@ def test_table_shows_the_ablations(tmp_path):
             ab.append(tmp_path / name / f"seed{seed}.json")
             ab[-1].parent.mkdir(exist_ok=True)
             ab[-1].write_text(json.dumps({"seed": seed, "ablation": name, "tasks": ["a", "b"], "multilora": r}))
-    multilora_table(files, tmp_path / "ml.csv", tmp_path / "ml.md", ablation_files=ab, ranks=[2, 8])
+    multilora_table(files, tmp_path / "ml.csv", tmp_path / "ml.md", ablation_files=ab, ranks=[2, 8],
+                    out_ablations_csv=tmp_path / "ml_ablations.csv")
     md = (tmp_path / "ml.md").read_text()
     assert "## Ablations" in md
     lines = {ln.split("|")[1].strip(): ln for ln in md.split("## Ablations")[1].splitlines() if ln.startswith("| ")}
