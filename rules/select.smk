@@ -57,7 +57,8 @@ checkpoint decide:
     wildcard_constraints:
         **SEL_WILDCARDS,
     params:
-        selection=dumps(decision_config(config)),
+        # the 1k regime walks for the epsilon sensitivity (selection.epsilons); a sweep size's selection does not
+        selection=lambda w: dumps(decision_config(config, walk=not w.sizedir)),
         state=lambda w, input: f"--state {input.state}" if input.state else "",
     log:
         f"logs/{EXP}/decide/{{target}}_{{sizedir}}seed{{seed}}_round{{round}}.log",

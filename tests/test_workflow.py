@@ -152,6 +152,7 @@ def test_epsilon_sensitivity_outputs(finished):
         assert sel["config"]["epsilon"] == 0.01
         state1 = json.loads((res / f"select/{t}/seed0/state1.json").read_text())
         assert state1["config"]["epsilon"] == 0.0
+    assert json.loads((res / "select/digits/n60/seed0/state1.json").read_text())["config"]["epsilon"] == 0.01
     # the main selection's set is not trained twice: exactly the other sets have runs here
     want = epsilon_sets_of(wd, [0.0, 0.01, 1.0])
     for t, sets in want.items():
@@ -179,9 +180,10 @@ def test_epsilon_list_change_trains_only_the_new_sets(finished):
     cfg = edit_config(wd, "epsm.yaml", lambda c: c["selection"].update(epsilon=1.0))
     stats = dry_run(wd, cfg)
     assert stats["selected"] == 3 and not {"score_round", "decide"} & set(stats), stats
-    # a larger smallest epsilon is another walk: the selection's decisions rerun
+    # a larger smallest epsilon is another walk: the 1k selections' decisions rerun (not the sweep's n60: it
+    # walks with selection.epsilon)
     cfg = edit_config(wd, "epsw.yaml", lambda c: c["selection"].update(epsilons=[0.05, 1.0]))
-    assert dry_run(wd, cfg)["decide"] == 3
+    assert dry_run(wd, cfg)["decide"] == 2
 
 
 def test_epsilon_change_reruns_selection_onward_only(finished):

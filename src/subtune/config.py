@@ -370,15 +370,16 @@ def selection_epsilons(config: dict[str, Any]) -> list[float]:
     return sorted({float(e) for e in s["epsilons"]} | {float(s["epsilon"])})
 
 
-def decision_config(config: dict[str, Any]) -> dict[str, Any]:
-    """What the greedy walk's decisions depend on. With selection.epsilons the walk runs with the epsilon that
-    walks furthest (:func:`subtune.select.walk_epsilon`); selection.epsilon's set is replayed from it."""
+def decision_config(config: dict[str, Any], walk: bool = True) -> dict[str, Any]:
+    """What the greedy walk's decisions depend on. With selection.epsilons (and ``walk``: the main regime's
+    selections, not the data-size sweep's) the walk runs with the epsilon that walks furthest
+    (:func:`subtune.select.walk_epsilon`); selection.epsilon's set is replayed from it."""
     from .select import walk_epsilon
 
     s = config["selection"]
     d = {k: s[k] for k in ("strategy", "stop_rule", "k", "epsilon", "scoring")} | {"folds": s.get("folds", 5)}
     eps = selection_epsilons(config)
-    if eps:
+    if eps and walk:
         d["epsilon"] = walk_epsilon(d, eps)
     return d
 
