@@ -2,6 +2,7 @@
 import json
 import shlex
 import sys
+from types import SimpleNamespace
 
 from subtune.config import (
     dataset_params,
@@ -13,16 +14,19 @@ from subtune.config import (
     method_grid,
     method_params,
     method_train,
+    multilora_ablations,
     multilora_grid,
     multilora_train,
     scoring_flags,
     scoring_config,
     selection_budget,
+    selection_epsilons,
     selection_train,
     target_head,
 )
 from subtune.data.targets import raw_dataset
 from subtune.methods import method_needs  # the method registry (no torch)
+from subtune.select import epsilon_sets, key as set_key, replay
 
 # The interpreter running Snakemake (the project venv) runs the stages, whatever PATH says.
 # snakemake --lint: "Shell command directly uses variable PY" is accepted: which interpreter runs a
@@ -79,7 +83,7 @@ def sweep_sizes():
 
 
 def all_outputs():
-    out = [f"{RES}/tables/main.csv", f"{RES}/tables/main.md"]
+    out = [f"{RES}/tables/main.csv", f"{RES}/tables/main.md", f"{RES}/plots/cost.png"]
     selecting = [*config["methods"], *config.get("sweep", {}).get("methods", [])]
     if any(method_needs(m) == "selection" for m in selecting):
         out.append(f"{RES}/tables/rounds.csv")
@@ -93,6 +97,8 @@ def all_outputs():
         out += [f"{RES}/tables/sweep.csv", f"{RES}/plots/sweep.png"]
     if "multilora" in config:
         out += [f"{RES}/tables/multilora.csv", f"{RES}/tables/multilora.md"]
+    if EPSILONS:
+        out += [f"{RES}/tables/epsilon.csv", f"{RES}/tables/epsilon.md"]
     return out
 
 
@@ -122,6 +128,42 @@ def final_state(w):
             if json.load(fh)["done"]:
                 return path
         r += 1
+
+
+# ---- epsilon sensitivity (selection.epsilons): the walk's final states, every epsilon's set, their runs
+EPSILONS = selection_epsilons(config)
+
+
+def blockset_dir(blocks):
+    """A block set as a path component: the blocks joined by '+', 'lp' for the empty set."""
+    return set_key(blocks) or "lp"
+
+
+def walk_state(target, seed):
+    return final_state(SimpleNamespace(target=target, sizedir="", seed=str(seed)))
+
+
+def epsilon_states(w=None):
+    """The walks' final states (one per target, per target and seed with per_seed)."""
+    return list(dict.fromkeys(walk_state(t, selection_seed(seed)) for t in TARGETS for seed in SEEDS))
+
+
+def epsilon_runs(w=None):
+    """Per target and seed, the runs of every epsilon's set: the main selection's set is its final runs (not
+    trained twice), every other set is trained by train_epsilon. (Two named input functions, not one unpacked
+    dict: while a selection checkpoint is incomplete Snakemake keeps a function's input name.)"""
+    runs = []
+    for t in TARGETS:
+        for seed in SEEDS:
+            with open(walk_state(t, selection_seed(seed))) as fh:
+                walk = json.load(fh)
+            main = replay(walk, config["selection"]["epsilon"])["selected"]
+            for e in epsilon_sets(walk, EPSILONS):
+                run = (f"{RES}/runs/{t}/subtuning/seed{seed}.json" if e["selected"] == main
+                       else f"{RES}/epsilon/{t}/{blockset_dir(e['selected'])}/seed{seed}.json")
+                if run not in runs:
+                    runs.append(run)
+    return runs
 
 
 # ---- input functions of rules/train.smk: what a method's jobs need from the selection and tuning stages
@@ -173,6 +215,13 @@ def selected_files(w=None):
     if not (needs or sweep_needs):
         return []
     return expand(f"{RES}/select/{{target}}/seed{{seed}}/selected.json", target=TARGETS, seed=selection_seeds())
+
+
+def surgical_files(w=None):
+    """Surgical's group scores (its selection cost in tables/main.md)."""
+    if not any(method_needs(m) == "surgical" for m in METHODS):
+        return []
+    return expand(f"{RES}/select/{{target}}/seed{{seed}}/surgical.json", target=TARGETS, seed=selection_seeds())
 
 
 def sweep_runs(w=None):

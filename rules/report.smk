@@ -8,11 +8,13 @@ rule report_main:
         runs=final_runs,
         ckpt=CKPT.replace(".safetensors", ".json"),
         selected=selected_files,
+        surgical=surgical_files,
         refs=REFS,
     output:
         csv=report(f"{RES}/tables/main.csv", caption="../report/main.rst", category="Tables"),
         md=report(f"{RES}/tables/main.md", caption="../report/main.rst", category="Tables"),
         json=f"{RES}/tables/main.json",
+        cost=report(f"{RES}/plots/cost.png", caption="../report/cost.rst", category="Tables"),
     params:
         backbone=config["backbone"]["arch"],
     log:
@@ -21,8 +23,8 @@ rule report_main:
         f"benchmarks/{EXP}/report/main.tsv"
     shell:
         "{PY} report main --runs {input.runs} --checkpoint {input.ckpt} --selected {input.selected} "
-        "--references {input.refs} --backbone {params.backbone} --out-csv {output.csv} --out-md {output.md} --out-json {output.json} "
-        "> {log} 2>&1"
+        "--surgical {input.surgical} --references {input.refs} --backbone {params.backbone} --out-csv {output.csv} "
+        "--out-md {output.md} --out-json {output.json} --out-cost-png {output.cost} > {log} 2>&1"
 
 
 rule report_rounds:
@@ -92,21 +94,47 @@ rule report_sweep:
         "--out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
 
 
+rule report_epsilon:
+    # seconds of CPU work: runs where Snakemake runs, never as a cluster job
+    localrule: True
+    input:
+        states=epsilon_states,
+        runs=epsilon_runs,
+    output:
+        csv=report(f"{RES}/tables/epsilon.csv", caption="../report/epsilon.rst", category="Selection"),
+        md=report(f"{RES}/tables/epsilon.md", caption="../report/epsilon.rst", category="Selection"),
+    params:
+        epsilons=" ".join(f"{e:g}" for e in EPSILONS),
+        epsilon=config["selection"]["epsilon"],
+    log:
+        f"logs/{EXP}/report/epsilon.log",
+    benchmark:
+        f"benchmarks/{EXP}/report/epsilon.tsv"
+    shell:
+        "{PY} report epsilon --states {input.states} --runs {input.runs} --epsilons {params.epsilons} "
+        "--selection-epsilon {params.epsilon} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+
+
 rule report_multilora:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
     input:
         runs=expand(f"{RES}/multilora/seed{{seed}}.json", seed=SEEDS),
+        ablations=expand(f"{RES}/multilora/{{ablation}}/seed{{seed}}.json", ablation=multilora_ablations(config),
+                         seed=SEEDS),
         refs=REFS,
     output:
         csv=report(f"{RES}/tables/multilora.csv", caption="../report/multilora.rst", category="Tables"),
         md=report(f"{RES}/tables/multilora.md", caption="../report/multilora.rst", category="Tables"),
+        ablations=f"{RES}/tables/multilora_ablations.csv",
     params:
         backbone=config["backbone"]["arch"],
+        ranks=" ".join(str(r) for r in ((config.get("multilora") or {}).get("ablations") or {}).get("ranks") or []),
     log:
         f"logs/{EXP}/report/multilora.log",
     benchmark:
         f"benchmarks/{EXP}/report/multilora.tsv"
     shell:
-        "{PY} report multilora --runs {input.runs} --references {input.refs} --backbone {params.backbone} "
-        "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+        "{PY} report multilora --runs {input.runs} --ablations {input.ablations} --ranks {params.ranks} "
+        "--references {input.refs} --backbone {params.backbone} --out-csv {output.csv} --out-md {output.md} "
+        "--out-ablations-csv {output.ablations} > {log} 2>&1"

@@ -57,7 +57,8 @@ checkpoint decide:
     wildcard_constraints:
         **SEL_WILDCARDS,
     params:
-        selection=dumps(decision_config(config)),
+        # the 1k regime walks for the epsilon sensitivity (selection.epsilons); a sweep size's selection does not
+        selection=lambda w: dumps(decision_config(config, walk=not w.sizedir)),
         state=lambda w, input: f"--state {input.state}" if input.state else "",
     log:
         f"logs/{EXP}/decide/{{target}}_{{sizedir}}seed{{seed}}_round{{round}}.log",
@@ -70,6 +71,8 @@ checkpoint decide:
 
 rule selected:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
+    # The walk's final state replayed with selection.epsilon: the walk itself when it ran with that epsilon;
+    # with selection.epsilons it ran with the epsilon that walks furthest (subtune.select.replay).
     localrule: True
     input:
         final_state,
@@ -77,12 +80,14 @@ rule selected:
         f"{SELDIR}/selected.json",
     wildcard_constraints:
         **SEL_WILDCARDS,
+    params:
+        epsilon=config["selection"]["epsilon"],
     log:
         f"logs/{EXP}/selected/{{target}}_{{sizedir}}seed{{seed}}.log",
     benchmark:
         f"benchmarks/{EXP}/selected/{{target}}_{{sizedir}}seed{{seed}}.tsv"
     shell:
-        "cp {input} {output} 2> {log}"
+        "{PY} replay --state {input} --epsilon {params.epsilon} --out {output} > {log} 2>&1"
 
 
 rule score_surgical:

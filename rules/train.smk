@@ -71,6 +71,39 @@ rule train:
         "> {log} 2>&1"
 
 
+# Epsilon sensitivity (selection.epsilons): SubTuning's final training (its config, its tuned values, every
+# seed) on the set another epsilon selects. {blockset}: the blocks joined by '+', 'lp' for none. The main
+# selection's set is never trained here (its final runs are reused): rules/common.smk's epsilon_inputs.
+rule train_epsilon:
+    input:
+        unpack(lambda w: prepared(w.target)),
+        unpack(lambda w: tuned_input("subtuning", w.target)),
+        ckpt=CKPT,
+        mlflow=f"{RES}/mlflow.json",
+    output:
+        f"{RES}/epsilon/{{target}}/{{blockset}}/seed{{seed}}.json",
+    wildcard_constraints:
+        target=r"[^/]+",
+        blockset=r"[^/]+",
+    params:
+        head=lambda w: target_head(config, w.target),
+        train=lambda w: dumps(method_train(config, "subtuning", w.target)),
+        method=lambda w: dumps(method_params(config, "subtuning", w.target)),
+        blocks=lambda w: "" if w.blockset == "lp" else w.blockset,
+        data=final_flags(config),
+        extra=method_args,
+    threads: 1
+    log:
+        f"logs/{EXP}/epsilon/{{target}}_{{blockset}}_seed{{seed}}.log",
+    benchmark:
+        f"benchmarks/{EXP}/epsilon/{{target}}_{{blockset}}_seed{{seed}}.tsv"
+    shell:
+        "{PY} train --head {params.head} --method subtuning --method-params '{params.method}' --blocks '{params.blocks}' "
+        "{params.extra} --data {input.data} --manifest {input.manifest} {params.data} --checkpoint {input.ckpt} "
+        "--train '{params.train}' --seed {wildcards.seed} --threads {threads} --out {output} --track "
+        "--tag stage=epsilon > {log} 2>&1"
+
+
 rule train_sweep:
     input:
         unpack(lambda w: prepared(w.target, f"n{w.size}")),
@@ -122,3 +155,35 @@ rule multilora:
         "{PY} multilora {params.tasks} --checkpoint {input.ckpt} --params '{params.params}' --compare "
         "--grid '{params.grid}' --train '{params.train}' --seed {wildcards.seed} --threads {threads} --out {output} "
         "--track --tag stage=multilora > {log} 2>&1"
+
+
+# Multi-LoRA ablations (multilora.ablations): Multi-LoRA alone, one job per ablation and seed, the same tasks,
+# training config and grid; {ablation}: train_a (the shared A trained), sequential (the tasks one after
+# another), rank<R> (another rank, alpha kept). The configured rank's row is the multilora job's.
+rule multilora_ablation:
+    input:
+        data=lambda w: [prepared(t)["data"] for t in config["multilora"]["targets"]],
+        manifests=lambda w: [prepared(t)["manifest"] for t in config["multilora"]["targets"]],
+        ckpt=CKPT,
+        mlflow=f"{RES}/mlflow.json",
+    output:
+        f"{RES}/multilora/{{ablation}}/seed{{seed}}.json",
+    wildcard_constraints:
+        ablation=r"train_a|sequential|rank\d+",
+    params:
+        tasks=lambda w, input: " ".join(
+            f"--task {t} {d} {m}" for t, d, m in zip(config["multilora"]["targets"], input.data, input.manifests)
+        ),
+        train=lambda w: dumps(multilora_train(config)),
+        params=lambda w: dumps(multilora_ablations(config)[w.ablation]["params"]),
+        flags=lambda w: multilora_ablations(config)[w.ablation]["flags"],
+        grid=lambda w: dumps(multilora_grid(config)),
+    threads: 1
+    log:
+        f"logs/{EXP}/multilora/{{ablation}}_seed{{seed}}.log",
+    benchmark:
+        f"benchmarks/{EXP}/multilora/{{ablation}}_seed{{seed}}.tsv"
+    shell:
+        "{PY} multilora {params.tasks} --checkpoint {input.ckpt} --params '{params.params}' {params.flags} "
+        "--ablation {wildcards.ablation} --grid '{params.grid}' --train '{params.train}' --seed {wildcards.seed} "
+        "--threads {threads} --out {output} --track --tag stage=multilora_ablation > {log} 2>&1"

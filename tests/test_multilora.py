@@ -206,3 +206,99 @@ def test_config_names_a_bad_multilora_grid(grid, culprit):
     cfg["multilora"]["grid"] = grid
     with pytest.raises(SubtuneError, match=culprit):
         validate(cfg, root / "schemas/config.schema.yaml")
+
+
+# ---------------------------------------------------------------- ablations: A trained, sequential, ranks
+def test_trained_a_changes_and_is_counted():
+    from subtune.methods.multilora import MultiLoRAModel
+
+    ts = tasks()
+    with StepLog() as log:
+        ml = train_multilora(small(), ts, PRE, TrainConfig(epochs=1, batch_size=8), rank=2, seed=5, train_a=True)
+    model, fresh = ml["model"], MultiLoRAModel(small(), [3, 2], rank=2, seed=5)
+    assert ml["train_a"] and not ml["sequential"]
+    for (_, trained), (_, new) in zip(model.layers(), fresh.layers()):
+        assert not torch.equal(trained.A.cpu(), new.A)  # A moved
+    # one more optimizer, over every A, stepped every step (3 steps: the longer task's)
+    shared = frozenset(id(p) for p in model.shared_params())
+    assert log.per_optimizer()[shared] == 3
+    dims = [(m.d, m.m) for _, m in model.layers()]
+    assert ml["adapter_trained"] == sum(d * 2 + 2 * m * 2 for d, m in dims) == ml["adapter_stored"]
+    heads = sum(p.numel() for p in model.heads.parameters())
+    assert ml["trainable_params"] == ml["params_trained"] == ml["adapter_trained"] + heads
+
+
+def test_sequential_updates_each_task_only_in_its_stage_and_never_a():
+    from subtune.methods.multilora import MultiLoRAModel
+
+    ts = tasks()
+    cfg = TrainConfig(epochs=2, batch_size=8)
+    with StepLog() as log:
+        seq = train_multilora(small(), ts, PRE, cfg, rank=2, seed=5, sequential=True)
+    model = seq["model"]
+    ids = [frozenset(id(p) for p in model.task_params(t)) for t in range(2)]
+    # stage 1: only task a's optimizer (3 steps x 2 epochs), then stage 2: only task b's (2 x 2)
+    assert [s for s, _ in log.steps] == [ids[0]] * 6 + [ids[1]] * 4
+    assert all(moved for _, moved in log.steps)
+    assert seq["optimizer_steps"] == {"a": 6, "b": 4}
+    assert [r["stage"] for r in seq["history"]] == [1, 1, 2, 2]
+    fresh = MultiLoRAModel(small(), [3, 2], rank=2, seed=5)
+    for (_, trained), (_, new) in zip(model.layers(), fresh.layers()):
+        assert torch.equal(trained.A.cpu(), new.A)
+    # with A frozen and the backbone in eval mode the tasks do not interact: sequential reaches what together does
+    tog = train_multilora(small(), ts, PRE, cfg, rank=2, seed=5)
+    for t in ("a", "b"):
+        assert seq["per_task"][t]["val_acc"] == pytest.approx(tog["per_task"][t]["val_acc"], abs=0.13)
+    for (_, a), (_, b) in zip(model.layers(), tog["model"].layers()):
+        for t in range(2):
+            torch.testing.assert_close(a.B[t], b.B[t], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("rank", [2, 4, 8, 16])
+def test_each_rank_has_its_exact_parameter_counts(rank):
+    from subtune.methods.multilora import MultiLoRAModel
+
+    model = MultiLoRAModel(small(), [3, 2], rank=rank, seed=0)
+    layers = model.layers()
+    # ResNet-18's 3x3 block convolutions: d = in_channels * 9 inputs, m = out_channels outputs
+    dims = [(m.base.in_channels * 9, m.base.out_channels) for _, m in layers]
+    assert len(dims) == 16
+    heads = 64 * 3 + 3 + 64 * 2 + 2
+    c = model.counts()
+    assert c["multilora"]["params_trained"] == sum(2 * m * rank for _, m in dims) + heads
+    assert c["multilora"]["params_stored"] == sum(d * rank + 2 * m * rank for d, m in dims) + heads
+    assert c["separate_lora"]["params_trained"] == sum(2 * (d * rank + m * rank) for d, m in dims) + heads
+    assert model.trainable().num_params == c["multilora"]["params_trained"]
+    a = MultiLoRAModel(small(), [3, 2], rank=rank, seed=0, train_a=True)
+    assert a.trainable().num_params == a.counts()["multilora"]["params_trained"] == c["multilora"]["params_stored"]
+
+
+def test_table_shows_the_ablations(tmp_path):
+    files, ab = [], []
+    for seed in (0, 1):
+        ml = {**_result((0.8, 0.6), (75, 50), 100.0, 300), "rank": 8}
+        d = {"seed": seed, "tasks": ["a", "b"], "multilora": ml, "separate_lora": _result((0.8, 0.6), (75, 50), 1, 5)}
+        files.append(tmp_path / f"seed{seed}.json")
+        files[-1].write_text(json.dumps(d))
+        for name, rank, acc, trained, extra in (("train_a", 8, 0.7 + seed / 10, 400, {"train_a": True}),
+                                                 ("sequential", 8, 0.8, 300, {"sequential": True}),
+                                                 ("rank2", 2, 0.5, 100, {})):
+            r = {**_result((acc, acc), (75, 50), 50.0, trained), "rank": rank, **extra}
+            ab.append(tmp_path / name / f"seed{seed}.json")
+            ab[-1].parent.mkdir(exist_ok=True)
+            ab[-1].write_text(json.dumps({"seed": seed, "ablation": name, "tasks": ["a", "b"], "multilora": r}))
+    multilora_table(files, tmp_path / "ml.csv", tmp_path / "ml.md", ablation_files=ab, ranks=[2, 8],
+                    out_ablations_csv=tmp_path / "ml_ablations.csv")
+    md = (tmp_path / "ml.md").read_text()
+    assert "## Ablations" in md
+    lines = {ln.split("|")[1].strip(): ln for ln in md.split("## Ablations")[1].splitlines() if ln.startswith("| ")}
+    assert lines["Multi-LoRA, A trained"].startswith("| Multi-LoRA, A trained | 8 | 75.00 ± 7.07 | 75.00 ± 7.07 |")
+    assert lines["Multi-LoRA, A trained"].rstrip(" |").endswith("400 | 400 | 50")
+    assert "| Multi-LoRA, tasks one after another | 8 | 80.00 ± 0.00 |" in md
+    # the configured rank's row is the Multi-LoRA runs themselves
+    assert lines["Multi-LoRA, rank 2"].startswith("| Multi-LoRA, rank 2 | 2 | 50.00 ± 0.00 |")
+    assert lines["Multi-LoRA, rank 8"].startswith("| Multi-LoRA, rank 8 | 8 | 80.00 ± 0.00 | 60.00 ± 0.00 | 70.00")
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "ml_ablations.csv")
+    assert list(df["ablation"]) == ["train_a", "sequential", "rank2", "rank8"] and (df["n_seeds"] == 2).all()

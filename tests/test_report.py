@@ -123,6 +123,86 @@ def test_main_table_selected_states(run_files, tmp_path):
     assert "| fmnist | 0 | layer2.1 | 90.50 | 2 | gain below epsilon |" in md.read_text()
 
 
+def _cost_state(target, seed, rounds):
+    """A final selection state whose rounds record (n candidates, wall time, ft_equiv)."""
+    rs = [{"round": i + 1, "base": [], "base_score": 0.5, "scores": {f"c{j}": 0.5 for j in range(n)},
+           "cost": {"wall_time_s": w, "ft_equiv": f}} for i, (n, w, f) in enumerate(rounds)]
+    return {"selected": ["layer2.1"], "score": 0.9, "done": True, "stop_reason": "x", "rounds": rs,
+            "config": {}, "blocks": BLOCKS}
+
+
+def test_main_table_cost_of_every_method(run_files, tmp_path):
+    st = [_write(tmp_path / "select" / "fmnist" / "seed0" / "selected.json",
+                 _cost_state("fmnist", 0, [(5, 2.0, 0.5), (4, 1.0, 0.25)])),
+          _write(tmp_path / "select" / "kmnist" / "seed0" / "selected.json",
+                 _cost_state("kmnist", 0, [(5, 3.0, 0.5)]))]
+    sur = _write(tmp_path / "select" / "fmnist" / "seed0" / "surgical.json", {
+        "kind": "surgical", "target": "fmnist", "seed": 0, "blocks": BLOCKS,
+        "results": [{"key": "layer1.0", "score": 0.8, "wall_time_s": 0.5}, {"key": "layer2.0", "score": 0.7,
+                                                                           "wall_time_s": 0.5}],
+        "cost": {"wall_time_s": 1.2, "ft_equiv": 0.4}})
+    csv, md, png = tmp_path / "main.csv", tmp_path / "main.md", tmp_path / "cost.png"
+    report.main_table(run_files, csv, md, selected_files=st, surgical_files=[sur], out_cost_png=png)
+    df = pd.read_csv(csv).set_index(["method", "target"])
+    # every run took 1.5 s: one FT is 1.5 s on each target; SubTuning's 9 candidates took 3 s = 2 FTs
+    sub = df.loc[("subtuning", "fmnist")]
+    assert sub["selection_candidates"] == 9 and sub["selection_wall_time_s"] == 3.0
+    assert sub["selection_ft_units"] == pytest.approx(2.0) and sub["selection_ft_basis"] == "ft wall time"
+    assert sub["selection_ft_equiv_flops"] == pytest.approx(0.75) and sub["total_time_s"] == pytest.approx(4.5)
+    surg = df.loc[("surgical", "fmnist")]
+    assert surg["selection_candidates"] == 2 and surg["selection_ft_units"] == pytest.approx(0.8)
+    lp = df.loc[("lp", "fmnist")]
+    assert math.isnan(lp["selection_candidates"]) and lp["total_time_s"] == pytest.approx(1.5)
+    text = md.read_text()
+    assert "## Cost" in text and "| SubTuning | fmnist | " in text.replace("subtuning", "SubTuning")
+    assert "2.00 (ft wall time)" in text and "FT method's final run" in text
+    _png_ok(png)
+    # without FT among the runs: the FLOPs estimate the selection recorded
+    no_ft = [f for f in run_files if "/ft/" not in str(f)]
+    report.main_table(no_ft, csv, md, selected_files=st, surgical_files=[sur])
+    df = pd.read_csv(csv).set_index(["method", "target"])
+    assert df.loc[("subtuning", "fmnist")]["selection_ft_units"] == pytest.approx(0.75)
+    assert df.loc[("subtuning", "fmnist")]["selection_ft_basis"] == "FLOPs"
+    assert "estimated from FLOPs" in md.read_text()
+
+
+def test_epsilon_table(tmp_path):
+    from subtune.select import SelectionConfig, greedy
+
+    vals = {"layer1.0": 0.012, "layer1.1": 0.03, "layer2.0": -0.004, "layer2.1": 0.007}
+
+    def scorer(sets):
+        return {s: 0.5 + sum(vals[b] for b in s) for s in sets}
+
+    walk = greedy(BLOCKS, scorer, SelectionConfig(k=None, epsilon=0.0))
+    for r in walk["rounds"]:
+        r["cost"] = {"wall_time_s": 1.0, "ft_equiv": 0.1}
+    st = _write(tmp_path / "select" / "fmnist" / "seed0" / "state4.json", walk)
+    # epsilon 0 and 0.005: layer1.1, layer1.0, layer2.1; 0.01 (main): layer1.1, layer1.0; 0.02: layer1.1
+    sets = {"layer1.0+layer1.1+layer2.1": 0.9, "layer1.0+layer1.1": 0.8, "layer1.1": 0.7}
+    runs = []
+    for i, (b, acc) in enumerate(sets.items()):
+        for seed in (0, 1):
+            d = "runs/fmnist/subtuning" if b == "layer1.0+layer1.1" else f"epsilon/fmnist/{b}"
+            runs.append(_write(tmp_path / d / f"seed{seed}.json" if "runs/" in d else tmp_path / d / f"seed{seed}.json",
+                               run_json("subtuning", "fmnist", seed, acc + seed / 100, 10,
+                                        method_params={"blocks": b.split("+")})))
+    csv, md = tmp_path / "eps.csv", tmp_path / "eps.md"
+    df = report.epsilon([st], runs, [0.0, 0.005, 0.02], 0.01, csv, md)
+    assert list(df["epsilon"]) == [0.0, 0.005, 0.01, 0.02]
+    assert list(df["blocks"]) == ["layer1.0+layer1.1+layer2.1"] * 2 + ["layer1.0+layer1.1", "layer1.1"]
+    assert list(df["main"]) == [False, False, True, False]
+    assert list(df["trained_for"]) == ["epsilon", "epsilon", "main", "epsilon"]
+    assert list(df["rounds"]) == [4, 4, 3, 2] and list(df["candidates"]) == [5 + 3 + 2 + 1, 11, 10, 8]
+    assert list(df["selection_wall_time_s"]) == [4.0, 4.0, 3.0, 2.0]
+    assert df["test_acc_mean"].tolist() == pytest.approx([90.5, 90.5, 80.5, 70.5])
+    assert df["test_acc_std"].iloc[0] == pytest.approx(100 * statistics.stdev([0.9, 0.91]), abs=1e-4)
+    text = md.read_text()
+    assert "| fmnist | 0.01 (main) | layer1.0, layer1.1 |" in text and "epsilon 0, 11 candidates" in text
+    with pytest.raises(SubtuneError, match="no run of blocks"):
+        report.epsilon([st], runs[2:], [0.0], 0.01, csv, md)
+
+
 def test_one_seed_std_is_zero(tmp_path):
     f = _write(tmp_path / "a.json", run_json("lp", "x", 0, 0.5, 10))
     report.main_table([f], tmp_path / "m.csv", tmp_path / "m.md")
@@ -448,6 +528,13 @@ def test_captions_describe_each_configs_protocol(name):
     assert ("epoch_select: best_val" in cap["main"]) == best_val
     assert ("Surgical fine-tuning's block group" in wf) == ("surgical" in cfg["methods"])
     assert "re-runs greedy selection at every size" in cap["sweep"] and "main regime and" not in cap["sweep"]
+    # the analyses: epsilon sensitivity (which epsilon walks furthest), the cost's FT unit, Multi-LoRA ablations
+    forward_paper = (sel["strategy"], sel["stop_rule"]) == ("forward", "paper")
+    assert f"runs with the {'smallest' if forward_paper else 'largest'} epsilon" in cap["epsilon"]
+    assert ("one FT = the FT method's final run" in cap["main"]) == ("ft" in cfg["methods"])
+    assert "Accuracy against cost" in cap["cost"] and "Grid tuning is not counted" in cap["cost"]
+    ab = (cfg.get("multilora") or {}).get("ablations") or {}
+    assert ("**Ablations**" in cap["multilora"]) == bool(ab.get("train_a") or ab.get("sequential") or ab.get("ranks"))
 
 
 def test_captions_describe_the_selection_budget():

@@ -187,3 +187,64 @@ def test_backward_state_with_an_empty_current_set_is_done():
     st = decide(st, {("b0",): 0.5, (): 0.6})
     assert st["current"] == [] and st["selected"] == [] and st["done"]
     assert candidates(st) == [] and candidates({**st, "done": False}) == []
+
+
+# ---------------------------------------------------------------- epsilon sensitivity: one walk, every epsilon
+EPSILONS = [0.0, 0.005, 0.01, 0.02, 0.05, 0.2, 1.0]
+RULES = [("forward", "paper"), ("forward", "code"), ("backward", "paper"), ("backward", "code")]
+
+
+def _scorers():
+    # gains that straddle the epsilons, a tie (b0/b4 in round 2), a dip the code rule crosses, interactions
+    yield additive({"b0": 0.012, "b1": 0.03, "b2": -0.004, "b3": 0.007, "b4": 0.012})
+    yield additive({"b0": 0.0, "b1": 0.2, "b2": 0.001, "b3": 0.1, "b4": 0.0}, interactions={("b1", "b3"): -0.25})
+    yield additive({"b0": -0.01, "b1": -0.02, "b2": 0.004, "b3": 0.0, "b4": -0.003},
+                   interactions={("b2", "b3"): 0.05, ("b0", "b2", "b3"): 0.03})
+
+
+@pytest.mark.parametrize("strategy,rule", RULES)
+@pytest.mark.parametrize("k", [None, 2])
+def test_replay_of_one_walk_equals_running_each_epsilon(strategy, rule, k):
+    from subtune.select import epsilon_sets, replay, walk_epsilon
+
+    for sc in _scorers():
+        cfg = SelectionConfig(strategy=strategy, stop_rule=rule, k=k)
+        walk_eps = walk_epsilon(cfg, EPSILONS)
+        assert walk_eps == (min(EPSILONS) if (strategy, rule) == ("forward", "paper") else max(EPSILONS))
+        walk = greedy(BLOCKS, sc, SelectionConfig(strategy=strategy, stop_rule=rule, k=k, epsilon=walk_eps))
+        for eps in EPSILONS:
+            direct = greedy(BLOCKS, sc, SelectionConfig(strategy=strategy, stop_rule=rule, k=k, epsilon=eps))
+            assert replay(walk, eps) == direct, (strategy, rule, eps)
+        sets = epsilon_sets(walk, EPSILONS)
+        for e, eps in zip(sets, EPSILONS):
+            direct = greedy(BLOCKS, sc, SelectionConfig(strategy=strategy, stop_rule=rule, k=k, epsilon=eps))
+            assert e["epsilon"] == eps and e["selected"] == direct["selected"] and e["score"] == direct["score"]
+            assert e["candidates"] == sum(len(r["scores"]) for r in direct["rounds"])
+            assert e["rounds"] == len(direct["rounds"]) and e["wall_time_s"] is None
+
+
+def test_paper_rule_sets_differ_across_epsilons_and_shrink_with_it():
+    from subtune.select import epsilon_sets
+
+    sc = additive({"b0": 0.012, "b1": 0.03, "b2": -0.004, "b3": 0.007, "b4": 0.012})
+    walk = greedy(BLOCKS, sc, SelectionConfig(k=None, epsilon=0.0))
+    got = {e["epsilon"]: e["selected"] for e in epsilon_sets(walk, [0.0, 0.005, 0.01, 0.02, 0.05])}
+    # tie b0/b4 in round 2: the earliest (b0) in every walk
+    assert got == {0.0: ["b0", "b1", "b3", "b4"], 0.005: ["b0", "b1", "b3", "b4"], 0.01: ["b0", "b1", "b4"],
+                   0.02: ["b1"], 0.05: []}
+
+
+def test_replay_keeps_recorded_costs_and_refuses_a_short_walk():
+    from subtune.select import epsilon_sets, replay
+
+    sc = additive({"b0": 0.012, "b1": 0.03, "b2": -0.004, "b3": 0.007, "b4": 0.012})
+    st = initial_state(BLOCKS, SelectionConfig(k=None, epsilon=0.0))
+    while not st["done"]:
+        st = decide(st, sc(candidates(st)))
+        st["rounds"][-1]["cost"] = {"wall_time_s": 2.0, "ft_equiv": 0.5}
+    assert replay(st, 0.0) == st
+    e = epsilon_sets(st, [0.02])[0]
+    assert e["rounds"] == 2 and e["wall_time_s"] == 4.0 and e["ft_equiv"] == 1.0
+    short = greedy(BLOCKS, sc, SelectionConfig(k=None, epsilon=0.02))
+    with pytest.raises(SubtuneError, match="stops before"):
+        replay(short, 0.0)

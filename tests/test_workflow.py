@@ -79,7 +79,7 @@ def test_end_to_end_outputs(finished):
     for rel in ["tables/main.csv", "tables/main.md", "tables/rounds.csv", "tables/profile_digits.csv",
                 "tables/profile_fmnist-new.csv", "plots/profile_digits.png", "tables/pairs_digits.csv",
                 "plots/pairs_digits.png", "tables/sweep.csv", "plots/sweep.png", "tables/multilora.csv",
-                "tables/multilora.md"]:
+                "tables/multilora.md", "tables/epsilon.csv", "tables/epsilon.md"]:
         assert (res / rel).stat().st_size > 0, rel
     md = (res / "tables/main.md").read_text()
     for method in ("lp", "ft", "surgical", "subtuning", "lora"):
@@ -114,14 +114,83 @@ def test_every_training_job_logged_one_mlflow_run(finished):
     n_jobs += sum(1 for _ in (wd / "results/test").glob("pairs/*/shard*.json"))
     n_jobs += sum(1 for _ in (wd / "results/test").glob("tune/*/*.json"))
     n_jobs += sum(1 for _ in (wd / "results/test").glob("multilora/seed*.json"))
+    n_jobs += sum(1 for _ in (wd / "results/test").glob("epsilon/*/*/seed*.json"))
+    n_jobs += sum(1 for _ in (wd / "results/test").glob("multilora/*/seed*.json"))
     con = sqlite3.connect(wd / "mlflow.db")
     (n_runs,) = con.execute("select count(*) from runs where lifecycle_stage='active'").fetchone()
     assert n_runs == n_jobs and n_jobs > 20
 
 
+def epsilon_sets_of(wd: Path, epsilons, main: float = 0.01) -> dict[str, set[str]]:
+    """Per target: the distinct block sets (as directory names) the epsilons select that differ from ``main``'s,
+    replayed from the finished walks."""
+    from subtune.select import epsilon_sets, key, replay
+
+    out = {}
+    for t in ("fmnist-new", "digits"):
+        d = wd / "results/test/select" / t / "seed0"
+        walk = json.loads(max(d.glob("state*.json"), key=lambda p: int(p.stem[5:])).read_text())
+        m = replay(walk, main)["selected"]
+        out[t] = {key(e["selected"]) or "lp" for e in epsilon_sets(walk, epsilons) if e["selected"] != m}
+    return out
+
+
+def test_epsilon_sensitivity_outputs(finished):
+    wd, _ = finished
+    res = wd / "results/test"
+    csv = (res / "tables/epsilon.csv").read_text()
+    md = (res / "tables/epsilon.md").read_text()
+    assert "# Epsilon sensitivity" in md and "(main)" in md
+    import pandas as pd
+
+    df = pd.read_csv(res / "tables/epsilon.csv")
+    assert sorted(set(df["epsilon"])) == [0.0, 0.01, 1.0] and len(df) == 6, csv
+    assert set(df[df["epsilon"] == 1.0]["blocks"]) == {"(lp)"} and (df["n_seeds"] == 2).all()
+    # the walk ran with the smallest epsilon; selected.json is the main epsilon's selection, replayed
+    for t in ("fmnist-new", "digits"):
+        sel = json.loads((res / f"select/{t}/seed0/selected.json").read_text())
+        assert sel["config"]["epsilon"] == 0.01
+        state1 = json.loads((res / f"select/{t}/seed0/state1.json").read_text())
+        assert state1["config"]["epsilon"] == 0.0
+    assert json.loads((res / "select/digits/n60/seed0/state1.json").read_text())["config"]["epsilon"] == 0.01
+    # the main selection's set is not trained twice: exactly the other sets have runs here
+    want = epsilon_sets_of(wd, [0.0, 0.01, 1.0])
+    for t, sets in want.items():
+        assert {p.name for p in (res / "epsilon" / t).iterdir()} == sets
+        for s in sets:
+            runs = [json.loads(p.read_text()) for p in sorted((res / "epsilon" / t / s).glob("seed*.json"))]
+            assert len(runs) == 2 and all(r["method"] == "subtuning" for r in runs)
+            assert all((("+".join(r["method_params"]["blocks"])) or "lp") == s for r in runs)
+
+
+def test_epsilon_list_change_trains_only_the_new_sets(finished):
+    wd, _ = finished
+    old = epsilon_sets_of(wd, [0.0, 0.01, 1.0])
+    # the walk's epsilon (the smallest) stays: no selection job; only sets not trained yet, then the table
+    new_list = [0.0, 0.005, 0.02, 0.05, 0.1, 1.0]
+    cfg = edit_config(wd, "epsl.yaml", lambda c: c["selection"].update(epsilons=new_list))
+    new = epsilon_sets_of(wd, new_list)
+    n_new = sum(len(new[t] - old[t]) for t in new)
+    stats = dry_run(wd, cfg)
+    assert stats == {"report_epsilon": 1, **({"train_epsilon": 2 * n_new} if n_new else {})}, stats
+    # dropping an epsilon retrains nothing
+    cfg = edit_config(wd, "epsd.yaml", lambda c: c["selection"].update(epsilons=[0.0, 0.01]))
+    assert dry_run(wd, cfg) == {"report_epsilon": 1}
+    # the main epsilon moving inside the walk: no scoring or 1k decision job reruns (selected.json is replayed);
+    # only the sweep's n60 selection decides again (it walks with selection.epsilon)
+    cfg = edit_config(wd, "epsm.yaml", lambda c: c["selection"].update(epsilon=1.0))
+    stats = dry_run(wd, cfg)
+    assert stats["selected"] == 3 and stats["decide"] == 1 and "score_round" not in stats, stats
+    # a larger smallest epsilon is another walk: the 1k selections' decisions rerun (not the sweep's n60: it
+    # walks with selection.epsilon)
+    cfg = edit_config(wd, "epsw.yaml", lambda c: c["selection"].update(epsilons=[0.05, 1.0]))
+    assert dry_run(wd, cfg)["decide"] == 2
+
+
 def test_epsilon_change_reruns_selection_onward_only(finished):
     wd, _ = finished
-    cfg = edit_config(wd, "eps.yaml", lambda c: c["selection"].update(epsilon=0.2))
+    # without the epsilon list the walk runs with selection.epsilon itself
+    cfg = edit_config(wd, "eps.yaml", lambda c: (c["selection"].pop("epsilons"), c["selection"].update(epsilon=0.2)))
     stats = dry_run(wd, cfg)
     assert set(stats) == {"decide", "selected", "train", "train_sweep", "report_main", "report_rounds",
                           "report_sweep"}, stats
@@ -143,10 +212,12 @@ def test_adding_a_seed_trains_only_the_new_seeds_runs(finished):
     wd, _ = finished
     cfg = edit_config(wd, "seed.yaml", lambda c: c.update(seeds=[*c["seeds"], 2]))
     stats = dry_run(wd, cfg)
+    n_eps = sum(len(s) for s in epsilon_sets_of(wd, [0.0, 0.01, 1.0]).values())  # the epsilons' other sets
     # seed 2 only: every method on both targets (5 x 2), the sweep's two methods at two sizes (2 x 2), Multi-LoRA
-    # once; selection (first seed), tuning, data and the backbone stay; then the tables
-    assert stats == {"train": 10, "train_sweep": 4, "multilora": 1, "report_main": 1, "report_sweep": 1,
-                     "report_multilora": 1}, stats  # fmt: skip
+    # once, each other epsilon set once; selection (first seed), tuning, data and the backbone stay; the tables
+    assert stats == {"train": 10, "train_sweep": 4, "multilora": 1, "multilora_ablation": 3, "train_epsilon": n_eps,
+                     "report_main": 1,
+                     "report_sweep": 1, "report_multilora": 1, "report_epsilon": 1}, stats  # fmt: skip
     p = smk(wd, "--dry-run", config=cfg)
     outputs = " ".join(re.findall(r"output: (.+)", p.stdout))
     assert set(re.findall(r"seed(\d+)", outputs)) == {"2"}, outputs
@@ -199,7 +270,9 @@ def test_sweep_selects_blocks_per_size(finished):
 def test_final_data_change_reruns_the_final_runs_only(finished):
     wd, _ = finished
     cfg = edit_config(wd, "tv.yaml", lambda c: c.update(final_data="train+val"))
-    assert dry_run(wd, cfg) == {"train": 20, "report_main": 1}  # 5 methods x 2 targets x 2 seeds
+    n_eps = sum(len(s) for s in epsilon_sets_of(wd, [0.0, 0.01, 1.0]).values())  # the epsilons' other sets
+    # 5 methods x 2 targets x 2 seeds, and the epsilon sets' runs (SubTuning's final runs)
+    assert dry_run(wd, cfg) == {"train": 20, "train_epsilon": 2 * n_eps, "report_main": 1, "report_epsilon": 1}
 
 
 def test_cv_data_change_reruns_the_scoring_only(finished):
@@ -253,7 +326,29 @@ def test_final_training_on_train_and_val(finished, tmp_path):
 def test_multilora_change_reruns_multilora_only(finished):
     wd, _ = finished
     cfg = edit_config(wd, "ml.yaml", lambda c: c["multilora"]["params"].update(rank=2))
-    assert dry_run(wd, cfg) == {"multilora": 2, "report_multilora": 1}
+    # the comparison, the two ablations at that rank and the rank-4 row (rank 2 is now the Multi-LoRA row)
+    assert dry_run(wd, cfg) == {"multilora": 2, "multilora_ablation": 6, "report_multilora": 1}
+    # another rank in the list: only its runs
+    cfg = edit_config(wd, "mlr.yaml", lambda c: c["multilora"]["ablations"].update(ranks=[2, 4, 16]))
+    assert dry_run(wd, cfg) == {"multilora_ablation": 2, "report_multilora": 1}
+    # dropping an ablation reruns the table only
+    cfg = edit_config(wd, "mls.yaml", lambda c: c["multilora"]["ablations"].update(sequential=False))
+    assert dry_run(wd, cfg) == {"report_multilora": 1}
+
+
+def test_multilora_ablations_outputs(finished):
+    wd, _ = finished
+    res = wd / "results/test"
+    for name in ("train_a", "sequential", "rank2"):
+        for seed in (0, 1):
+            d = json.loads((res / f"multilora/{name}/seed{seed}.json").read_text())
+            assert d["ablation"] == name and "separate_lora" not in d
+            r = d["multilora"]
+            assert (r["train_a"], r["sequential"], r["rank"]) == (name == "train_a", name == "sequential",
+                                                                  2 if name == "rank2" else 4)
+    md = (res / "tables/multilora.md").read_text()
+    for label in ("A trained", "tasks one after another", "rank 2", "rank 4"):
+        assert f"| Multi-LoRA, {label} |" in md
 
 
 @pytest.mark.parametrize(
@@ -394,7 +489,7 @@ def test_html_report_renders_with_captions_in_a_browser(finished):
         caption = re.search(r"DESCRIPTION\s+(.*?)\s+SIZE\s", text, re.S)
         assert caption and len(caption.group(1)) > 100, (key, text[:1500])
     imgs = {key: text for (kind, key), text in views.items() if kind == "img"}
-    assert len(imgs) == 4  # two profiles, the pair grid, the sweep: each decodes to a real image
+    assert len(imgs) == 5  # two profiles, the pair grid, the sweep, the cost plot: each decodes to a real image
     for key, size in imgs.items():
         w, h = map(int, size.split("x"))
         assert w > 200 and h > 100, (key, size)

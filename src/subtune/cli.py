@@ -233,7 +233,15 @@ def cmd_score(a: argparse.Namespace) -> None:
         ref = select.reference(read_json(a.state) if a.state else select.initial_state(blocks, sel_cfg))
         results, extra["cost"] = scorer.score_round(mine, [r for r in ref if r in mine], budget)
     else:
+        import time
+
+        t0 = time.perf_counter()
         results = scorer.score_many(mine)
+        # what Surgical's group choice cost (tables/main.md's cost columns)
+        if a.sets == "surgical":
+            extra["cost"] = {"candidate_epochs": sum(r["epochs"] for r in results),
+                             "wall_time_s": time.perf_counter() - t0,
+                             "ft_equiv": scorer.ft_equiv(results)}
     for i, r in enumerate(results, 1):
         print(f"[{i}/{len(mine)}] {r['key'] or '(lp)'}: {r['score']:.4f} ({r['wall_time_s']:.1f}s)", flush=True)
     out = {
@@ -289,6 +297,17 @@ def cmd_decide(a: argparse.Namespace) -> None:
     )
 
 
+def cmd_replay(a: argparse.Namespace) -> None:
+    """The final state a selection with ``--epsilon`` reaches, replayed from a finished walk (subtune.select.replay)."""
+    from . import select
+    from .io import read_json, write_json
+
+    state = select.replay(read_json(_existing(a.state)), a.epsilon)
+    write_json(a.out, state)
+    print(f"epsilon {a.epsilon}: selected {state['selected']} after {len(state['rounds'])} round(s) "
+          f"({state['stop_reason']})")
+
+
 # ---------------------------------------------------------------- final training
 def _method_params(a: argparse.Namespace, params: dict) -> dict:
     """The method's parameters plus what it needs from earlier stages (selected blocks, Surgical's group)."""
@@ -297,7 +316,11 @@ def _method_params(a: argparse.Namespace, params: dict) -> dict:
 
     params = dict(params)
     method_cls = get_method(a.method, **params).__class__
-    if method_cls.needs == "selection":
+    if method_cls.needs == "selection" and getattr(a, "blocks", None) is not None:
+        from .select import unkey
+
+        params["blocks"] = list(unkey(a.blocks))  # given blocks (the epsilon sensitivity's sets)
+    elif method_cls.needs == "selection":
         if not a.selection_state:
             raise SubtuneError(f"method {a.method!r} needs --selection-state (the greedy selection result)")
         state = read_json(_existing(a.selection_state))
@@ -485,12 +508,16 @@ def cmd_multilora(a: argparse.Namespace) -> None:
     pre = Preprocess(ckpt.mean, ckpt.std, ckpt.in_chans)
     kw = dict(seed=a.seed, rank=int(params.get("rank", 8)), alpha=params.get("alpha", 8),
               target=params.get("target"), device=a.device, progress=None, grid=a.grid)
+    if a.compare and (a.train_a or a.sequential):
+        raise SubtuneError("--train-a and --sequential are Multi-LoRA ablations: not with --compare")
     if a.compare:
         out = compare(backbone, tasks, pre, cfg, **kw)
     else:
-        out = {"multilora": train_multilora(backbone, tasks, pre, cfg, **kw), "tasks": [t.name for t in tasks]}
+        out = {"multilora": train_multilora(backbone, tasks, pre, cfg, **kw, train_a=a.train_a,
+                                            sequential=a.sequential), "tasks": [t.name for t in tasks]}
         out["multilora"].pop("model")
-    out.update(seed=a.seed, train=cfg.to_dict(), params=params, grid=a.grid or {}, checkpoint=str(a.checkpoint))
+    out.update(seed=a.seed, train=cfg.to_dict(), params=params, grid=a.grid or {}, checkpoint=str(a.checkpoint),
+               **({"ablation": a.ablation} if a.ablation else {}))
     write_json(a.out, out)
     # One MLflow run per job: Multi-LoRA's metrics; the comparison is in the attached metrics file.
     r = out["multilora"]
@@ -555,7 +582,8 @@ def cmd_report(a: argparse.Namespace) -> None:
 
     if a.what == "main":
         report.main_table(a.runs, a.out_csv, a.out_md, out_json=a.out_json, checkpoint_json=a.checkpoint, selected_files=a.selected,
-                          references=a.references, backbone=a.backbone)
+                          references=a.references, backbone=a.backbone, surgical_files=a.surgical,
+                          out_cost_png=a.out_cost_png)
     elif a.what == "rounds":
         report.rounds(a.states, a.out_csv)
     elif a.what == "profile":
@@ -564,8 +592,11 @@ def cmd_report(a: argparse.Namespace) -> None:
         report.pairs(a.scores, a.out_csv, a.out_png)
     elif a.what == "sweep":
         report.sweep(a.runs, a.out_csv, a.out_png, references=a.references, backbone=a.backbone)
+    elif a.what == "epsilon":
+        report.epsilon(a.states, a.runs, a.epsilons, a.selection_epsilon, a.out_csv, a.out_md)
     elif a.what == "multilora":
-        report.multilora(a.runs, a.out_csv, a.out_md, references=a.references, backbone=a.backbone)
+        report.multilora(a.runs, a.out_csv, a.out_md, references=a.references, backbone=a.backbone,
+                         ablation_files=a.ablations, ranks=a.ranks, out_ablations_csv=a.out_ablations_csv)
     print(f"report {a.what}: {a.out_csv}" + (f", {a.out_png}" if getattr(a, "out_png", None) else ""))
 
 
@@ -666,10 +697,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--selection", type=_json_arg, default={})
     s.add_argument("--out", required=True)
 
+    s = stage("replay", cmd_replay, "the selection another epsilon makes, replayed from a finished greedy walk")
+    s.add_argument("--state", required=True, help="final state of a walk that went at least as far")
+    s.add_argument("--epsilon", type=float, required=True)
+    s.add_argument("--out", required=True)
+
     s = stage("train", cmd_train, "final training of one method on one target and seed (test read once)")
     s.add_argument("--method", required=True, help=methods_help)
     s.add_argument("--method-params", type=_json_arg, default={}, help=params_help)
     s.add_argument("--selection-state", help=f"greedy selection result ({needing['selection']})")
+    s.add_argument("--blocks", help=f"instead of --selection-state: the blocks, joined by '+' ('' for none; "
+                                    f"{needing['selection']})")
     s.add_argument("--surgical-scores", help=f"validation scores of the block groups ({needing['surgical']})")
     s.add_argument("--data", required=True)
     s.add_argument("--manifest", required=True)
@@ -700,6 +738,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--params", type=_json_arg, default={}, help="rank, alpha, target as JSON")
     s.add_argument("--compare", action="store_true", help="also train K separate peft-LoRA runs and compare")
+    s.add_argument("--train-a", action="store_true", help="ablation: train the shared A (every task's loss)")
+    s.add_argument("--sequential", action="store_true",
+                   help="ablation: train the tasks one after another (each its whole schedule), A shared")
+    s.add_argument("--ablation", help="the ablation's name, recorded in the output (train_a, sequential, rank<R>)")
     s.add_argument("--grid", type=_json_arg, default={},
                    help="hyperparameter -> values, as JSON (training keys, rank, alpha): both sides choose on "
                         "validation")
@@ -729,6 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs", nargs="+", required=True)
     r.add_argument("--checkpoint", help="checkpoint sidecar JSON (source accuracy)")
     r.add_argument("--selected", nargs="*", help="final selection states")
+    r.add_argument("--surgical", nargs="*", help="Surgical's group scores (select/<target>/seed<S>/surgical.json)")
+    r.add_argument("--out-cost-png", help="also the plot of accuracy against total cost, a panel per target")
     refs(r)
     r.add_argument("--out-csv", required=True)
     r.add_argument("--out-md", required=True)
@@ -746,8 +790,19 @@ def build_parser() -> argparse.ArgumentParser:
     refs(r)
     r.add_argument("--out-csv", required=True)
     r.add_argument("--out-png", required=True)
+    r = rsub.add_parser("epsilon", help="epsilon sensitivity: the set each epsilon selects, its accuracy")
+    r.add_argument("--states", nargs="+", required=True, help="final states of the greedy walks")
+    r.add_argument("--runs", nargs="+", required=True, help="final runs of every epsilon's set (SubTuning)")
+    r.add_argument("--epsilons", nargs="+", type=float, required=True)
+    r.add_argument("--selection-epsilon", type=float, required=True, help="the main selection's epsilon")
+    r.add_argument("--out-csv", required=True)
+    r.add_argument("--out-md", required=True)
     r = rsub.add_parser("multilora", help="Multi-LoRA against K separate LoRA runs: accuracy per task, parameters")
     r.add_argument("--runs", nargs="+", required=True, help="multilora --compare outputs (one per seed)")
+    r.add_argument("--ablations", nargs="*", default=[], help="multilora --ablation outputs (one per seed each)")
+    r.add_argument("--ranks", nargs="*", type=int, default=[],
+                   help="the ranks ablation's ranks (the configured rank's row is the Multi-LoRA row)")
+    r.add_argument("--out-ablations-csv", help="the ablations' rows as CSV")
     refs(r)
     r.add_argument("--out-csv", required=True)
     r.add_argument("--out-md", required=True)

@@ -146,6 +146,13 @@ def _check_registries(config: dict[str, Any]) -> None:
         for point in multilora_grid_points(config["multilora"].get("grid")):
             TrainConfig.from_dict({**multilora_train(config), **point["train"]}, "multilora.grid")
             get_method("lora", **{**(config["multilora"].get("params") or {}), **point["params"]})
+        if (config["multilora"].get("ablations") or {}).get("ranks") and "rank" in (config["multilora"].get("grid")
+                                                                                    or {}):
+            raise SubtuneError("multilora.ablations.ranks: the rank is already in multilora.grid (chosen on "
+                               "validation); drop one of the two")
+    if config["selection"].get("epsilons") and "subtuning" not in config["methods"]:
+        raise SubtuneError("selection.epsilons: the epsilon sets train with SubTuning's config: add subtuning to "
+                           "methods")
     for m in config.get("sweep", {}).get("methods", []):
         if m not in config["methods"]:
             raise SubtuneError(f"sweep.methods: {m!r} is not one of methods")
@@ -301,6 +308,27 @@ def multilora_grid(config: dict[str, Any]) -> dict[str, list]:
     return dict(config["multilora"].get("grid") or {})
 
 
+def multilora_ablations(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """multilora.ablations as jobs: name -> {"params": the multilora params, "flags": CLI flags}.
+
+    ``train_a`` and ``sequential`` at the configured rank; ``rank<R>`` for each
+    rank other than the configured one (that row is the Multi-LoRA row itself),
+    alpha kept (LoRA's convention: the scaling alpha / r changes with r).
+    """
+    ml = config.get("multilora") or {}
+    ab = ml.get("ablations") or {}
+    params = dict(ml.get("params") or {})
+    out: dict[str, dict[str, Any]] = {}
+    if ab.get("train_a"):
+        out["train_a"] = {"params": params, "flags": "--train-a"}
+    if ab.get("sequential"):
+        out["sequential"] = {"params": params, "flags": "--sequential"}
+    for r in ab.get("ranks") or []:
+        if r != params.get("rank", 8):
+            out[f"rank{r}"] = {"params": {**params, "rank": r}, "flags": ""}
+    return out
+
+
 def selection_train(config: dict[str, Any]) -> dict[str, Any]:
     return {**config["train"], **(config["selection"].get("train") or {})}
 
@@ -340,9 +368,26 @@ def cache_flags(config: dict[str, Any]) -> str:
     return f"--cache-mb {config['selection'].get('cache_mb', 2048)}"
 
 
-def decision_config(config: dict[str, Any]) -> dict[str, Any]:
+def selection_epsilons(config: dict[str, Any]) -> list[float]:
+    """The epsilon sensitivity analysis's epsilons: selection.epsilons and selection.epsilon, sorted ([]: none)."""
     s = config["selection"]
-    return {k: s[k] for k in ("strategy", "stop_rule", "k", "epsilon", "scoring")} | {"folds": s.get("folds", 5)}
+    if not s.get("epsilons"):
+        return []
+    return sorted({float(e) for e in s["epsilons"]} | {float(s["epsilon"])})
+
+
+def decision_config(config: dict[str, Any], walk: bool = True) -> dict[str, Any]:
+    """What the greedy walk's decisions depend on. With selection.epsilons (and ``walk``: the main regime's
+    selections, not the data-size sweep's) the walk runs with the epsilon that walks furthest
+    (:func:`subtune.select.walk_epsilon`); selection.epsilon's set is replayed from it."""
+    from .select import walk_epsilon
+
+    s = config["selection"]
+    d = {k: s[k] for k in ("strategy", "stop_rule", "k", "epsilon", "scoring")} | {"folds": s.get("folds", 5)}
+    eps = selection_epsilons(config)
+    if eps and walk:
+        d["epsilon"] = walk_epsilon(d, eps)
+    return d
 
 
 def dataset_params(config: dict[str, Any], name: str, train_size: Any = "regime") -> dict[str, Any]:

@@ -36,7 +36,7 @@ import pandas as pd
 
 from . import SubtuneError
 from .io import atomic_path, read_json
-from .methods import method_label, method_order
+from .methods import method_label, method_needs, method_order
 
 PathLike = str | os.PathLike
 LP_LABEL = "(lp)"  # the empty block set in tables
@@ -101,7 +101,7 @@ def _write_csv(df: pd.DataFrame, out: PathLike) -> None:
     df = df.copy()
     for c in df.columns:
         col = df[c]
-        countlike = "params" in c or c in ("train_size", "n_seeds", "index", "seed")
+        countlike = "params" in c or c in ("train_size", "n_seeds", "index", "seed") or c.endswith("candidates")
         if countlike and pd.api.types.is_float_dtype(col):
             df[c] = pd.Series([v if pd.isna(v) else int(v) if v == int(v) else round(v, 2) for v in col],
                               index=df.index, dtype=object)
@@ -348,6 +348,139 @@ def _per_pair(runs: pd.DataFrame, summ: pd.DataFrame, col: str, fn) -> list:
     return [got.get((m, t), "") for m, t in zip(summ["method"], summ["target"])]
 
 
+# ---------------------------------------------------------------- cost
+COST_COLUMNS = ["selection_candidates", "selection_wall_time_s", "selection_ft_equiv_flops", "ft_wall_time_s",
+                "selection_ft_units", "selection_ft_basis", "total_time_s"]
+
+
+def _selection_costs(selected_files: Sequence[PathLike] | None,
+                     surgical_files: Sequence[PathLike] | None) -> dict[tuple[str, str], dict[str, float]]:
+    """(needs, target) -> the selection stage's cost, mean over selection seeds: candidates trained, wall time
+    (s) and FLOPs-estimated plain full fine-tunes (NaN where the files recorded none).
+
+    ``selection``: the greedy rounds of a final selection state (each round's ``scores`` and recorded
+    ``cost``); ``surgical``: a Surgical group score file (its ``results`` and ``cost``).
+    """
+    per: dict[tuple[str, str], list[dict[str, float]]] = {}
+
+    def num(c: Any, k: str) -> float:
+        return float(c[k]) if isinstance(c, dict) and isinstance(c.get(k), (int, float)) else math.nan
+
+    for f in _as_list(selected_files or []):
+        d = _load_state(f)
+        t, _ = _target_seed(d, f)
+        rs = d["rounds"]
+        costs = [r.get("cost") for r in rs]
+        per.setdefault(("selection", t), []).append({
+            "candidates": float(sum(len(r.get("scores") or {}) for r in rs)),
+            "wall_time_s": sum(num(c, "wall_time_s") for c in costs) if rs else math.nan,
+            "ft_equiv": sum(num(c, "ft_equiv") for c in costs) if rs else math.nan})
+    for f in _as_list(surgical_files or []):
+        d = _load(f)
+        if d.get("kind") != "surgical" or not isinstance(d.get("results"), list):
+            raise SubtuneError(f"{f}: not a Surgical score file")
+        t = str(d.get("target") or _target_seed(d, f)[0])
+        c = d.get("cost")
+        wall = num(c, "wall_time_s")
+        if math.isnan(wall):  # older files: the candidates' own training times
+            wall = sum(float(r.get("wall_time_s") or 0.0) for r in d["results"])
+        per.setdefault(("surgical", t), []).append({"candidates": float(len(d["results"])), "wall_time_s": wall,
+                                                    "ft_equiv": num(c, "ft_equiv")})
+    return {k: {m: statistics.fmean(x[m] for x in v) for m in ("candidates", "wall_time_s", "ft_equiv")}
+            for k, v in per.items()}
+
+
+def _attach_costs(summ: pd.DataFrame, costs: dict[tuple[str, str], dict[str, float]]) -> pd.DataFrame:
+    """Each row's selection cost (methods that need a selection or Surgical's scores), in plain full fine-tunes:
+    the FT method's final-run wall time on that target when FT ran (basis ``ft wall time``), else the FLOPs
+    estimate the selection recorded (basis ``FLOPs``); total_time_s = one final run + the selection."""
+    out = summ.copy()
+    ft = {t: w for m, t, w in zip(summ["method"], summ["target"], summ["wall_time_s_mean"]) if m == "ft"}
+    cols: dict[str, list] = {c: [] for c in COST_COLUMNS}
+    for m, t, w in zip(summ["method"], summ["target"], summ["wall_time_s_mean"]):
+        c = costs.get((method_needs(m) or "", t))
+        if c is None:
+            vals = [math.nan, math.nan, math.nan, ft.get(t, math.nan), math.nan, "", w]
+        else:
+            ftw = ft.get(t, math.nan)
+            if not pd.isna(ftw) and ftw > 0 and not math.isnan(c["wall_time_s"]):
+                units, basis = c["wall_time_s"] / ftw, "ft wall time"
+            elif not math.isnan(c["ft_equiv"]):
+                units, basis = c["ft_equiv"], "FLOPs"
+            else:
+                units, basis = math.nan, ""
+            vals = [c["candidates"], round(c["wall_time_s"], 2), round(c["ft_equiv"], 3), ftw,
+                    round(units, 3), basis, w + (0.0 if math.isnan(c["wall_time_s"]) else c["wall_time_s"])]
+        for col, v in zip(COST_COLUMNS, vals):
+            cols[col].append(v)
+    for col, v in cols.items():
+        out[col] = v
+    out["total_time_s"] = pd.to_numeric(out["total_time_s"]).round(2)
+    return out
+
+
+def _cost_md(summ: pd.DataFrame, targets: list[str]) -> list[str]:
+    f = (lambda v, nd=1: "–" if pd.isna(v) else f"{v:.{nd}f}")  # noqa: E731
+    rows = []
+    for m in method_order(summ["method"]):
+        for t in targets:
+            sub = summ[(summ["method"] == m) & (summ["target"] == t)]
+            if sub.empty:
+                continue
+            r = sub.iloc[0]
+            sel = not pd.isna(r["selection_candidates"])
+            rows.append([method_label(m), t, fmt_params(r["trainable_params"]), f(r["wall_time_s_mean"]),
+                         f"{r['selection_candidates']:g}" if sel else "–", f(r["selection_wall_time_s"]),
+                         (f"{r['selection_ft_units']:.2f} ({r['selection_ft_basis']})"
+                          if sel and not pd.isna(r["selection_ft_units"]) else "–"),
+                         f(r["total_time_s"]), f"{r['test_acc_mean']:.2f}"])
+    if not rows:
+        return []
+    bases = set(summ["selection_ft_basis"]) - {""}
+    basis = ("one plain full fine-tune = the FT method's final run on that target (mean wall time over seeds)"
+             if bases == {"ft wall time"} else
+             "one plain full fine-tune estimated from FLOPs (forward and backward of every parameter, the "
+             "selection's epochs and data; FT is not one of the methods)" if bases == {"FLOPs"} else
+             "per row: the FT method's final-run wall time where FT ran, else a FLOPs estimate")
+    return ["", "## Cost", "",
+            "Trainable parameters; training: the wall time of one final run (mean over seeds); selection (SubTuning's "
+            "greedy rounds, Surgical's group scores; run once and shared by every seed unless per_seed): candidate "
+            "trainings, wall time, and that time in plain full fine-tunes of the same network (" + basis + "); "
+            "total: one final run plus the selection. Grid tuning (every method with a grid) is not counted.", "",
+            _md_table(["method", "target", "trainable", "training (s)", "selection candidates", "selection (s)",
+                       "selection (FT units)", "total (s)", "test acc (%)"], rows,
+                      ["l", "l", "r", "r", "r", "r", "r", "r", "r"])]
+
+
+def cost_plot(summ: pd.DataFrame, targets: list[str], out_png: PathLike) -> None:
+    """Test accuracy against total cost (one final run + selection, seconds, log x), a panel per target."""
+    n = len(targets)
+    fig = _figure(4.2 * n, 3.8)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    methods = method_order(summ["method"])
+    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    for ax, t in zip(axes, targets):
+        for m in methods:
+            sub = summ[(summ["method"] == m) & (summ["target"] == t)]
+            if sub.empty or pd.isna(sub["total_time_s"].iloc[0]):
+                continue
+            r = sub.iloc[0]
+            ax.errorbar([r["total_time_s"]], [r["test_acc_mean"]], yerr=[r["test_acc_std"]], marker="o",
+                        capsize=3, color=colors[m], label=method_label(m), linestyle="none")
+            if not pd.isna(r["selection_wall_time_s"]):  # the final run alone, joined to the total
+                ax.plot([r["wall_time_s_mean"], r["total_time_s"]], [r["test_acc_mean"]] * 2, color=colors[m],
+                        alpha=0.5, linestyle=":", marker="|")
+        ax.set_xscale("log")
+        ax.set_xlabel("total cost: final run + selection (s)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(t, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    _save_png(fig, out_png)
+
+
 def main_table(
     run_files: Sequence[PathLike],
     out_csv: PathLike,
@@ -357,6 +490,8 @@ def main_table(
     references: Sequence[PathLike] | None = None,
     backbone: str | None = None,
     out_json: PathLike | None = None,
+    surgical_files: Sequence[PathLike] | None = None,
+    out_cost_png: PathLike | None = None,
 ) -> pd.DataFrame:
     """Method x target test accuracy (percent, mean ± sample std over seeds), params, seeds.
 
@@ -373,8 +508,15 @@ def main_table(
     same average of the published numbers, :func:`vtab_means`). Markdown: the
     pivot (cells ``mean ± std (params)``), the source checkpoint's accuracy,
     the selected blocks per target and seed, the hyperparameters chosen on
-    validation, the epochs chosen on validation, the VTAB-1k averages, and the
-    greedy selections (``selected_files``: selection state files) when given.
+    validation, the epochs chosen on validation, the VTAB-1k averages, the cost
+    of every method and the greedy selections (``selected_files``: selection
+    state files) when given. Cost columns (:func:`_attach_costs`):
+    selection_candidates, selection_wall_time_s, selection_ft_equiv_flops,
+    ft_wall_time_s, selection_ft_units (the selection in plain full
+    fine-tunes), selection_ft_basis (``ft wall time`` or ``FLOPs``),
+    total_time_s (one final run + the selection), for methods that need a
+    selection (``selected_files``) or Surgical's scores (``surgical_files``).
+    ``out_cost_png``: accuracy against total cost (:func:`cost_plot`).
     """
     runs = load_runs(run_files)
     targets = list(dict.fromkeys(runs["target"]))
@@ -389,6 +531,7 @@ def main_table(
     summ["best_epochs"] = _per_pair(runs.sort_values("seed"), summ, "best_epoch",
                                     lambda s: ",".join(str(int(e)) for e in s))
     summ = attach_published(summ, load_references(references), backbone)
+    summ = _attach_costs(summ, _selection_costs(selected_files, surgical_files))
     vtab = _vtab_rows(summ)
     _write_csv(pd.concat([summ, vtab], ignore_index=True) if len(vtab) else summ, out_csv)
 
@@ -439,7 +582,10 @@ def main_table(
                   "validation accuracy (ties: the first point); test accuracy was read once, for the chosen values. "
                   "Methods without a grid use the config's values.", "",
                   _md_table(["method", "grid", *targets], trows, ["l"] * (2 + len(targets)))]
+    parts += _cost_md(summ, targets)
     parts += _best_epoch_md(runs, targets)
+    if out_cost_png is not None:
+        cost_plot(summ, targets, out_cost_png)
     if selected_files:
         st = _states_table(selected_files)
         rows3 = [[r["target"], str(r["seed"]), r["selected"] or LP_LABEL,
@@ -604,6 +750,110 @@ def _round_cost(r: dict) -> dict:
         "wall_time_s": num(cost.get("wall_time_s"), 2),
         "ft_equiv": num(cost.get("ft_equiv"), 3),
     }
+
+
+# ---------------------------------------------------------------- epsilon sensitivity
+def epsilon(state_files: Sequence[PathLike], run_files: Sequence[PathLike], epsilons: Sequence[float],
+            selection_epsilon: float, out_csv: PathLike, out_md: PathLike) -> pd.DataFrame:
+    """The set each epsilon selects (replayed from one greedy walk, :func:`subtune.select.epsilon_sets`) and its runs.
+
+    ``state_files``: the walks' final states, one per target (per target and
+    seed with ``per_seed`` selection); ``run_files``: SubTuning final runs of
+    every set (matched on target, seed and blocks). CSV, one row per target
+    and epsilon: target, epsilon, main (the main selection's epsilon),
+    blocks, n_blocks, rounds, candidates (candidate trainings a selection
+    with that epsilon runs), selection_wall_time_s, ft_equiv (its recorded
+    cost), val_score (the set's selection score), n_seeds, test_acc_mean,
+    test_acc_std, val_acc_mean (final runs), wall_time_s_mean (final runs),
+    trained_for (``main``: the main selection's runs were reused; ``epsilon``:
+    trained for this analysis) (percent).
+    """
+    from .select import epsilon_sets, key, replay
+
+    eps = sorted({float(e) for e in epsilons} | {float(selection_epsilon)})
+    runs = [load_runs([f]).iloc[0] for f in _as_list(run_files)]
+    by_run: dict[tuple[str, int, str], pd.Series] = {}
+    for r in runs:
+        by_run[(r["target"], int(r["seed"]), r["blocks"] or "")] = r
+    states: dict[str, dict[int | None, dict]] = {}
+    walks: dict[str, list[str]] = {}
+    for f in _as_list(state_files):
+        d = _load_state(f)
+        t, s = _target_seed(d, f)
+        states.setdefault(t, {})[s] = d
+        walks.setdefault(t, []).append(f"epsilon {d['config']['epsilon']:g}, "
+                                       f"{sum(len(r['scores']) for r in d['rounds'])} candidates")
+    rows = []
+    for t, per in states.items():
+        per_seed = len(per) > 1
+        derived = {s: epsilon_sets(d, eps) for s, d in per.items()}
+        main = {s: key(replay(d, selection_epsilon)["selected"]) for s, d in per.items()}
+        seeds = sorted({int(r["seed"]) for r in runs if r["target"] == t})
+        for i, e in enumerate(eps):
+            got, sets, trained = [], [], []
+            for seed in seeds:
+                s = seed if per_seed else next(iter(per))
+                if s not in per:
+                    continue
+                k = key(derived[s][i]["selected"])
+                r = by_run.get((t, seed, k))
+                if r is None:
+                    raise SubtuneError(f"epsilon {e:g} on {t}: no run of blocks {k or LP_LABEL!r} for seed {seed}")
+                got.append(r)
+                sets.append(k)
+                trained.append("main" if k == main[s] else "epsilon")
+            if not got:
+                raise SubtuneError(f"epsilon {e:g} on {t}: no runs")
+            ds = [derived[s][i] for s in per]
+            g = pd.DataFrame(got)
+
+            def mean(xs):
+                xs = [x for x in xs if x is not None]
+                return statistics.fmean(xs) if xs else math.nan
+
+            rows.append({
+                "target": t, "epsilon": e, "main": e == float(selection_epsilon),
+                "blocks": " | ".join(dict.fromkeys(b or LP_LABEL for b in sets)),
+                "n_blocks": mean(len(d["selected"]) for d in ds), "rounds": mean(d["rounds"] for d in ds),
+                "candidates": mean(d["candidates"] for d in ds),
+                "selection_wall_time_s": round(mean(d["wall_time_s"] for d in ds), 2),
+                "ft_equiv": round(mean(d["ft_equiv"] for d in ds), 3),
+                "val_score": round(100 * mean(d["score"] for d in ds), 4),
+                "n_seeds": len(g), "test_acc_mean": round(100 * g["test_acc"].mean(), 4),
+                "test_acc_std": round(100 * _std(g["test_acc"]), 4),
+                "val_acc_mean": round(100 * g["val_acc"].mean(), 4),
+                "wall_time_s_mean": round(g["wall_time_s"].mean(), 2),
+                "trained_for": " | ".join(dict.fromkeys(trained)),
+            })
+    df = pd.DataFrame(rows)
+    _write_csv(df, out_csv)
+    f2 = (lambda v: "n/a" if pd.isna(v) else f"{v:.2f}")  # noqa: E731
+    fn = (lambda v: "n/a" if pd.isna(v) else f"{v:g}")  # noqa: E731
+    md = [[r["target"], f"{r['epsilon']:g}" + (" (main)" if r["main"] else ""), r["blocks"].replace("+", ", "),
+           fn(r["rounds"]), fn(r["candidates"]), f2(r["selection_wall_time_s"]), f2(r["val_score"]),
+           f"{r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f}" + ("" if r["n_seeds"] == df["n_seeds"].max()
+                                                                    else f" (n={r['n_seeds']})"),
+           f2(r["val_acc_mean"]), r["trained_for"]] for _, r in df.iterrows()]
+    n = int(df["n_seeds"].max())
+    text = "\n".join([
+        "# Epsilon sensitivity of greedy SubTuning selection",
+        "",
+        "The set each epsilon selects, replayed from one greedy walk per target (epsilon enters only the accept "
+        "test, so the walk that goes furthest gives every epsilon's stop: src/subtune/select.py), each set trained "
+        f"with SubTuning's training config and chosen hyperparameters, mean ± sample std over {n} "
+        f"seed{'s' if n != 1 else ''}. Rounds, candidates and selection time: what a selection with that epsilon "
+        "alone trains (the rounds' recorded cost). Val (selection): the set's validation score in the walk; val "
+        "(runs): the final runs' (n/a when trained on train+val). Trained: main = the main selection's final "
+        "runs, reused; epsilon = trained for this table.",
+        "",
+        _md_table(["target", "epsilon", "blocks", "rounds", "candidates", "selection time (s)", "val (selection)",
+                   "test", "val (runs)", "trained"], md, ["l", "l", "l", "r", "r", "r", "r", "r", "r", "l"]),
+        "",
+        "The walks: " + "; ".join(f"{t}: {', '.join(w)}" for t, w in walks.items()) + ".",
+        "",
+    ])
+    _write_text(text, out_md)
+    return df
 
 
 # ---------------------------------------------------------------- score files
@@ -884,8 +1134,73 @@ def _ml_number(d: dict, key: str, path: Path) -> float:
     return v
 
 
+def _ablation_label(name: str) -> str:
+    if name == "train_a":
+        return "Multi-LoRA, A trained"
+    if name == "sequential":
+        return "Multi-LoRA, tasks one after another"
+    return f"Multi-LoRA, rank {name[4:]}" if name.startswith("rank") else f"Multi-LoRA, {name}"
+
+
+def _ablation_rows(ablation_files: Sequence[PathLike], main_files: Sequence[PathLike], ranks: Sequence[int],
+                   tasks: list[str]) -> pd.DataFrame:
+    """One row per ablation (and per rank; the configured rank's is the Multi-LoRA row), means over seeds."""
+    rows = []
+
+    def add(name: str, f: Path, d: dict) -> None:
+        r = d.get("multilora")
+        if not isinstance(r, dict) or not isinstance(r.get("per_task"), dict):
+            raise SubtuneError(f"{f}: no 'multilora' result")
+        if list(r["per_task"]) != tasks:
+            raise SubtuneError(f"{f}: tasks {list(r['per_task'])} differ from {tasks}")
+        row = {"ablation": name, "seed": int(_need(d, "seed", f, int)),
+               "rank": int(_need(r, "rank", f, int)), "train_a": bool(r.get("train_a")),
+               "sequential": bool(r.get("sequential")),
+               "params_trained": float(_need(r, "params_trained", f)),
+               "params_stored": float(_need(r, "params_stored", f)),
+               "wall_time_s": _ml_number(r, "wall_time_s", f),
+               "wall_time_chosen_s": _ml_number(r, "wall_time_chosen_s", f)}
+        for t, v in r["per_task"].items():
+            row[f"{t}_test_acc"] = _frac(v, "test_acc", f)
+        row["mean_test_acc"] = statistics.fmean(row[f"{t}_test_acc"] for t in tasks)
+        rows.append(row)
+
+    for f in _as_list(ablation_files):
+        d = _load(f)
+        add(str(_need(d, "ablation", f, str)), f, d)
+    for f in _as_list(main_files):
+        d = _load(f)
+        rank = d.get("multilora", {}).get("rank")
+        if rank in set(ranks):
+            add(f"rank{rank}", f, d)
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    dup = df[df.duplicated(["ablation", "seed"], keep=False)]
+    if len(dup):
+        raise SubtuneError(f"two Multi-LoRA results for ablation {dup['ablation'].iloc[0]}, seed "
+                           f"{int(dup['seed'].iloc[0])}")
+    acc = [*(f"{t}_test_acc" for t in tasks), "mean_test_acc"]
+    agg = {"n_seeds": ("seed", "size"), "rank": ("rank", "first"), "train_a": ("train_a", "first"),
+           "sequential": ("sequential", "first"), "params_trained": ("params_trained", "mean"),
+           "params_stored": ("params_stored", "mean"), "wall_time_s": ("wall_time_s", "mean"),
+           "wall_time_chosen_s": ("wall_time_chosen_s", "mean")}
+    for c in acc:
+        agg[c.replace("_test_acc", "") + "_mean"] = (c, "mean")
+        agg[c.replace("_test_acc", "") + "_std"] = (c, _std)
+    out = df.groupby("ablation", sort=False).agg(**agg).reset_index()
+    for c in out.columns:
+        if c.endswith(("_mean", "_std")):
+            out[c] = (100 * out[c]).round(4)
+    order = {"train_a": 0, "sequential": 1}
+    out = out.assign(_o=[order.get(a, 2) for a in out["ablation"]]).sort_values(["_o", "rank"]).drop(columns="_o")
+    return out.reset_index(drop=True)
+
+
 def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike,
-              references: Sequence[PathLike] | None = None, backbone: str | None = None) -> pd.DataFrame:
+              references: Sequence[PathLike] | None = None, backbone: str | None = None,
+              ablation_files: Sequence[PathLike] | None = None, ranks: Sequence[int] | None = None,
+              out_ablations_csv: PathLike | None = None) -> pd.DataFrame:
     """Multi-LoRA against K separate LoRA runs (``multilora --compare`` outputs, one per seed).
 
     CSV (tidy): kind (multilora | separate_lora), task (a target, or ``mean``),
@@ -897,6 +1212,14 @@ def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike
     one row per kind, a column per task and the mean, then the parameters
     trained and stored (the K heads included in both), the optimizer steps
     per task and the wall time (files without steps or times show n/a).
+
+    ``ablation_files`` (``multilora --ablation`` outputs; Multi-LoRA alone)
+    and ``ranks``: an *Ablations* section, one row per ablation (A trained,
+    sequential, each rank; the configured rank's row is the Multi-LoRA
+    row's runs) with the same columns; as CSV in ``out_ablations_csv`` (a
+    header-only file when there is none): ablation, n_seeds, rank, train_a,
+    sequential, params_trained, params_stored, wall_time_s,
+    wall_time_chosen_s, <task>_mean/_std and mean_mean/_std (percent).
     """
     rows = []
     tasks: list[str] | None = None
@@ -980,6 +1303,31 @@ def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike
                  f"{r['diff']:+.2f}", r["published_source"]] for _, r in pub.iterrows()]
         text += "\n\n## Published numbers beside ours\n\n" + _md_table(
             ["method", "task", "ours", "published", "Δ", "source"], rows, ["l", "l", "r", "r", "r", "l"])
+    ab = _ablation_rows(ablation_files or [], run_files, list(ranks or []), tasks or [])
+    if out_ablations_csv is not None:
+        _write_csv(ab if len(ab) else pd.DataFrame(columns=["ablation", "n_seeds", "rank"]), out_ablations_csv)
+    if len(ab):
+        ml = out[(out["kind"] == "multilora") & (out["task"] == "mean")].iloc[0]
+        rows = []
+        for _, r in ab.iterrows():
+            cells = [f"{r[t + '_mean']:.2f} ± {r[t + '_std']:.2f}" for t in cols]
+            wall = r["wall_time_s"]
+            rows.append([_ablation_label(r["ablation"]), f"{r['rank']:d}", *cells, fmt_params(r["params_trained"]),
+                         fmt_params(r["params_stored"]), "n/a" if math.isnan(wall) else f"{wall:.0f}"])
+        wall = ml["wall_time_s"]
+        rows.insert(0, ["Multi-LoRA (the row above)", f"{int(_load(_as_list(run_files)[0])['multilora']['rank'])}",
+                        *[f"{out[(out['kind'] == 'multilora') & (out['task'] == t)].iloc[0]['test_acc_mean']:.2f} ± "
+                          f"{out[(out['kind'] == 'multilora') & (out['task'] == t)].iloc[0]['test_acc_std']:.2f}"
+                          for t in cols], fmt_params(ml["params_trained"]), fmt_params(ml["params_stored"]),
+                        "n/a" if math.isnan(wall) else f"{wall:.0f}"])
+        text += ("\n\n## Ablations\n\nMulti-LoRA alone (no separate-LoRA side), the same tasks, training config and "
+                 "grid, chosen on validation as above: **A trained** (the shared A trained by every task's loss, its "
+                 "own optimizer; stored A counted as trained), **tasks one after another** (K stages, each a task's "
+                 "whole schedule, A frozen and shared; with A frozen the tasks do not interact, so this differs from "
+                 "training together only in floating point and in time), and other **ranks** (alpha kept, so the "
+                 "scaling alpha / r changes with r). Test accuracy (%), mean ± std over seeds; parameters for all "
+                 "tasks, heads included; wall time: the whole grid, all tasks.\n\n"
+                 + _md_table(["variant", "rank", *cols, "params trained", "params stored", "wall time (s)"], rows))
     other = refs[refs["method"].isin(list(MULTILORA_KINDS))] if not refs.empty else refs
     other = other[~other["backbone"].isin([backbone or "", (backbone or "").split(".")[0]])] if len(other) else other
     if len(other):

@@ -41,6 +41,19 @@ the answer: ``code`` returns the best-scoring set on the path (often the full
 set, when no removal strictly improves), ``paper`` the smallest set on it
 within ``epsilon`` of that best. The walk and the stop are the same.
 
+Epsilon enters only the accept test, never the choice of a round's move
+(the best-scoring candidate, ties by network order) nor the scores. So two
+selections that differ only in epsilon walk the same path until one of them
+stops, and one walk gives the answer for every epsilon that stops no later
+(:func:`replay`, :func:`epsilon_sets`). Which epsilon walks furthest depends
+on the rule (:func:`walk_epsilon`): under ``paper`` forward a move is accepted
+when ``gain >= epsilon``, so the **smallest** epsilon walks furthest; under
+``code`` (both strategies) and ``paper`` backward when ``score >= best -
+epsilon``, so the **largest** does. ``k`` stops every epsilon at the same
+round. This is exact (the same floating-point gains and comparisons), also
+under a selection budget: halving (:mod:`subtune.halving`) drops candidates
+by their rung scores, which do not depend on epsilon either.
+
 Ties are broken by network order (the earliest block wins), so a selection
 is a function of the scores alone. Scores are accuracies as fractions
 (epsilon 0.01 = one point), computed on validation data only: a held-out
@@ -216,6 +229,77 @@ def decide(state: dict[str, Any], scores: dict[BlockSet, float],
                                               f"({s - best_so_far:+.4f}, epsilon {cfg.epsilon})")
     new["rounds"].append(rnd)
     return new
+
+
+def walk_epsilon(cfg: SelectionConfig | dict[str, Any], epsilons: Iterable[float]) -> float:
+    """The epsilon whose walk reaches every stop of ``epsilons`` (see the module docstring).
+
+    ``paper`` forward: the smallest; ``code`` and ``paper`` backward: the largest.
+    """
+    c = cfg if isinstance(cfg, SelectionConfig) else SelectionConfig(**cfg)
+    eps = [float(e) for e in epsilons]
+    if not eps:
+        raise SubtuneError("walk_epsilon: no epsilon given")
+    return min(eps) if (c.stop_rule == "paper" and c.strategy == "forward") else max(eps)
+
+
+def replay(state: dict[str, Any], epsilon: float) -> dict[str, Any]:
+    """The final state a selection with ``epsilon`` reaches, from the recorded rounds of ``state``.
+
+    ``state`` is a finished selection that walked at least as far as one
+    with ``epsilon`` would (its epsilon is :func:`walk_epsilon` of both).
+    Each recorded round's scores (and candidates a budget dropped) are fed
+    to :func:`decide` with ``epsilon`` until it stops; each round's recorded
+    ``cost`` is kept. The result equals what running the selection with
+    ``epsilon`` writes (tests/test_select.py). An error when the walk ends
+    before this epsilon's selection does, or a round's base differs (the
+    walks diverged: never for a ``state`` walked with :func:`walk_epsilon`).
+    """
+    if not state.get("done"):
+        raise SubtuneError("replay: the selection has not finished")
+    cfg = {**state["config"], "epsilon": float(epsilon)}
+    st = initial_state(state["blocks"], SelectionConfig(**cfg))
+    for rec in state["rounds"]:
+        if st["done"]:
+            break
+        scores = {unkey(k): v for k, v in rec["scores"].items()}
+        dropped = {unkey(k): e for k, e in (rec.get("dropped") or {}).items()}
+        st = decide(st, scores, dropped)
+        got = st["rounds"][-1]
+        if got["base"] != rec["base"]:
+            raise SubtuneError(f"replay: round {rec['round']} starts from {key(rec['base']) or '(empty)'} in the "
+                               f"recorded walk, from {key(got['base']) or '(empty)'} with epsilon {epsilon}")
+        if "cost" in rec:
+            got["cost"] = rec["cost"]
+    if not st["done"]:
+        raise SubtuneError(f"replay: the recorded walk (epsilon {state['config']['epsilon']}) stops before a "
+                           f"selection with epsilon {epsilon} does (walk with walk_epsilon)")
+    return st
+
+
+def epsilon_sets(state: dict[str, Any], epsilons: Iterable[float]) -> list[dict[str, Any]]:
+    """Per epsilon (in the order given): the set a selection with it selects, from one walk (:func:`replay`).
+
+    Each entry: ``epsilon``, ``selected`` (block list), ``score`` (its
+    validation score), ``rounds``, ``candidates`` (candidate trainings that
+    selection runs: every round's scored sets), ``wall_time_s`` and
+    ``ft_equiv`` (the rounds' recorded cost, None where not recorded),
+    ``stop_reason``.
+    """
+    out = []
+    for eps in epsilons:
+        st = replay(state, eps)
+        costs = [r.get("cost") for r in st["rounds"]]
+        have = all(isinstance(c, dict) for c in costs) and costs
+
+        def total(k: str) -> float | None:
+            return sum(float(c.get(k) or 0.0) for c in costs) if have else None
+
+        out.append({"epsilon": float(eps), "selected": list(st["selected"]), "score": st["score"],
+                    "rounds": len(st["rounds"]), "candidates": sum(len(r["scores"]) for r in st["rounds"]),
+                    "wall_time_s": total("wall_time_s"), "ft_equiv": total("ft_equiv"),
+                    "stop_reason": st["stop_reason"]})
+    return out
 
 
 def greedy(blocks: Sequence[str], scorer: Scorer, cfg: SelectionConfig) -> dict[str, Any]:

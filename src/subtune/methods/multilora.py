@@ -142,8 +142,9 @@ class MultiLoRAModel(nn.Module):
     """A timm backbone with Multi-LoRA layers and K heads; ``forward(x, task)`` -> masked logits."""
 
     def __init__(self, backbone: nn.Module, num_classes: Sequence[int], rank: int = 8, alpha: float = 8,
-                 target: list[str] | None = None, seed: int = 0):
+                 target: list[str] | None = None, seed: int = 0, train_a: bool = False):
         super().__init__()
+        self.train_a = bool(train_a)  # the ablation: the shared A trained (by every task's loss) instead of frozen
         if not num_classes or any(int(c) < 1 for c in num_classes):
             raise SubtuneError(f"multilora: num_classes must be positive per task, not {list(num_classes)}")
         self.num_classes = [int(c) for c in num_classes]
@@ -200,8 +201,13 @@ class MultiLoRAModel(nn.Module):
         """What task ``t`` trains: its B in every adapted layer and its head."""
         return [m.B[t] for _, m in self.layers()] + list(self.heads[t].parameters())
 
+    def shared_params(self) -> list[nn.Parameter]:
+        """The shared A of every adapted layer (trained only with ``train_a``)."""
+        return [m.A for _, m in self.layers()]
+
     def trainable(self) -> Trainable:
-        params = [(f"backbone.{n}.B.{t}", m.B[t]) for n, m in self.layers() for t in range(self.num_tasks)]
+        params = [(f"backbone.{n}.A", m.A) for n, m in self.layers()] if self.train_a else []
+        params += [(f"backbone.{n}.B.{t}", m.B[t]) for n, m in self.layers() for t in range(self.num_tasks)]
         params += list(self.heads.named_parameters(prefix="heads"))
         return Trainable(params, ["heads"], {"rank": self.rank, "tasks": self.num_tasks, "layers": len(self.layers())})
 
@@ -210,7 +216,7 @@ class MultiLoRAModel(nn.Module):
         k, r = self.num_tasks, self.rank
         dims = [(m.d, m.m) for _, m in self.layers()]
         heads = sum(p.numel() for p in self.heads.parameters())
-        ml_trained = sum(k * m * r for _, m in dims)
+        ml_trained = sum(k * m * r + (d * r if self.train_a else 0) for d, m in dims)
         ml_stored = sum(d * r + k * m * r for d, m in dims)
         sep = sum(k * (d * r + m * r) for d, m in dims)
         return {
@@ -338,14 +344,25 @@ def _task_forward(model: MultiLoRAModel, pre, t: int, device: torch.device):
 
 @counted
 def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: int = 0, device=None,
-                 progress: bool | None = False, desc: str = "multilora") -> dict[str, Any]:
+                 progress: bool | None = False, desc: str = "multilora", sequential: bool = False) -> dict[str, Any]:
     """Train the K tasks together: each step one batch per task, one optimizer and schedule per task.
 
     Built from ``fit``'s parts (its optimizer, schedule, augmentation and
     ``evaluate``); validation after every epoch, no test split. Returns
-    ``history``, ``per_task`` (final-epoch ``val_acc``/``val_loss``),
+    ``history``, ``per_task`` (final ``val_acc``/``val_loss``),
     ``mean_val_acc``, ``optimizer_steps`` (per task, counted),
     ``trainable_params``, ``wall_time_s``, ``device``.
+
+    Ablations: ``model.train_a`` trains the shared A too (its own optimizer
+    over every A, built like the tasks', its schedule over the stage's
+    steps; its gradient is the sum of the active tasks' losses').
+    ``sequential``: the tasks are trained one after another, K stages of
+    the whole schedule; stage ``t`` steps only task ``t``'s optimizer (its
+    B and head; A too with ``train_a``, from a fresh optimizer each stage)
+    on task ``t``'s batches, which are the ones it sees together (its own
+    seeded generator). History rows then carry ``stage`` and the stage's
+    task only; ``per_task`` is evaluated after the last stage (a task
+    trained early sees the A the later stages left).
     """
     from tqdm.auto import tqdm
 
@@ -362,7 +379,6 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
             raise SubtuneError(f"multilora: task {t.name} has an empty training set")
     steps = [steps_per_epoch(n, cfg) for n in sizes]
     used = [s * bs if cfg.drop_last else n for s, n in zip(steps, sizes)]  # images trained on per epoch
-    per_epoch = max(steps)
     gens = [torch.Generator().manual_seed(seed) for _ in tasks]  # each task's order and augmentation: fit's
     if pre is not None:
         pre = pre.to(device)
@@ -379,58 +395,80 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
         opt = _optimizer(params, cfg)
         opts.append(opt)
         scheds.append(lr_scheduler(opt, cfg, steps[t]))
+    shared = model.shared_params() if model.train_a else []
+    for p in shared:
+        p.requires_grad_(True)
     counts = [0] * k
     history: list[dict[str, Any]] = []
     if progress is None:
         progress = sys.stderr.isatty()
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for epoch in tqdm(range(cfg.total_epochs), desc=desc, disable=not progress, leave=False):
-        set_modes(model, ["heads"])
-        orders = [torch.randperm(n, generator=g) for n, g in zip(sizes, gens)]
-        losses = [torch.zeros((), device=device) for _ in tasks]
-        for i in range(per_epoch):
-            active = [t for t in range(k) if i < steps[t]]
-            xs, ys, ns = [], [], []
-            for t in active:
-                idx = orders[t][i * bs:(i + 1) * bs]
-                xs.append(augment_batch(tasks[t].train[0][idx], cfg.augment, gens[t]))
-                ys.append(tasks[t].train[1][idx])
-                ns.append(len(idx))
-            xb = torch.cat(xs).to(device, non_blocking=True)
-            yb = torch.cat(ys).to(device)
-            task = torch.cat([torch.full((n,), t, dtype=torch.long) for t, n in zip(active, ns)]).to(device)
-            with torch.autocast(**autocast):
-                xb = pre(xb) if pre is not None else xb
-                if device.type == "cuda":
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                feats = model.features(xb, task)
-            loss = torch.zeros((), device=device)
-            lo = 0
-            for t, n in zip(active, ns):
+
+    def validate(row: dict[str, Any], which: list[int]) -> None:
+        for t in which:
+            r = evaluate(model, pre, *tasks[t].val, cfg.eval_batch_size, device, _task_forward(model, pre, t, device))
+            row.update({f"{tasks[t].name}_val_acc": r["acc"], f"{tasks[t].name}_val_loss": r["loss"]})
+        row["mean_val_acc"] = sum(row[f"{tasks[t].name}_val_acc"] for t in which) / len(which)
+
+    stages = [[t] for t in range(k)] if sequential else [list(range(k))]
+    for si, stage in enumerate(stages):
+        per_epoch = max(steps[t] for t in stage)
+        a_opt = _optimizer(shared, cfg) if shared else None
+        a_sched = lr_scheduler(a_opt, cfg, per_epoch) if a_opt is not None else None
+        for epoch in tqdm(range(cfg.total_epochs), desc=desc + (f" stage {si + 1}" if sequential else ""),
+                          disable=not progress, leave=False):
+            set_modes(model, ["heads"])
+            orders = {t: torch.randperm(sizes[t], generator=gens[t]) for t in stage}
+            losses = {t: torch.zeros((), device=device) for t in stage}
+            for i in range(per_epoch):
+                active = [t for t in stage if i < steps[t]]
+                xs, ys, ns = [], [], []
+                for t in active:
+                    idx = orders[t][i * bs:(i + 1) * bs]
+                    xs.append(augment_batch(tasks[t].train[0][idx], cfg.augment, gens[t]))
+                    ys.append(tasks[t].train[1][idx])
+                    ns.append(len(idx))
+                xb = torch.cat(xs).to(device, non_blocking=True)
+                yb = torch.cat(ys).to(device)
+                task = torch.cat([torch.full((n,), t, dtype=torch.long) for t, n in zip(active, ns)]).to(device)
                 with torch.autocast(**autocast):
-                    logits = model.heads[t](feats[lo:lo + n])
-                lt = F.cross_entropy(logits.float(), yb[lo:lo + n], label_smoothing=cfg.label_smoothing)
-                loss = loss + lt  # the sum of the tasks' own mean losses: each task's gradient is its own
-                losses[t] += lt.detach() * n
-                lo += n
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for t in active:
-                opts[t].step()
-                scheds[t].step()
-                counts[t] += 1
-        row: dict[str, Any] = {"epoch": epoch + 1}
-        for t, task_ in enumerate(tasks):
-            r = evaluate(model, pre, *task_.val, cfg.eval_batch_size, device, _task_forward(model, pre, t, device))
-            row.update({f"{task_.name}_train_loss": float(losses[t]) / used[t],
-                        f"{task_.name}_lr": opts[t].param_groups[0]["lr"],
-                        f"{task_.name}_val_acc": r["acc"], f"{task_.name}_val_loss": r["loss"]})
-        row["mean_val_acc"] = sum(row[f"{t.name}_val_acc"] for t in tasks) / k
-        history.append(row)
+                    xb = pre(xb) if pre is not None else xb
+                    if device.type == "cuda":
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    feats = model.features(xb, task)
+                loss = torch.zeros((), device=device)
+                lo = 0
+                for t, n in zip(active, ns):
+                    with torch.autocast(**autocast):
+                        logits = model.heads[t](feats[lo:lo + n])
+                    lt = F.cross_entropy(logits.float(), yb[lo:lo + n], label_smoothing=cfg.label_smoothing)
+                    loss = loss + lt  # the sum of the tasks' own mean losses: each task's gradient is its own
+                    losses[t] += lt.detach() * n
+                    lo += n
+                for opt in opts:
+                    opt.zero_grad(set_to_none=True)
+                if a_opt is not None:
+                    a_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for t in active:
+                    opts[t].step()
+                    scheds[t].step()
+                    counts[t] += 1
+                if a_opt is not None:
+                    a_opt.step()
+                    a_sched.step()
+            row: dict[str, Any] = {"epoch": epoch + 1, **({"stage": si + 1} if sequential else {})}
+            for t in stage:
+                row.update({f"{tasks[t].name}_train_loss": float(losses[t]) / used[t],
+                            f"{tasks[t].name}_lr": opts[t].param_groups[0]["lr"]})
+            validate(row, stage)
+            history.append(row)
     for p in model.parameters():
         p.requires_grad_(False)
     last = history[-1]
+    if sequential:  # every task after the last stage
+        last = {}
+        validate(last, list(range(k)))
     per_task = {t.name: {"val_acc": last[f"{t.name}_val_acc"], "val_loss": last[f"{t.name}_val_loss"]} for t in tasks}
     return {"history": history, "per_task": per_task, "mean_val_acc": last["mean_val_acc"],
             "optimizer_steps": {t.name: c for t, c in zip(tasks, counts)},
@@ -451,7 +489,8 @@ def _mean(xs) -> float:
 
 def train_multilora(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: int = 0, rank: int = 8,
                     alpha: float = 8, target: list[str] | None = None, device=None,
-                    progress: bool | None = False, grid: dict[str, list] | None = None) -> dict[str, Any]:
+                    progress: bool | None = False, grid: dict[str, list] | None = None, train_a: bool = False,
+                    sequential: bool = False) -> dict[str, Any]:
     """Train K tasks together (one backbone, shared frozen A, a B and a head per task) at every grid point.
 
     ``backbone`` is a timm model (copied per point, its head dropped). The
@@ -464,6 +503,7 @@ def train_multilora(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: 
     ``separate_lora_expected``: the K-separate-LoRA counts by formula),
     ``wall_time_s`` (the whole grid), ``wall_time_chosen_s`` and ``model``
     (the chosen :class:`MultiLoRAModel`; drop it before writing JSON).
+    ``train_a``, ``sequential``: the ablations (:func:`fit_together`).
     """
     from ..config import multilora_grid_points
     from ..train import evaluate, pick_device
@@ -477,9 +517,11 @@ def train_multilora(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: 
     best_model, best_m = None, None
     for point, pcfg in zip(points, cfgs):
         r, a = int(point["params"].get("rank", rank)), point["params"].get("alpha", alpha)
-        model = MultiLoRAModel(copy.deepcopy(backbone), [t.num_classes for t in tasks], r, a, target, seed)
+        model = MultiLoRAModel(copy.deepcopy(backbone), [t.num_classes for t in tasks], r, a, target, seed,
+                               train_a=train_a)
         label = point_label(point)
-        m = fit_together(model, tasks, pre, pcfg, seed, device, progress, desc=f"multilora [{label}]")
+        m = fit_together(model, tasks, pre, pcfg, seed, device, progress, desc=f"multilora [{label}]",
+                         sequential=sequential)
         results.append({**point, "label": label, "val_acc": m["mean_val_acc"],
                         "per_task_val_acc": {n: v["val_acc"] for n, v in m["per_task"].items()},
                         "optimizer_steps": m["optimizer_steps"], "wall_time_s": m["wall_time_s"],
@@ -498,6 +540,7 @@ def train_multilora(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: 
             per_task[task.name].update(test_acc=r["acc"], test_loss=r["loss"])
     has_test = all("test_acc" in v for v in per_task.values())
     return {"method": "multilora", "rank": model.rank, "alpha": point["params"].get("alpha", alpha),
+            "train_a": bool(train_a), "sequential": bool(sequential),
             "per_task": per_task, "mean_val_acc": m["mean_val_acc"],
             **({"mean_test_acc": _mean(v["test_acc"] for v in per_task.values())} if has_test else {}),
             "optimizer_steps": m["optimizer_steps"], "grid_results": results, "chosen_index": best,
