@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -170,8 +172,19 @@ def test_off_under_slurm_and_when_asked(monkeypatch, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_an_idle_server_exits_and_removes_its_socket(work, tmp_path):
+def test_a_socket_path_too_long_runs_the_job_in_its_own_process(work, tmp_path):
     wd, env = work
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    env = {**env, "SUBTUNE_WARM_DIR": str(deep)}
+    p = subprocess.run(train_cmd(wd, tmp_path / "o.json"), env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "socket path too long" in p.stderr and (tmp_path / "o.json").exists()
+    assert not list(deep.glob("*.sock")) and not list(deep.glob("*.log"))
+
+
+def test_an_idle_server_exits_and_removes_its_socket(work):
+    wd, env = work
+    tmp_path = Path(tempfile.mkdtemp(prefix="sw", dir="/tmp"))  # a short path: AF_UNIX names hold 107 bytes
     env = {**env, "SUBTUNE_WARM_DIR": str(tmp_path / "s"), "SUBTUNE_WARM_IDLE": "1"}
     p = subprocess.run([sys.executable, "-m", "subtune", "report", "--help"], env=env, capture_output=True,
                        text=True)  # fmt: skip
@@ -186,6 +199,7 @@ def test_an_idle_server_exits_and_removes_its_socket(work, tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert not list((tmp_path / "s").glob("*.sock"))
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_each_child_draws_its_own_random_numbers():

@@ -66,6 +66,7 @@ PRELOAD = (
 DEFAULT_IDLE_S = 60.0
 START_TIMEOUT_S = 300.0
 _HEADER = struct.Struct("!Q")
+_MAX_SOCKET_PATH = 107  # bytes: sun_path holds 108 with the terminating NUL (Linux)
 # variables that change between otherwise identical jobs and that no library reads at import
 VOLATILE_ENV = frozenset({"PYTEST_CURRENT_TEST", "PWD", "OLDPWD"})
 
@@ -121,6 +122,8 @@ def run(argv: list[str]) -> int | None:
         return None
     try:
         sock_path = socket_dir() / f"{key()}.sock"
+        if len(os.fsencode(sock_path)) > _MAX_SOCKET_PATH:
+            raise OSError(f"socket path too long for AF_UNIX: {sock_path} (set SUBTUNE_WARM_DIR to a shorter one)")
         conn = _connect_or_start(sock_path)
     except OSError as exc:
         print(f"subtune: warm start unavailable ({exc}); running in this process", file=sys.stderr)
@@ -230,7 +233,7 @@ def serve(path: Path, idle_s: float | None = None) -> None:
     print(f"warm server {os.getpid()} on {path}: preloaded in {time.monotonic() - start:.1f} s", flush=True)
 
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}")
+    tmp = path.with_name(f"{os.getpid()}.tmp")  # not longer than the socket's own name
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     lsock.bind(str(tmp))
