@@ -105,17 +105,22 @@ def test_bad_input_exits_2_with_its_one_line_error(work, tmp_path):
     assert not (tmp_path / "o.json").exists()
 
 
-def test_a_signal_to_the_job_reaches_its_child_and_ends_it(work, tmp_path):
+def long_job(work, tmp_path) -> tuple[subprocess.Popen, int]:
+    """A training job of 10,000 epochs, once it has logged its first epoch, and its warm server's pid."""
     wd, env = work
     log = tmp_path / "job.log"
     with open(log, "w") as fh:
         p = subprocess.Popen(train_cmd(wd, tmp_path / "o.json", epochs=10000), env=env, stdout=fh, stderr=fh)
     deadline = time.monotonic() + 120
     while "epoch 1/" not in log.read_text():
-        assert p.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
+        assert p.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
     (server,) = servers(Path(env["SUBTUNE_WARM_DIR"]))
+    return p, server
+
+
+def test_a_signal_to_the_job_reaches_its_child_and_ends_it(work, tmp_path):
+    p, server = long_job(work, tmp_path)
     assert len(psutil.Process(server).children()) == 1
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=30) == -signal.SIGTERM  # died of the signal, as the job itself would have
@@ -127,15 +132,7 @@ def test_a_signal_to_the_job_reaches_its_child_and_ends_it(work, tmp_path):
 
 
 def test_a_killed_client_takes_its_job_with_it(work, tmp_path):
-    wd, env = work
-    log = tmp_path / "job.log"
-    with open(log, "w") as fh:
-        p = subprocess.Popen(train_cmd(wd, tmp_path / "o.json", epochs=10000), env=env, stdout=fh, stderr=fh)
-    deadline = time.monotonic() + 120
-    while "epoch 1/" not in log.read_text():
-        assert p.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
-    (server,) = servers(Path(env["SUBTUNE_WARM_DIR"]))
+    p, server = long_job(work, tmp_path)
     p.kill()  # SIGKILL: nothing forwarded; the server sees the connection close
     p.wait()
     deadline = time.monotonic() + 10

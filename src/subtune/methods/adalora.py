@@ -87,7 +87,6 @@ define (peft does).
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -95,7 +94,7 @@ from .. import SubtuneError
 from ..models.blocks import head_names
 from ..trainable import StepHooks
 from .base import Method, Param, Trainable, is_names, is_positive_int, register
-from .lora import _contiguous_params, _is_peft, lora_targets
+from .lora import _is_peft, lora_targets, merge_peft
 from .._lazy import lazy
 
 torch = lazy("torch")
@@ -248,9 +247,5 @@ class AdaLoRA(Method):
             "targets": [n.removeprefix(prefix) for n in layers]}, hooks)
 
     def merge(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        if not _is_peft(model):
-            return super().merge(model)
-        model = copy.deepcopy(model)
-        _contiguous_params(model)
-        plain = model.merge_and_unload()
-        return {k: v.detach().clone() for k, v in plain.state_dict().items()}
+        merged = merge_peft(model)
+        return super().merge(model) if merged is None else merged

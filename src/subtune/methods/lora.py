@@ -210,6 +210,17 @@ def _contiguous_adapters(module: nn.Module, args: tuple) -> None:
             _contiguous_params(sub)
 
 
+def merge_peft(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The plain timm state dict of a peft-wrapped model, its adapters merged in (peft's ``merge_and_unload`` on a
+    copy); None for a model peft did not wrap."""
+    if not _is_peft(model):
+        return None
+    model = copy.deepcopy(model)
+    _contiguous_params(model)
+    plain = model.merge_and_unload()
+    return {k: v.detach().clone() for k, v in plain.state_dict().items()}
+
+
 @register
 class LoRA(Method):
     name = "lora"
@@ -288,12 +299,8 @@ class LoRA(Method):
             "train_modules": [n.removeprefix(prefix) for n in full]})
 
     def merge(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        if not _is_peft(model):
-            return super().merge(model)
-        model = copy.deepcopy(model)
-        _contiguous_params(model)
-        plain = model.merge_and_unload()
-        return {k: v.detach().clone() for k, v in plain.state_dict().items()}
+        merged = merge_peft(model)
+        return super().merge(model) if merged is None else merged
 
 
 @register
