@@ -48,10 +48,6 @@ def add_mlflow(seconds: float) -> None:
     _state["mlflow"] += seconds
 
 
-def work_s() -> float:
-    return _state["work"]
-
-
 def summary(stage: str) -> str:
     """The job's closing line: seconds since start, of which fitting/evaluation and MLflow logging."""
     total = time.perf_counter() - START
