@@ -193,7 +193,7 @@ def test_gradual_exact_trainable_counts_resnet18():
 def rgn_spy(t):
     """Wrap the method's step hook: record, at every step, each group's name, its RGN from the gradient about
     to be applied, the factors and the scheduled lr."""
-    hook, steps = t.step_hook, []
+    hook, steps = t.hooks.lr_factors, []
 
     def spy(groups):
         f = hook(groups)
@@ -202,7 +202,7 @@ def rgn_spy(t):
                       "grad": [g["params"][0].grad.clone() for g in groups]})
         return f
 
-    t.step_hook = spy
+    t.hooks.lr_factors = spy
     return steps
 
 

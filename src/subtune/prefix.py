@@ -21,6 +21,12 @@ head (:class:`subtune.models.split.Staged`).
   entry (on-disk entries are named by the key's digest).
 - Not used when the training transform is random (augmentation): the run
   then computes its prefix itself, and says so.
+
+Final and tuning runs use it too (:func:`run_start`, :func:`run_inputs`,
+through :func:`subtune.methods.base.fit_phases`): a run whose trainable
+parameters all lie in block ``b >= 1`` or later (LP, LP-FT's first phase,
+SubTuning and Surgical past the first block) computes its prefix once for the
+training, validation and test images instead of once per epoch.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ import numpy as np
 import torch
 
 from .io import atomic_path
+from .timing import counted
+from .train import CHANNELS_LAST
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +92,7 @@ class PrefixCache:
         return t
 
 
+@counted
 @torch.no_grad()
 def compute_prefix(staged, pre, x: torch.Tensor, stop: int, batch_size: int, device: torch.device) -> torch.Tensor:
     """The frozen prefix (stem and blocks before ``stop``) of uint8 images ``x``, in eval mode."""
@@ -94,7 +103,7 @@ def compute_prefix(staged, pre, x: torch.Tensor, stop: int, batch_size: int, dev
     try:
         for i in range(0, len(x), batch_size):
             xb = pre(x[i : i + batch_size].to(device))
-            if device.type == "cuda":
+            if CHANNELS_LAST and xb.ndim == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 out.append(staged.prefix(xb, stop))
@@ -102,3 +111,54 @@ def compute_prefix(staged, pre, x: torch.Tensor, stop: int, batch_size: int, dev
         for m, t in modes.items():
             m.train(t)
     return torch.cat(out)
+
+
+#: Memory budget of a final or tuning run's cached prefix features (all its splits together); over it the
+#: run computes its prefix itself (selection has its own, ``selection.cache_mb``).
+RUN_CACHE_MB = 2048
+
+
+def run_start(model, trainable, cfg) -> int | None:
+    """The block a final/tuning run of ``trainable`` can start at, its frozen prefix computed once; None when
+    that would not be exactly the run's own computation (or would save nothing).
+
+    Applies when: the training transform is not random (:attr:`TrainConfig.fixed_prefix`); the model is a
+    plain backbone of a known family with no model-level forward hook (not peft's or Siamese's wrapper:
+    :class:`~subtune.models.split.Staged` calls the model's own modules); the run has no stages or step
+    hooks (gradual unfreezing, AdaLoRA, Auto-RGN); and every trainable parameter and every module in train
+    mode lies in block ``b >= 1`` or after it (the head, the tail): the stem and blocks ``0..b-1`` then run
+    in eval mode without gradients, a fixed function of each image.
+    """
+    from . import SubtuneError
+    from .models.split import Staged
+
+    if not cfg.fixed_prefix or trainable.stages or trainable.hooks is not None:
+        return None
+    if model._forward_hooks or model._forward_pre_hooks or "" in trainable.train_modules:
+        return None
+    try:
+        staged = Staged(model)
+    except SubtuneError:
+        return None
+    start = staged.first_trainable([n for n, _ in trainable.params] + list(trainable.train_modules))
+    return start if start else None
+
+
+def run_inputs(model, pre, start: int, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], batch_size: int,
+               device: torch.device, budget_mb: float = RUN_CACHE_MB):
+    """``splits`` with their images replaced by the prefix's output up to block ``start``, and the forward
+    that runs the rest (:meth:`Staged.suffix`); None when the features of every split would exceed
+    ``budget_mb`` (the run then computes its prefix itself)."""
+    from .models.split import Staged
+
+    staged = Staged(model.to(device))
+    pre = pre.to(device)
+    n = sum(len(x) for x, _ in splits.values())
+    probe = compute_prefix(staged, pre, next(iter(splits.values()))[0][:1], start, 1, device)
+    size = n * probe.numel() * probe.element_size()
+    if size > budget_mb * 2**20:
+        log.info("prefix cache: %.0f MiB of features exceed the %.0f MiB budget; the run computes its prefix",
+                 size / 2**20, budget_mb)
+        return None
+    feats = {k: (compute_prefix(staged, pre, x, start, batch_size, device), y) for k, (x, y) in splits.items()}
+    return feats, (lambda h: staged.suffix(h, start))

@@ -14,7 +14,7 @@ other method) the loop is the plain one, bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ._lazy import lazy
 
@@ -29,6 +29,7 @@ class StepHooks:
         loss = cross_entropy(logits, y) [+ extra_loss()]
         zero_grad; loss.backward()
         before_step(step)                # gradients present, parameters not yet updated
+        f = lr_factors(param_groups)     # None: the plain step; else one factor per group, this step only
         optimizer.step(); scheduler.step()
         after_step(step)                 # parameters updated, gradients still present
 
@@ -46,8 +47,17 @@ class StepHooks:
         """A scalar tensor added to the step's loss, or None."""
         return None
 
+    #: the optimizer gets one parameter group per tensor (its name in the group's ``names``), for
+    #: :meth:`lr_factors` to scale each tensor's learning rate on its own (Auto-RGN)
+    per_tensor_groups: bool = False
+
     def before_step(self, step: int) -> None:
         pass
+
+    def lr_factors(self, param_groups: list[dict[str, Any]]) -> list[float] | None:
+        """One factor per parameter group multiplying its scheduled learning rate for this step only (the
+        schedule never sees them), or None for the plain step."""
+        return None
 
     def after_step(self, step: int) -> None:
         pass
@@ -74,9 +84,8 @@ class Trainable:
       optimizer, one schedule) each epoch trains only its stage's parameters, the others get no gradient,
       so the optimizer leaves them bit-identical (gradual unfreezing). ``params`` is every parameter that
       trains in some stage (the optimizer's), ``train_modules`` is unused.
-    - ``step_hook``: called after every backward pass, before the optimizer step, with the optimizer's
-      parameter groups (one per parameter tensor, its name in the group's ``names``); it returns one factor
-      per group, which multiplies that group's scheduled learning rate for this step only (Auto-RGN).
+    - ``hooks``: a :class:`StepHooks`, the one per-step mechanism: an extra loss and callbacks around each
+      optimizer step (AdaLoRA's budget), per-tensor learning-rate factors for one step (Auto-RGN).
     """
 
     params: list[tuple[str, nn.Parameter]]
@@ -86,7 +95,6 @@ class Trainable:
     hooks: StepHooks | None = None
     lr_scale: dict[str, float] = field(default_factory=dict)
     stages: list[Stage] = field(default_factory=list)
-    step_hook: Callable[[list[dict[str, Any]]], list[float]] | None = None
 
     def stage(self, epoch: int) -> Stage | None:
         """The stage epoch ``epoch`` (0-based) trains in (None without stages)."""

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..trainable import StepHooks
 from .base import Method, Param, Trainable, register
 from .._lazy import lazy
 
@@ -67,14 +68,17 @@ def modules_without_batchnorm(model: nn.Module) -> list[str]:
     return out
 
 
-class RelativeGradNorm:
-    """The step hook (``Trainable.step_hook``): one factor per parameter group (one tensor each), ``RGN_j /
-    max_k RGN_k`` (see the module docstring); ``last`` keeps the latest step's factors by name."""
+class RelativeGradNorm(StepHooks):
+    """The run's step hooks (``Trainable.hooks``): one parameter group per tensor, and at every step one
+    factor per group, ``RGN_j / max_k RGN_k`` (see the module docstring); ``last`` keeps the latest step's
+    factors by name."""
+
+    per_tensor_groups = True
 
     def __init__(self) -> None:
         self.last: dict[str, float] = {}
 
-    def __call__(self, groups: list[dict[str, Any]]) -> list[float]:
+    def lr_factors(self, groups: list[dict[str, Any]]) -> list[float]:
         tensors = [g["params"][0] for g in groups]
         with_grad = [i for i, p in enumerate(tensors) if p.grad is not None]
         factors = [0.0] * len(tensors)
@@ -109,5 +113,5 @@ class AutoRGN(Method):
             params = [(n, p) for n, p in model.named_parameters() if n not in bn]
             modules = modules_without_batchnorm(model)
         t = Trainable(params, modules, {"tensors": len(params)})
-        t.step_hook = RelativeGradNorm()
+        t.hooks = RelativeGradNorm()
         return t

@@ -58,8 +58,9 @@ A method may also change *how* its parameters train through the
 :class:`Trainable` it returns (:mod:`subtune.trainable`; the training loop
 honours them, other methods are untouched): ``lr_scale`` (a constant lr
 factor per parameter: LLRD), ``stages`` (a trainable set per epoch within one
-run: gradual unfreezing) and ``step_hook`` (per-tensor lr factors computed
-after each backward pass: Auto-RGN).
+run: gradual unfreezing) and ``hooks`` (:class:`~subtune.trainable.StepHooks`:
+an extra loss and callbacks around each optimizer step, AdaLoRA's budget;
+per-tensor lr factors computed after each backward pass, Auto-RGN).
 
 The head (``targets.<name>.head``, passed as ``get_method(name, head=...)``):
 with ``head="new"`` (the default) the model has a fresh classifier and every
@@ -363,9 +364,8 @@ def fit_phases(
         if not trainable.params and trainable.notes.get("head") == "keep":
             m = evaluate_only(model, pre, train, evals, pcfg, device, final_evals if last else None)
         else:
-            m = fit(model, trainable, pre, train, evals, pcfg, seed, device,
-                    final_evals=final_evals if last else None, progress=progress,
-                    desc=desc if len(phases) == 1 else f"{desc} {i + 1}/{len(phases)}")
+            m = _fit_phase(model, trainable, pre, train, evals, final_evals if last else None, pcfg, seed, device,
+                           progress, desc if len(phases) == 1 else f"{desc} {i + 1}/{len(phases)}")
         results.append((pcfg, m))
     if len(results) == 1:
         return results[0][1]
@@ -384,6 +384,31 @@ def fit_phases(
                 for i, (c, m) in enumerate(results)],
     )
     return out
+
+
+def _fit_phase(model, trainable, pre, train, evals, final_evals, cfg, seed, device, progress, desc):
+    """One phase through :func:`subtune.train.fit`; with its frozen prefix computed once where that is the
+    run's own computation (:func:`subtune.prefix.run_start`: e.g. LP, LP-FT's first phase, SubTuning and
+    Surgical from their first trained block on), which ``prefix_block`` in the metrics names."""
+    from ..prefix import run_inputs, run_start
+    from ..train import fit, pick_device
+
+    start = run_start(model, trainable, cfg)
+    if start is not None:
+        dev, t0 = pick_device(device), time.perf_counter()
+        splits = {"train": train, **{f"e:{k}": v for k, v in evals.items()},
+                  **{f"f:{k}": v for k, v in (final_evals or {}).items()}}
+        cached = run_inputs(model, pre, start, splits, cfg.eval_batch_size, dev)
+        if cached is not None:
+            feats, forward = cached
+            m = fit(model, trainable, None, feats["train"], {k: feats[f"e:{k}"] for k in evals}, cfg, seed, dev,
+                    final_evals={k: feats[f"f:{k}"] for k in final_evals or {}} or None, progress=progress,
+                    desc=desc, forward=forward)
+            m["prefix_block"] = start
+            m["wall_time_s"] = time.perf_counter() - t0  # the prefix's computation included
+            return m
+    return fit(model, trainable, pre, train, evals, cfg, seed, device, final_evals=final_evals, progress=progress,
+               desc=desc)
 
 
 def _plain(model: nn.Module) -> nn.Module:

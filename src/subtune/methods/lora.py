@@ -53,7 +53,7 @@ channels with the layer's stride and padding, ``B`` a ``1 x 1`` convolution).
   the run's seed before :meth:`LoRA.wrap`).
 - :meth:`LoRA.merge`: peft's ``merge_and_unload`` on a copy, giving a plain
   timm state dict (``W + scaling * B A``; DoRA's re-normalised weight).
-- CUDA: ``fit`` makes the model channels_last, which breaks peft's DoRA for
+- ``fit`` makes the model channels_last (every device), which breaks peft's DoRA for
   convolutions (it ``view``s the 4-D adapter weights); a forward pre-hook on
   each adapted convolution keeps its adapter weights contiguous.
 
@@ -198,7 +198,7 @@ def _contiguous_params(module: nn.Module) -> None:
 def _contiguous_adapters(module: nn.Module, args: tuple) -> None:
     """Keep a conv LoRA layer's adapter weights contiguous.
 
-    On CUDA ``fit`` converts the model to channels_last, which makes the 4-D
+    ``fit`` converts the model to channels_last, which makes the 4-D
     ``lora_A``/``lora_B``/magnitude weights non-contiguous, and peft's DoRA
     for convolutions ``view``s them (a RuntimeError). Restored here before
     the first forward, i.e. before the optimizer creates its state; the

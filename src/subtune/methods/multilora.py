@@ -83,6 +83,7 @@ import torch.nn.functional as F
 from .. import SubtuneError
 from ..models.blocks import head_names
 from ..timing import counted
+from ..train import CHANNELS_LAST
 from .base import Trainable
 from .lora import lora_targets
 
@@ -335,7 +336,7 @@ def _task_forward(model: MultiLoRAModel, pre, t: int, device: torch.device):
 
     def forward(xb: torch.Tensor) -> torch.Tensor:
         xb = pre(xb) if pre is not None else xb
-        if device.type == "cuda":
+        if CHANNELS_LAST and xb.ndim == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
         return model.task_logits(xb, t)
 
@@ -385,7 +386,7 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
     for p in model.parameters():
         p.requires_grad_(False)
     model.to(device)
-    if device.type == "cuda":
+    if CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)
     opts, scheds = [], []
     for t in range(k):
@@ -433,7 +434,7 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
                 task = torch.cat([torch.full((n,), t, dtype=torch.long) for t, n in zip(active, ns)]).to(device)
                 with torch.autocast(**autocast):
                     xb = pre(xb) if pre is not None else xb
-                    if device.type == "cuda":
+                    if CHANNELS_LAST and xb.ndim == 4:
                         xb = xb.contiguous(memory_format=torch.channels_last)
                     feats = model.features(xb, task)
                 loss = torch.zeros((), device=device)
