@@ -183,6 +183,26 @@ def tuned_input(method, target):
     return {"tuned": f"{RES}/tune/{target}/{method}.json"} if method_grid(config, method, target) else {}
 
 
+# The tuning run of the chosen grid point is the selection seed's final run when the final runs train on
+# the training split too (subtune.reuse): tune saves it, train checks its inputs' key, loads it and
+# evaluates the test split only.
+REUSE_TUNE = config.get("final_data", "train") == "train"
+
+
+def chosen_file(target, method):
+    return f"{RES}/tune/{target}/{method}.chosen.safetensors"
+
+
+def tune_outputs(target="{target}", method="{method}"):
+    return {"chosen": chosen_file(target, method)} if REUSE_TUNE else {}
+
+
+def reuse_input(method, target, seed):
+    if REUSE_TUNE and int(seed) == SEL_SEED and method_grid(config, method, target):
+        return {"reuse": chosen_file(target, method)}
+    return {}
+
+
 def method_args(w, input):
     args = []
     if "selection" in input.keys():
@@ -191,6 +211,8 @@ def method_args(w, input):
         args.append(f"--surgical-scores {input.surgical}")
     if "tuned" in input.keys():
         args.append(f"--tuned {input.tuned}")
+    if "reuse" in input.keys():
+        args.append(f"--reuse-tuned {input.reuse}")
     return " ".join(args)
 
 

@@ -24,7 +24,8 @@ rule tune:
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
     output:
-        f"{RES}/tune/{{target}}/{{method}}.json",
+        json=f"{RES}/tune/{{target}}/{{method}}.json",
+        **tune_outputs(),
     params:
         head=lambda w: target_head(config, w.target),
         train=lambda w: dumps(method_train(config, w.method, w.target)),
@@ -32,6 +33,7 @@ rule tune:
         grid=lambda w: dumps(method_grid(config, w.method, w.target)),
         extra=method_args,
         seed=SEL_SEED,
+        save=lambda w, output: f"--save-chosen {output.chosen}" if REUSE_TUNE else "",
     threads: 1
     log:
         f"logs/{EXP}/tune/{{target}}_{{method}}.log",
@@ -40,7 +42,7 @@ rule tune:
     shell:
         "{PY} tune --head {params.head} --method {wildcards.method} --method-params '{params.method}' --grid '{params.grid}' "
         "{params.extra} --data {input.data} --manifest {input.manifest} --checkpoint {input.ckpt} "
-        "--train '{params.train}' --seed {params.seed} --threads {threads} --out {output} "
+        "--train '{params.train}' --seed {params.seed} --threads {threads} {params.save} --out {output.json} "
         "--track --tag stage=tune > {log} 2>&1"
 
 
@@ -49,6 +51,7 @@ rule train:
         unpack(lambda w: prepared(w.target)),
         unpack(lambda w: stage_inputs(w.method, w.target, w.seed)),
         unpack(lambda w: tuned_input(w.method, w.target)),
+        unpack(lambda w: reuse_input(w.method, w.target, w.seed)),
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
     output:

@@ -94,6 +94,10 @@ def test_end_to_end_outputs(finished):
         for seed in (0, 1):
             run = json.loads((res / f"runs/{t}/lp/seed{seed}.json").read_text())
             assert run["train"]["lr"] == tuned["chosen"]["train"]["lr"] and run["tuned"]["train"] == tuned["chosen"]["train"]
+            # the selection seed's final run is the chosen tuning run (subtune.reuse): loaded, the test evaluated
+            assert ("reused" in run) == (seed == 0)
+            if seed == 0:
+                assert run["val_acc"] == tuned["results"][tuned["chosen_index"]]["val_acc"]
     ml = (res / "tables/multilora.md").read_text()
     assert "Multi-LoRA" in ml and "separate LoRA" in ml and "params stored" in ml
     # every rule writes its log and benchmark
@@ -321,6 +325,7 @@ def test_final_training_on_train_and_val(finished, tmp_path):
     tuned = json.loads((wd / "results/test/tune/digits/lp.json").read_text())
     assert [r["train_size"] for r in tuned["results"]] == [120, 120]  # tuning never trains on val
     assert run["train"]["lr"] == tuned["chosen"]["train"]["lr"]
+    assert "reused" not in run  # the tuning run trained on train alone: nothing to reuse
 
 
 def test_multilora_change_reruns_multilora_only(finished):

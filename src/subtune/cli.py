@@ -335,11 +335,11 @@ def _method_params(a: argparse.Namespace, params: dict) -> dict:
     return params
 
 
-def _fit_method(a: argparse.Namespace, params: dict, cfg, data: dict, manifest: dict, test: bool):
-    """Build the model from the checkpoint, wrap it with the method, run its phases; test read only if ``test``."""
+def _build_method(a: argparse.Namespace, params: dict, cfg, manifest: dict):
+    """The model from the checkpoint, wrapped with the method (adapters initialised from ``--seed``), its phases."""
     import torch
 
-    from .methods import fit_phases, get_method
+    from .methods import get_method
     from .models.checkpoint import build_model
     from .train import Preprocess
 
@@ -352,13 +352,39 @@ def _fit_method(a: argparse.Namespace, params: dict, cfg, data: dict, manifest: 
         torch.manual_seed(a.seed)
         model = method.wrap(model)
         phases = method.phases(model)
-    # no val split in ``data`` (final runs on train+val): nothing is evaluated per epoch
-    evals = {"val": (data["val_x"], data["val_y"])} if "val_x" in data else {}
-    m = fit_phases(
-        model, phases, Preprocess(ckpt.mean, ckpt.std, ckpt.in_chans),
-        (data["train_x"], data["train_y"]), evals, cfg, a.seed, a.device,
-        final_evals={"test": (data["test_x"], data["test_y"])} if test else None, desc=a.method,
-    )
+    return method, model, phases, ckpt, num_classes, base_params, Preprocess(ckpt.mean, ckpt.std, ckpt.in_chans)
+
+
+def _fit_method(a: argparse.Namespace, params: dict, cfg, data: dict, manifest: dict, test: bool, reuse=None):
+    """Build the model from the checkpoint, wrap it with the method, run its phases; test read only if ``test``.
+
+    ``reuse``: the weights and metrics of the same run saved by ``tune --save-chosen`` (:mod:`subtune.reuse`):
+    loaded instead of trained, and only the test split evaluated.
+    Returns the metrics, the method, the trained model, the checkpoint record, the class count and the phases.
+    """
+    import time
+
+    from .methods import fit_phases
+    from .reuse import load_into
+    from .train import evaluate, pick_device
+
+    method, model, phases, ckpt, num_classes, base_params, pre = _build_method(a, params, cfg, manifest)
+    if reuse is not None:
+        state, m = reuse
+        load_into(model, state)
+        device = pick_device(a.device)
+        t0 = time.perf_counter()
+        model.to(device)
+        r = evaluate(model, pre.to(device), data["test_x"], data["test_y"], cfg.eval_batch_size, device)
+        m.update(test_acc=r["acc"], test_loss=r["loss"], device=str(device),
+                 wall_time_s=m["wall_time_s"] + time.perf_counter() - t0)  # the tuning job's training, and the test
+    else:
+        # no val split in ``data`` (final runs on train+val): nothing is evaluated per epoch
+        evals = {"val": (data["val_x"], data["val_y"])} if "val_x" in data else {}
+        m = fit_phases(
+            model, phases, pre, (data["train_x"], data["train_y"]), evals, cfg, a.seed, a.device,
+            final_evals={"test": (data["test_x"], data["test_y"])} if test else None, desc=a.method,
+        )
     notes: dict = {}
     for t, _ in phases:
         notes.update(t.notes)
@@ -367,7 +393,7 @@ def _fit_method(a: argparse.Namespace, params: dict, cfg, data: dict, manifest: 
         seed=a.seed, train=cfg.to_dict(), checkpoint=str(a.checkpoint), notes=notes, head=a.head,
         adapted_params=m["total_params"], total_params=base_params,
     )
-    return m, method, model, ckpt, num_classes
+    return m, method, model, ckpt, num_classes, phases
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -419,8 +445,22 @@ def cmd_train(a: argparse.Namespace) -> None:
     if train_data == "train+val":
         data, _ = _union_train_val(data)
     _threads(a.threads)
-    m, method, model, ckpt, num_classes = _fit_method(a, params, cfg, data, manifest, test=True)
+    reuse = None
+    if a.reuse_tuned:
+        from .reuse import load_chosen, run_key
+
+        got = load_chosen(a.reuse_tuned, run_key(a.method, params, cfg.to_dict(), a.seed, a.head, a.checkpoint,
+                                                 a.data, train_data))
+        if isinstance(got, str):
+            print(f"not reusing {a.reuse_tuned}: {got}; training", flush=True)
+        else:
+            reuse = got
+            print(f"reusing the tuning run of these values and seed ({a.reuse_tuned}): weights loaded, "
+                  f"the test split evaluated", flush=True)
+    m, method, model, ckpt, num_classes, _ = _fit_method(a, params, cfg, data, manifest, test=True, reuse=reuse)
     m["train_data"] = train_data
+    if reuse is not None:
+        m["reused"] = str(a.reuse_tuned)
     if tuned is not None:
         m["tuned"] = tuned
     if a.save_model:
@@ -455,14 +495,26 @@ def cmd_tune(a: argparse.Namespace) -> None:
     _existing(a.data)
     data = load_prepared(a.data, splits=("train", "val"))
     _threads(a.threads)
-    results = []
+    results, kept = [], None
     for point, cfg, prm in zip(points, cfgs, params):
-        m, *_ = _fit_method(a, prm, cfg, data, manifest, test=False)
+        m, _, model, _, _, phases = _fit_method(a, prm, cfg, data, manifest, test=False)
+        if a.save_chosen and (kept is None or m["val_acc"] > kept[0]):  # choose()'s rule: ties keep the first
+            from .reuse import trained_state, run_key
+
+            kept = (m["val_acc"], len(results), trained_state(model, phases), dict(m),
+                    run_key(a.method, prm, cfg.to_dict(), a.seed, a.head, a.checkpoint, a.data))
+        del model
         results.append({**point, "label": point_label(point), "val_acc": m["val_acc"], "val_loss": m.get("val_loss"),
                         "train_acc": m.get("train_acc"), "wall_time_s": m["wall_time_s"],
                         "trainable_params": m["trainable_params"], "train_size": m["train_size"]})
         print(f"{a.method} on {m['target']} [{results[-1]['label']}]: val {m['val_acc']:.4f}")
     best = choose(results)
+    if a.save_chosen:
+        from .reuse import save_chosen
+
+        if kept[1] != best:
+            raise SubtuneError(f"tune: kept grid point {kept[1]}, chose {best} (a bug)")
+        save_chosen(a.save_chosen, kept[2], kept[3], kept[4])
     out = {"method": a.method, "target": manifest.get("name"), "seed": a.seed, "grid": a.grid or {},
            "train": a.train, "method_params": base_params, "results": results, "chosen_index": best,
            "chosen": {"train": points[best]["train"], "params": points[best]["params"]}}
@@ -714,6 +766,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--save-model", help="also save the trained model as a checkpoint")
     s.add_argument("--tuned", help="the values chosen on validation by `tune` (applied over --train/--method-params)")
+    s.add_argument("--reuse-tuned", help="the chosen point's run saved by `tune --save-chosen`: when it is this run "
+                                         "(same inputs, values, seed and data), load it and evaluate the test split "
+                                         "instead of training")
     s.add_argument("--head", choices=["new", "keep"], default="new", help=head_help)
     s.add_argument("--train-splits", default="train",
                    help="train (default) or train,val: train on the union of the two (no validation per epoch)")
@@ -729,6 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--manifest", required=True)
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--head", choices=["new", "keep"], default="new", help=head_help)
+    s.add_argument("--save-chosen", help="also save the chosen point's trained weights and metrics (safetensors) "
+                                         "for `train --reuse-tuned` (subtune.reuse)")
     s.add_argument("--out", required=True)
     common_train(s)
     s = stage("multilora", cmd_multilora,
