@@ -4,6 +4,8 @@
     python bench/pipeline.py --config configs/test.yaml   # the small test config
     python bench/pipeline.py --cold                       # SUBTUNE_WARM=0: every job imports torch/timm/MLflow itself
     python bench/pipeline.py --read bench/work/pipeline   # only read a finished run's files
+    python bench/pipeline.py --drop-methods llrd gradual autorgn adalora siamese --drop-analyses
+                                                          # the default as it was before issue 14's additions
 
 Runs ``snakemake --cores CORES`` on a config in a fresh working directory (a copy of the workflow: Snakefile,
 rules, schemas, configs, references, report; ``bench/work/pipeline`` unless ``--workdir``), then reads
@@ -44,6 +46,24 @@ def fresh_workdir(wd: Path) -> None:
     for name in WORKFLOW:
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, wd / name)
+
+
+def derived_config(wd: Path, config: str, drop_methods: list[str], drop_analyses: bool) -> str:
+    """``config`` less some methods (and the epsilon list and Multi-LoRA ablations), written into the workdir."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / config).read_text())
+    unknown = sorted(set(drop_methods) - set(cfg["methods"]))
+    if unknown:
+        raise SystemExit(f"--drop-methods: {', '.join(unknown)} not in {config}'s methods")
+    for m in drop_methods:
+        del cfg["methods"][m]
+    if drop_analyses:
+        cfg.get("selection", {}).pop("epsilons", None)
+        cfg.get("multilora", {}).pop("ablations", None)
+    out = wd / "configs" / "bench.yaml"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(out.relative_to(wd))
 
 
 def run_workflow(wd: Path, config: str | None, cores: str, cold: bool) -> float:
@@ -127,14 +147,22 @@ def main() -> None:
     ap.add_argument("--cores", default="all")
     ap.add_argument("--cold", action="store_true", help="SUBTUNE_WARM=0: no warm start (every job imports itself)")
     ap.add_argument("--read", type=Path, metavar="WORKDIR", help="only read the files of a finished run")
+    ap.add_argument("--drop-methods", nargs="+", default=[], metavar="METHOD",
+                    help="run the config without these methods (e.g. to time what other methods cost)")
+    ap.add_argument("--drop-analyses", action="store_true",
+                    help="run the config without selection.epsilons and multilora.ablations")
     a = ap.parse_args()
     took = None
     wd = a.read or a.workdir
     if a.read is None:
         fresh_workdir(wd)
-        took = run_workflow(wd, a.config, a.cores, a.cold)
+        config = a.config
+        if a.drop_methods or a.drop_analyses:
+            config = derived_config(wd, a.config or "config.yaml", a.drop_methods, a.drop_analyses)
+        took = run_workflow(wd, config, a.cores, a.cold)
     s = summarize(job_times(wd), took)
-    s.update(config=a.config or "config.yaml", cold=a.cold, cores=a.cores)
+    s.update(config=a.config or "config.yaml", cold=a.cold, cores=a.cores, dropped_methods=a.drop_methods,
+             dropped_analyses=a.drop_analyses)
     if took is None and (wd / "pipeline.json").is_file():
         s["wall_s"] = json.loads((wd / "pipeline.json").read_text()).get("wall_s")
     (wd / "pipeline.json").write_text(json.dumps(s, indent=1))
