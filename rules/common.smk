@@ -148,22 +148,35 @@ def epsilon_states(w=None):
     return list(dict.fromkeys(walk_state(t, selection_seed(seed)) for t in TARGETS for seed in SEEDS))
 
 
-def epsilon_runs(w=None):
-    """Per target and seed, the runs of every epsilon's set: the main selection's set is its final runs (not
-    trained twice), every other set is trained by train_epsilon. (Two named input functions, not one unpacked
-    dict: while a selection checkpoint is incomplete Snakemake keeps a function's input name.)"""
-    runs = []
-    for t in TARGETS:
+def epsilon_runs_of(target):
+    """One target's runs of every epsilon's set, per seed: the main selection's set is its final runs (not
+    trained twice), every other set is trained by train_epsilon. One named input function per target (see
+    epsilon_inputs): a target's train_epsilon jobs start as soon as its own walk is done, not when every
+    target's is; and while a selection checkpoint is incomplete Snakemake keeps a function's input name."""
+
+    def runs(w=None):
+        out = []
         for seed in SEEDS:
-            with open(walk_state(t, selection_seed(seed))) as fh:
+            with open(walk_state(target, selection_seed(seed))) as fh:
                 walk = json.load(fh)
             main = replay(walk, config["selection"]["epsilon"])["selected"]
             for e in epsilon_sets(walk, EPSILONS):
-                run = (f"{RES}/runs/{t}/subtuning/seed{seed}.json" if e["selected"] == main
-                       else f"{RES}/epsilon/{t}/{blockset_dir(e['selected'])}/seed{seed}.json")
-                if run not in runs:
-                    runs.append(run)
+                run = (f"{RES}/runs/{target}/subtuning/seed{seed}.json" if e["selected"] == main
+                       else f"{RES}/epsilon/{target}/{blockset_dir(e['selected'])}/seed{seed}.json")
+                if run not in out:
+                    out.append(run)
+        return out
+
     return runs
+
+
+def epsilon_inputs():
+    """report_epsilon's run inputs: runs_<i> for the i-th target."""
+    return {f"runs_{i}": epsilon_runs_of(t) for i, t in enumerate(TARGETS)}
+
+
+def epsilon_run_files(w, input):
+    return " ".join(f for i in range(len(TARGETS)) for f in input[f"runs_{i}"])
 
 
 # ---- input functions of rules/train.smk: what a method's jobs need from the selection and tuning stages

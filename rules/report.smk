@@ -99,19 +99,20 @@ rule report_epsilon:
     localrule: True
     input:
         states=epsilon_states,
-        runs=epsilon_runs,
+        **epsilon_inputs(),
     output:
         csv=report(f"{RES}/tables/epsilon.csv", caption="../report/epsilon.rst", category="Selection"),
         md=report(f"{RES}/tables/epsilon.md", caption="../report/epsilon.rst", category="Selection"),
     params:
         epsilons=" ".join(f"{e:g}" for e in EPSILONS),
         epsilon=config["selection"]["epsilon"],
+        runs=epsilon_run_files,
     log:
         f"logs/{EXP}/report/epsilon.log",
     benchmark:
         f"benchmarks/{EXP}/report/epsilon.tsv"
     shell:
-        "{PY} report epsilon --states {input.states} --runs {input.runs} --epsilons {params.epsilons} "
+        "{PY} report epsilon --states {input.states} --runs {params.runs} --epsilons {params.epsilons} "
         "--selection-epsilon {params.epsilon} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
 
 
