@@ -7,9 +7,22 @@ graph: one frozen network shared by the tasks, a new task branching off it at
 its first SubTuned block), the original network's features are computed for
 the other tasks anyway; Siamese SubTuning gives them to the new task's head
 too, concatenated with the features of the task's own (SubTuned) branch. The
-authors' code (github.com/talswisa/SubTuning, commit 68b64c2) has no Siamese
-SubTuning (no occurrence of "siamese" in it), so this follows the paper's
-description; one ICLR 2024 reviewer asked whether the head doubles in width: here it does.
+authors' code had it in its first version only (github.com/talswisa/SubTuning,
+commits a00bc19 to e024f1a, Feb 2023: ``use_frozen_bb`` in ``src/model_utils.py``,
+``scripts/run_siamese.sh``; dropped in 3b59304, the paper's second version):
+a frozen ``deepcopy`` of the pretrained backbone beside the SubTuned one, the
+forward ``torch.cat((tuned(x), frozen(x)), dim=1)`` of the pooled penultimate
+features, and a head of width ``2 d`` (a ``Linear`` at their default head depth
+1). This follows it (one ICLR 2024 reviewer asked whether the head doubles in
+width: it does), with two differences:
+
+- their frozen copy followed the module's train mode (only the tuned backbone
+  was put in eval mode): on a ResNet its BatchNorms normalised with batch
+  statistics while training and moved their running statistics on the target
+  data, which we take for unintended; here the frozen path is the pretrained
+  network in eval mode (a ViT has no BatchNorm: no difference there);
+- they copied the whole network; here the prefix before the first selected
+  block is shared and only the selected blocks are copied (the same outputs).
 
 Exact form. With the backbone's stem ``S``, blocks ``B_1 .. B_L`` (the family
 record's order, :mod:`subtune.models.families`; a block's transition, e.g.
