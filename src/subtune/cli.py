@@ -447,10 +447,10 @@ def cmd_train(a: argparse.Namespace) -> None:
     _threads(a.threads)
     reuse = None
     if a.reuse_tuned:
-        from .reuse import load_chosen, run_key
+        from .reuse import file_digests, load_chosen, run_key
 
-        got = load_chosen(a.reuse_tuned, run_key(a.method, params, cfg.to_dict(), a.seed, a.head, a.checkpoint,
-                                                 a.data, train_data))
+        got = load_chosen(a.reuse_tuned, run_key(a.method, params, cfg.to_dict(), a.seed, a.head,
+                                                 file_digests(a.checkpoint, a.data, manifest), train_data))
         if isinstance(got, str):
             print(f"not reusing {a.reuse_tuned}: {got}; training", flush=True)
         else:
@@ -496,13 +496,15 @@ def cmd_tune(a: argparse.Namespace) -> None:
     data = load_prepared(a.data, splits=("train", "val"))
     _threads(a.threads)
     results, kept = [], None
+    if a.save_chosen:
+        from .reuse import file_digests, run_key, trained_state
+
+        digests = file_digests(a.checkpoint, a.data, manifest)
     for point, cfg, prm in zip(points, cfgs, params):
         m, _, model, _, _, phases = _fit_method(a, prm, cfg, data, manifest, test=False)
         if a.save_chosen and (kept is None or m["val_acc"] > kept[0]):  # choose()'s rule: ties keep the first
-            from .reuse import trained_state, run_key
-
             kept = (m["val_acc"], len(results), trained_state(model, phases), dict(m),
-                    run_key(a.method, prm, cfg.to_dict(), a.seed, a.head, a.checkpoint, a.data))
+                    run_key(a.method, prm, cfg.to_dict(), a.seed, a.head, digests))
         del model
         results.append({**point, "label": point_label(point), "val_acc": m["val_acc"], "val_loss": m.get("val_loss"),
                         "train_acc": m.get("train_acc"), "wall_time_s": m["wall_time_s"],

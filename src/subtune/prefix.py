@@ -43,7 +43,7 @@ import torch
 
 from .io import atomic_path
 from .timing import counted
-from .train import CHANNELS_LAST
+from .train import to_layout
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,7 @@ def compute_prefix(staged, pre, x: torch.Tensor, stop: int, batch_size: int, dev
     out = []
     try:
         for i in range(0, len(x), batch_size):
-            xb = pre(x[i : i + batch_size].to(device))
-            if CHANNELS_LAST and xb.ndim == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = to_layout(pre(x[i : i + batch_size].to(device)))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 out.append(staged.prefix(xb, stop))
     finally:

@@ -26,11 +26,17 @@ from . import SubtuneError
 from .io import atomic_path, sha256_file
 
 
-def run_key(method: str, params: dict, train: dict, seed: int, head: str, checkpoint: str, data: str,
+def file_digests(checkpoint: str, data: str, manifest: dict) -> dict[str, str]:
+    """The checkpoint's and the prepared data's SHA-256, once per job (the data's from its manifest, which
+    :func:`subtune.data.prepared.save_prepared` writes with it, as the prefix cache's key does)."""
+    return {"checkpoint": sha256_file(checkpoint), "data": manifest.get("sha256") or sha256_file(data)}
+
+
+def run_key(method: str, params: dict, train: dict, seed: int, head: str, digests: dict[str, str],
             train_data: str = "train") -> dict[str, Any]:
-    """Everything a final run's computation depends on (files by their SHA-256)."""
-    return {"method": method, "params": params, "train": train, "seed": int(seed), "head": head,
-            "checkpoint": sha256_file(checkpoint), "data": sha256_file(data), "train_data": train_data}
+    """Everything a final run's computation depends on (files by their SHA-256: :func:`file_digests`)."""
+    return {"method": method, "params": params, "train": train, "seed": int(seed), "head": head, **digests,
+            "train_data": train_data}
 
 
 def trained_state(model: nn.Module, phases) -> dict[str, torch.Tensor]:

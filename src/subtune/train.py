@@ -146,20 +146,26 @@ def evaluate(
 
 
 #: Models and 4-D inputs in channels_last memory format on every device: the convolutions' fast layout
-#: (oneDNN on the CPU, cuDNN's tensor cores on the GPU). On the 2-core CPU it makes a training epoch of the
-#: default half-width ResNet-18 about 25% faster and evaluation about 35% (``bench/pipeline.py``; the
-#: README's Benchmarks). The same model; convolutions summed in another order (last float bits).
+#: (oneDNN on the CPU, cuDNN's tensor cores on the GPU; its effect on the whole workflow is in the README's
+#: Benchmarks, ``bench/pipeline.py``). The same model; convolutions summed in another order (last float bits).
 CHANNELS_LAST = True
+
+
+def to_layout(x: torch.Tensor) -> torch.Tensor:
+    """A batch in the layout the models run in (:data:`CHANNELS_LAST`; only 4-D tensors have one)."""
+    return x.contiguous(memory_format=torch.channels_last) if CHANNELS_LAST and x.ndim == 4 else x
+
+
+def model_to_layout(model: nn.Module) -> None:
+    if CHANNELS_LAST:
+        model.to(memory_format=torch.channels_last)
 
 
 def _image_forward(model: nn.Module, pre: Preprocess | None, device: torch.device):
     """The default forward: uint8 images -> preprocessing -> the whole model."""
 
     def forward(xb: torch.Tensor) -> torch.Tensor:
-        xb = pre(xb) if pre is not None else xb
-        if CHANNELS_LAST and xb.ndim == 4:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        return model(xb)
+        return model(to_layout(pre(xb) if pre is not None else xb))
 
     return forward
 
@@ -233,9 +239,8 @@ def _param_groups(model: nn.Module, params: list[nn.Parameter], cfg: TrainConfig
 
 
 def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The configured optimizer, PyTorch's fused implementation (one kernel for every parameter: on the 2-core
-    CPU an AdamW step of the default backbone takes 4 ms instead of 16 ms; the same update, summed in another
-    order, so the last bits of a float32 can differ from the per-parameter loop)."""
+    """The configured optimizer, PyTorch's fused implementation (one kernel for every parameter instead of a
+    loop over them; the same update, summed in another order, so the last bits of a float32 can differ)."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     if cfg.optimizer == "adam":
@@ -330,10 +335,9 @@ def lr_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: 
     """
     if cfg.schedule_unit == "epoch":
         return EpochSchedule(opt, cfg, steps_per_epoch)  # timm's scheduler multiplies a group's ``lr_scale``
-    if any("lr_scale" in g for g in opt.param_groups):  # the same: each group's factor times the schedule
-        return torch.optim.lr_scheduler.LambdaLR(opt, [
-            (lambda s, k=g.get("lr_scale", 1.0): k * lr_factor(s, cfg, steps_per_epoch)) for g in opt.param_groups])
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, steps_per_epoch))
+    # the same: each group's factor (1 without one) times the schedule
+    return torch.optim.lr_scheduler.LambdaLR(opt, [
+        (lambda s, k=g.get("lr_scale", 1.0): k * lr_factor(s, cfg, steps_per_epoch)) for g in opt.param_groups])
 
 
 def steps_per_epoch(n: int, cfg: TrainConfig, drop_last: bool = False) -> int:
@@ -465,8 +469,7 @@ def fit_group(
         for p in params:
             p.requires_grad_(True)
         model.to(device)
-        if CHANNELS_LAST:
-            model.to(memory_format=torch.channels_last)
+        model_to_layout(model)
         opt = _optimizer(_param_groups(model, params, cfg, run.trainable), cfg)
         sched = lr_scheduler(opt, cfg, spe)
         forward = run.forward or _image_forward(model, pre, device)

@@ -56,7 +56,7 @@ from pathlib import Path
 STAGES = frozenset({"prepare", "fetch", "pretrain", "blocks", "score", "train", "tune", "multilora", "report",
                     "track-init", "log"})  # fmt: skip
 # imported once by the server (in this order); a module that fails to import is skipped (the job imports it).
-# peft (and the transformers it imports) costs 2.4 s, once per LoRA/AdaLoRA/Multi-LoRA job without it.
+# peft (and the transformers it imports) takes seconds, paid by every LoRA/AdaLoRA/Multi-LoRA job without it.
 PRELOAD = (
     "torch", "torchvision", "timm", "peft", "safetensors.torch", "numpy", "pandas", "matplotlib", "matplotlib.pyplot",
     "mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store", "sqlalchemy",

@@ -83,7 +83,7 @@ import torch.nn.functional as F
 from .. import SubtuneError
 from ..models.blocks import head_names
 from ..timing import counted
-from ..train import CHANNELS_LAST
+from ..train import model_to_layout, to_layout
 from .base import Trainable
 from .lora import lora_targets
 
@@ -335,10 +335,7 @@ def _task_forward(model: MultiLoRAModel, pre, t: int, device: torch.device):
     """``evaluate``'s forward for task ``t``: uint8 images -> preprocessing -> task ``t``'s own logits."""
 
     def forward(xb: torch.Tensor) -> torch.Tensor:
-        xb = pre(xb) if pre is not None else xb
-        if CHANNELS_LAST and xb.ndim == 4:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        return model.task_logits(xb, t)
+        return model.task_logits(to_layout(pre(xb) if pre is not None else xb), t)
 
     return forward
 
@@ -386,8 +383,7 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
     for p in model.parameters():
         p.requires_grad_(False)
     model.to(device)
-    if CHANNELS_LAST:
-        model.to(memory_format=torch.channels_last)
+    model_to_layout(model)
     opts, scheds = [], []
     for t in range(k):
         params = model.task_params(t)
@@ -433,10 +429,7 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
                 yb = torch.cat(ys).to(device)
                 task = torch.cat([torch.full((n,), t, dtype=torch.long) for t, n in zip(active, ns)]).to(device)
                 with torch.autocast(**autocast):
-                    xb = pre(xb) if pre is not None else xb
-                    if CHANNELS_LAST and xb.ndim == 4:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
-                    feats = model.features(xb, task)
+                    feats = model.features(to_layout(pre(xb) if pre is not None else xb), task)
                 loss = torch.zeros((), device=device)
                 lo = 0
                 for t, n in zip(active, ns):
