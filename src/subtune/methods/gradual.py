@@ -34,7 +34,7 @@ epochs).
 from __future__ import annotations
 
 from .. import SubtuneError
-from ..models.blocks import family, stem_names
+from ..models.blocks import family, has_params, stem_names
 from .base import Method, Param, Trainable, is_positive_int, register
 from .surgical import surgical_groups
 from ..trainable import Stage
@@ -71,8 +71,7 @@ class Gradual(Method):
         us = units(model, self.params["unit"])
         if not us or not all(us):
             raise SubtuneError(f"gradual: the model has an empty {self.params['unit']}")
-        tail = [t for t in family(model).tail if any(n == t or n.startswith(t + ".") for n, _ in
-                                                      model.named_parameters())]
+        tail = [t for t in family(model).tail if has_params(model, t)]
         every = self.params["epochs_per_stage"]
         out = []
         for k in range(len(us)):

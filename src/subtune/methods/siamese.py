@@ -153,7 +153,7 @@ class SiameseSubTuning(Method):
         if len(heads) != 1 or not isinstance(clf, nn.Linear):
             raise SubtuneError(f"{self.name}: the classifier {', '.join(heads)} is not one Linear layer")
         width, num_classes = clf.in_features, clf.out_features
-        _set_submodule(model, heads[0], nn.Identity())
+        model.set_submodule(heads[0], nn.Identity())
         return siamese_model_class()(model, blocks, num_classes, width)
 
     def trainable(self, model: nn.Module) -> Trainable:
@@ -166,7 +166,3 @@ class SiameseSubTuning(Method):
         raise SubtuneError(f"{self.name}: the trained model has two feature paths (the frozen backbone and the "
                            "SubTuned copies) and one head on both; it cannot be merged into a plain timm model")
 
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, module)
