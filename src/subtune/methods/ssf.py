@@ -67,9 +67,11 @@ class SSF(Method):
         if any(n.endswith(".ssf_scale") for n, _ in model.named_parameters()):
             raise SubtuneError(f"{self.name}: the model already has SSF parameters")
         gen = None if self.params["seed"] is None else torch.Generator().manual_seed(self.params["seed"])
-        for name, dim, _ in ssf_positions(model):
+        for name, dim, target in ssf_positions(model):
             mod = model.get_submodule(name)
-            c = out_channels(mod)
+            # the channels of the module the scale merges into: the scaled module may hold no parameter
+            # (EfficientNet's BatchNormAct2d.drop, the Identity between its BatchNorm and its activation)
+            c = out_channels(model.get_submodule(target))
             ref = next(model.parameters())
             scale = torch.empty(c, dtype=ref.dtype).normal_(1.0, INIT_STD, generator=gen)
             shift = torch.empty(c, dtype=ref.dtype).normal_(0.0, INIT_STD, generator=gen)
