@@ -248,3 +248,57 @@ def test_replay_keeps_recorded_costs_and_refuses_a_short_walk():
     short = greedy(BLOCKS, sc, SelectionConfig(k=None, epsilon=0.02))
     with pytest.raises(SubtuneError, match="stops before"):
         replay(short, 0.0)
+
+
+# ------------------------------------------------------------------ decisions on counts, not raw floats
+def test_a_gain_of_exactly_epsilon_is_accepted_despite_float_rounding():
+    """The default's digits case: 189/200 = 0.945 after 187/200 = 0.935 is a gain of exactly two images,
+    0.009999999999999898 in floats; the paper rule (gain >= epsilon 0.01) accepts it, and a walk that
+    compared raw floats would stop at one block."""
+    assert 0.945 - 0.935 < 0.01  # the float trap this test is about
+    table = {(): 0.90, ("b0",): 0.935, ("b1",): 0.92, ("b0", "b1"): 0.945, ("b0", "b2"): 0.94,
+             ("b0", "b1", "b2"): 0.95}
+
+    def scorer(sets):
+        return {s: table.get(s, 0.5) for s in sets}
+
+    st = greedy(["b0", "b1", "b2"], scorer, SelectionConfig(k=3, epsilon=0.01))
+    assert st["rounds"][1]["chosen"] == "b1" and st["rounds"][1]["accepted"]
+    assert st["selected"][:2] == ["b0", "b1"]
+    # one image less than epsilon (0.005 on 200) is still refused
+    table[("b0", "b1")] = 0.94
+    table[("b0", "b2")] = 0.935 + 0.005
+    st = greedy(["b0", "b1", "b2"], scorer, SelectionConfig(k=3, epsilon=0.01))
+    assert st["selected"] == ["b0"] and "gain below epsilon" in st["stop_reason"]
+
+
+def test_scores_equal_up_to_float_rounding_tie_and_go_to_the_earlier_block():
+    """Two candidates with the same count of correct images (here: cross-validation means summed in
+    another order) tie; the earlier block in network order wins, as for exactly equal floats."""
+    a = (0.1 + 0.2 + 0.3) / 3  # 0.20000000000000004
+    b = (0.3 + 0.2 + 0.1) / 3  # 0.19999999999999998
+    assert a != b
+    st = initial_state(["b0", "b1"], SelectionConfig(k=1))
+    st = decide(st, {(): 0.1, ("b0",): b, ("b1",): a})
+    assert st["selected"] == ["b0"]
+
+
+def test_the_code_rule_and_backward_use_the_same_tolerance():
+    # code rule on 300 validation images: 149/300 is exactly epsilon 0.01 (three images) below the best
+    # 152/300, so it is "within epsilon of the best"; in raw floats it is not
+    best, s = 152 / 300, 149 / 300
+    assert not s >= best - 0.01
+    st = initial_state(["b0", "b1"], SelectionConfig(k=None, epsilon=0.01, stop_rule="code"))
+    st = decide(st, {(): best, ("b0",): s, ("b1",): 0.3})
+    assert st["rounds"][0]["accepted"]
+    st = initial_state(["b0", "b1"], SelectionConfig(strategy="backward", epsilon=0.01))
+    st = decide(st, {("b0", "b1"): best, ("b1",): s, ("b0",): 0.3})
+    assert st["rounds"][0]["accepted"] and st["selected"] == ["b1"]
+
+
+def test_halving_keeps_float_ties_in_their_original_order():
+    from subtune.halving import survivors
+
+    a = (0.1 + 0.2 + 0.3) / 3
+    b = (0.3 + 0.2 + 0.1) / 3
+    assert survivors([b, a, 0.1], 1) == [0]

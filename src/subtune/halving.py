@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 from . import SubtuneError, dataclass_from_dict
+from .select import TOL
 
 
 @dataclass
@@ -101,7 +102,8 @@ def keep_count(n: int, eta: int) -> int:
 
 def survivors(scores: Sequence[float], keep: int) -> list[int]:
     """Positions of the ``keep`` best scores, in their original order; ties go to the earlier position."""
-    best = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:keep]
+    # scores within select.TOL of each other are equal (floating-point rounding, not a different count)
+    best = sorted(range(len(scores)), key=lambda i: (-round(scores[i] / TOL), i))[:keep]
     return sorted(best)
 
 
