@@ -418,9 +418,12 @@ SMALL = {
     "fmnist-source": {"train_size": 300, "val_size": 100, "test_size": 200},
     "fmnist-new": {"train_size": 300, "val_size": 100, "test_size": 200},
     "fmnist-c": {"train_size": 150, "val_size": 50, "test_size": 100},
+    "fmnist": {"train_size": 300, "val_size": 100, "test_size": 200},
+    "fmnist10-c": {"train_size": 150, "val_size": 50, "test_size": 100},
     "digits": {"train_size": 300, "val_size": 100},
 }
-RAW = {"fmnist-source": FMNIST, "fmnist-new": FMNIST, "fmnist-c": FMNIST, "digits": None}
+RAW = {"fmnist-source": FMNIST, "fmnist-new": FMNIST, "fmnist-c": FMNIST, "fmnist": FMNIST, "fmnist10-c": FMNIST,
+       "digits": None}
 
 
 def params_for(name):
@@ -612,3 +615,104 @@ def test_bad_prepared_files(tmp_path):
     (tmp_path / "m.json").write_text('{"name": "x"}')
     with pytest.raises(SubtuneError, match="m.json: manifest lacks classes"):
         prepared.load_manifest(tmp_path / "m.json")
+
+
+# ------------------------------------------------------------------ elpv (solar cells, from the elpv-dataset package)
+def _elpv_rows():
+    """labels.csv read as the package's own loader reads it: (file names, defect probabilities)."""
+    from subtune.data import elpv
+
+    data = np.genfromtxt(elpv.data_dir() / "labels.csv", dtype=["|S19", "<f8", "|S4"], names=["path", "p", "type"])
+    return np.char.decode(data["path"]), data["p"]
+
+
+def test_elpv_builds_the_vtab_1k_regime_from_the_package():
+    from PIL import Image
+
+    from subtune.data import elpv
+
+    tensors, manifest = targets.build("elpv", None, seed=0, image_size=32)
+    assert manifest["splits"] == {"train": 800, "val": 200, "test": 1624} and manifest["raw"] is None
+    assert manifest["classes"] == ["0", "1/3", "2/3", "1"] and manifest["num_classes"] == 4
+    assert manifest["inputs"] == {"elpv-dataset": "1.0.0.post1", "elpv_dataset/data/labels.csv": elpv.LABELS_SHA256,
+                                  "elpv_dataset/data/images": elpv.IMAGES_SHA256}  # fmt: skip
+    assert any("imbalanced" in n and "2/3: 106" in n for n in manifest["notes"])
+    paths, prob = _elpv_rows()
+    idx = np.concatenate([tensors[f"{s}_idx"].numpy() for s in prepared.SPLITS])
+    assert sorted(idx) == list(range(2624))  # disjoint, and together every image
+    for split in prepared.SPLITS:
+        i, y = tensors[f"{split}_idx"].numpy(), tensors[f"{split}_y"].numpy()
+        assert tensors[f"{split}_x"].shape[1:] == (1, 32, 32)
+        np.testing.assert_array_equal(y, np.rint(prob[i] * 3))  # labels 0..3 = probability 0, 1/3, 2/3, 1
+        assert set(np.unique(y)) == {0, 1, 2, 3}
+    k = int(tensors["test_idx"][0])
+    with Image.open(elpv.data_dir() / paths[k]) as im:
+        cell = np.array(im)
+    assert cell.shape == (300, 300)
+    np.testing.assert_array_equal(tensors["test_x"][0, 0].numpy(), resize(cell[None], 32)[0])
+
+
+def test_elpv_is_deterministic_per_seed_and_nested():
+    a, _ = targets.build("elpv", None, seed=3, image_size=16)
+    b, _ = targets.build("elpv", None, seed=3, image_size=16, train_size=400, test_size=1000)
+    c, _ = targets.build("elpv", None, seed=4, image_size=16)
+    assert all(torch.equal(a[k], targets.build("elpv", None, seed=3, image_size=16)[0][k]) for k in a)
+    assert torch.equal(a["val_idx"], b["val_idx"]) and torch.equal(a["train_idx"][:400], b["train_idx"])
+    assert torch.equal(a["test_idx"][:1000], b["test_idx"])  # a smaller test set is a prefix of the block
+    assert not torch.equal(a["test_idx"], c["test_idx"])
+    with pytest.raises(SubtuneError, match="^elpv: test_size 1625 is larger than its 1624-image test block$"):
+        targets.build("elpv", None, seed=0, test_size=1625)
+    with pytest.raises(SubtuneError, match=r"^elpv: train_size 801 is larger than the pool of 800 images left"):
+        targets.build("elpv", None, seed=0, train_size=801)
+
+
+@pytest.fixture
+def elpv_copy(tmp_path, monkeypatch):
+    """A copy of the package's data folder (labels.csv copied, each image linked) that the loader reads."""
+    from subtune.data import elpv
+
+    src, dst = elpv.data_dir(), tmp_path / "data"
+    (dst / "images").mkdir(parents=True)
+    (dst / "labels.csv").write_bytes((src / "labels.csv").read_bytes())
+    for png in (src / "images").iterdir():
+        (dst / "images" / png.name).symlink_to(png)
+    monkeypatch.setattr(elpv, "DATA_DIR", dst)
+
+    def no_decoding(*args):
+        raise AssertionError("images decoded before the digests were checked")
+
+    monkeypatch.setattr(elpv, "_decode", no_decoding)
+    return dst
+
+
+def test_elpv_refuses_a_tampered_labels_csv(elpv_copy):
+    from subtune.data import elpv
+
+    labels = elpv_copy / "labels.csv"
+    labels.write_text(labels.read_text().replace("images/cell0004.png  0.0", "images/cell0004.png  1.0", 1))
+    got = hashlib.sha256(labels.read_bytes()).hexdigest()
+    with pytest.raises(SubtuneError, match=rf"^elpv: {labels} has SHA-256 {got}, expected {elpv.LABELS_SHA256}"):
+        targets.build("elpv", None, seed=0)
+
+
+def test_elpv_refuses_a_changed_or_missing_image(elpv_copy):
+    from subtune.data import elpv
+
+    png = elpv_copy / "images" / "cell0100.png"
+    data = png.read_bytes()
+    png.unlink()
+    png.write_bytes(data + b"\0")
+    with pytest.raises(SubtuneError, match=rf"^elpv: images in .* expected {elpv.IMAGES_SHA256} .an image is changed"):
+        targets.build("elpv", None, seed=0)
+    png.unlink()
+    with pytest.raises(SubtuneError, match="^elpv: images in "):
+        targets.build("elpv", None, seed=0)
+
+
+def test_elpv_without_its_package_says_how_to_install_it(monkeypatch):
+    from subtune.data import elpv
+
+    monkeypatch.setattr(elpv, "PACKAGE", "elpv_dataset_not_here")
+    with pytest.raises(SubtuneError, match=r"^elpv: the package elpv-dataset is not installed "
+                                           r"\(run make setup, or pip install elpv-dataset==1\.0\.0\.post1\)$"):
+        targets.build("elpv", None, seed=0)

@@ -165,17 +165,36 @@ def fmnist_new(raw_dir: Path, p: Params) -> Built:
     return _classes(raw_dir, p, range(5, 10), "fmnist-new")
 
 
-@register("fmnist-c", raw=NAME, test_size=2000, corruptions=list(corruptions.DEFAULT), severity=3)
-def fmnist_c(raw_dir: Path, p: Params) -> Built:
-    """Fashion-MNIST classes 0-4 of the official test split, corrupted (input-level shift, like CIFAR-10-C)."""
+@register("fmnist", raw=NAME)
+def fmnist(raw_dir: Path, p: Params) -> Built:
+    """Fashion-MNIST's ten classes (train/val from the official train split, test from the official test split):
+    the clean task an ImageNet-pretrained backbone is fine-tuned on."""
+    return _classes(raw_dir, p, range(0, 10), "fmnist")
+
+
+def _corrupted(raw_dir: Path, p: Params, classes: int, dataset: str) -> Built:
+    """Classes ``0 .. classes-1`` of the official test split, every split corrupted (test carved first)."""
     x, y = load_split(raw_dir, "t10k")
-    pool = np.flatnonzero(y < 5)
+    pool = np.flatnonzero(y < classes)
     plan = [("test", p.test_size), ("val", p.val_size), ("train", p.train_size)]
-    parts = carve(len(pool), p.seed, 0, plan, "fmnist-c")
+    parts = carve(len(pool), p.seed, 0, plan, dataset)
     splits = {}
     for s in SPLITS:
         clean = gray_split(x, y, pool[parts[s]], 0, "fashion-mnist:t10k", p.image_size)
         xc = corruptions.corrupt(clean.x, p.corruptions, p.severity, p.seed, keys=clean.idx)
         splits[s] = Split(xc, clean.y, clean.idx, clean.source)
-    notes = small_test_note(len(parts["test"]), "fmnist-c")
-    return Built(splits, CLASSES[:5], payload_digests("t10k"), notes)
+    notes = small_test_note(len(parts["test"]), dataset)
+    return Built(splits, CLASSES[:classes], payload_digests("t10k"), notes)
+
+
+@register("fmnist-c", raw=NAME, test_size=2000, corruptions=list(corruptions.DEFAULT), severity=3)
+def fmnist_c(raw_dir: Path, p: Params) -> Built:
+    """Fashion-MNIST classes 0-4 of the official test split, corrupted (input-level shift, like CIFAR-10-C)."""
+    return _corrupted(raw_dir, p, 5, "fmnist-c")
+
+
+@register("fmnist10-c", raw=NAME, test_size=2000, corruptions=list(corruptions.DEFAULT), severity=3)
+def fmnist10_c(raw_dir: Path, p: Params) -> Built:
+    """Fashion-MNIST's ten classes of the official test split, corrupted as fmnist-c is: the same label space as
+    ``fmnist``, so the two differ by the input shift alone (Surgical fine-tuning's input-level shift)."""
+    return _corrupted(raw_dir, p, 10, "fmnist10-c")

@@ -32,10 +32,20 @@ The datasets registered today:
   test (default 2000), val (default 200), train = the rest (2800). Images are
   corrupted after resizing; an image's corruption depends only on the seed
   and its source index (see :mod:`.corruptions`).
+- ``fmnist``: all ten classes, split as ``fmnist-new`` is (val and train from
+  the official train split, test from the official test split): the clean
+  task of the ImageNet-pretrained default.
+- ``fmnist10-c``: all ten classes of the official test split, corrupted and
+  split as ``fmnist-c`` is: ``fmnist``'s label space under an input-level
+  shift.
 - ``digits``: scikit-learn's 1797 8x8 digits. Test = the first 597 of the
   permutation (``test_size`` None = all 597, a smaller one takes a prefix;
   digits has fewer than 1000 images to spare for a test set, the manifest
   notes it), then val (default 200), then train (the remaining 1000).
+- ``elpv``: the 2,624 solar-cell images of the ``elpv-dataset`` package, four
+  defect-probability classes. Test = the first 1624 of the permutation
+  (``test_size`` smaller takes a prefix), then val (default 200), then train
+  (default 800, the rest). Not stratified; the manifest notes the imbalance.
 
 Colour datasets (images ``[N,H,W,3]``, stored ``[N,3,H,W]``; the manifest's
 ``channels`` is 3). Where a dataset has an official test split, test is that
