@@ -22,7 +22,10 @@ from subtune.config import (
     selection_budget,
     selection_epsilons,
     selection_train,
+    selects_per_seed,
     target_head,
+    target_shifts,
+    tune_extend,
 )
 from subtune.data.targets import raw_dataset
 from subtune.methods import method_needs  # the method registry (no torch)
@@ -46,13 +49,13 @@ def prepared(target, regime="1k"):
     }
 
 
-def selection_seed(seed):
-    """Selection runs once (first seed) unless selection.per_seed."""
-    return int(seed) if config["selection"]["per_seed"] else SEL_SEED
+def selection_seed(seed, target):
+    """Selection runs once (first seed) unless selection.per_seed names the target (or is true)."""
+    return int(seed) if selects_per_seed(config, target) else SEL_SEED
 
 
-def selection_seeds():
-    return SEEDS if config["selection"]["per_seed"] else [SEL_SEED]
+def selection_seeds(target):
+    return SEEDS if selects_per_seed(config, target) else [SEL_SEED]
 
 
 def sel_dir(target, seed, regime="1k"):
@@ -86,7 +89,7 @@ def all_outputs():
     out = [f"{RES}/tables/main.csv", f"{RES}/tables/main.md", f"{RES}/plots/cost.png"]
     selecting = [*config["methods"], *config.get("sweep", {}).get("methods", [])]
     if any(method_needs(m) == "selection" for m in selecting):
-        out.append(f"{RES}/tables/rounds.csv")
+        out += [f"{RES}/tables/rounds.csv", f"{RES}/tables/selection.csv", f"{RES}/tables/selection.md"]
     if config["selection"].get("profile", True):
         out += expand(f"{RES}/tables/profile_{{target}}.csv", target=TARGETS)
         out += expand(f"{RES}/plots/profile_{{target}}.png", target=TARGETS)
@@ -99,6 +102,9 @@ def all_outputs():
         out += [f"{RES}/tables/multilora.csv", f"{RES}/tables/multilora.md"]
     if EPSILONS:
         out += [f"{RES}/tables/epsilon.csv", f"{RES}/tables/epsilon.md"]
+    out += [f"{RES}/tables/claims.csv", f"{RES}/tables/claims.md"]
+    if tune_files():
+        out += [f"{RES}/tables/grid.csv", f"{RES}/tables/grid.md", f"{RES}/plots/grid.png"]
     return out
 
 
@@ -145,7 +151,7 @@ def walk_state(target, seed):
 
 def epsilon_states(w=None):
     """The walks' final states (one per target, per target and seed with per_seed)."""
-    return list(dict.fromkeys(walk_state(t, selection_seed(seed)) for t in TARGETS for seed in SEEDS))
+    return list(dict.fromkeys(walk_state(t, selection_seed(seed, t)) for t in TARGETS for seed in SEEDS))
 
 
 def epsilon_runs_of(target):
@@ -157,7 +163,7 @@ def epsilon_runs_of(target):
     def runs(w=None):
         out = []
         for seed in SEEDS:
-            with open(walk_state(target, selection_seed(seed))) as fh:
+            with open(walk_state(target, selection_seed(seed, target))) as fh:
                 walk = json.load(fh)
             main = replay(walk, config["selection"]["epsilon"])["selected"]
             for e in epsilon_sets(walk, EPSILONS):
@@ -183,7 +189,7 @@ def epsilon_run_files(w, input):
 def stage_inputs(method, target, seed):
     """What a method needs from the selection stage (SubTuning's blocks, Surgical's group scores)."""
     needs = method_needs(method)
-    sel = sel_dir(target, selection_seed(seed))
+    sel = sel_dir(target, selection_seed(seed, target))
     if needs == "selection":
         return {"selection": f"{sel}/selected.json"}
     if needs == "surgical":
@@ -233,7 +239,7 @@ def sweep_inputs(w):
     # SubTuning in the sweep uses the blocks selected on that size's training data (the
     # same val split), and every method the values its grid chose in the 1k regime.
     # The sweep trains on the train split whatever final_data says: its x axis is the size.
-    sel = sel_dir(w.target, selection_seed(w.seed), f"n{w.size}")
+    sel = sel_dir(w.target, selection_seed(w.seed, w.target), f"n{w.size}")
     needs = method_needs(w.method)
     out = {"selection": f"{sel}/selected.json"} if needs == "selection" else {}
     return out | tuned_input(w.method, w.target)
@@ -244,19 +250,41 @@ def final_runs(w=None):
     return expand(f"{RES}/runs/{{target}}/{{method}}/seed{{seed}}.json", target=TARGETS, method=METHODS, seed=SEEDS)
 
 
+def tune_files(w=None):
+    """Every tuning result (each method with a grid on each target): the validation curves of tables/grid.*."""
+    return [f"{RES}/tune/{t}/{m}.json" for m in METHODS for t in TARGETS if method_grid(config, m, t)]
+
+
 def selected_files(w=None):
     needs = any(method_needs(m) == "selection" for m in METHODS)
     sweep_needs = any(method_needs(m) == "selection" for m in config.get("sweep", {}).get("methods", []))
     if not (needs or sweep_needs):
         return []
-    return expand(f"{RES}/select/{{target}}/seed{{seed}}/selected.json", target=TARGETS, seed=selection_seeds())
+    return [f"{RES}/select/{t}/seed{s}/selected.json" for t in TARGETS for s in selection_seeds(t)]
 
 
 def surgical_files(w=None):
     """Surgical's group scores (its selection cost in tables/main.md)."""
     if not any(method_needs(m) == "surgical" for m in METHODS):
         return []
-    return expand(f"{RES}/select/{{target}}/seed{{seed}}/surgical.json", target=TARGETS, seed=selection_seeds())
+    return [f"{RES}/select/{t}/seed{s}/surgical.json" for t in TARGETS for s in selection_seeds(t)]
+
+
+def claims_profiles(w=None):
+    """Round 1 of every target's selection, each selection seed (the fine-tuning profiles of tables/claims.md)."""
+    selecting = any(method_needs(m) == "selection" for m in METHODS)
+    if not (selecting or config["selection"].get("profile", True)):
+        return []
+    shards = range(config["selection"]["shards"])
+    return [f"{RES}/select/{t}/seed{s}/round1_shard{i}.json" for t in TARGETS for s in selection_seeds(t) for i in shards]
+
+
+def claims_sweep(w=None):
+    return sweep_runs() if "sweep" in config else []
+
+
+def claims_multilora(w=None):
+    return expand(f"{RES}/multilora/seed{{seed}}.json", seed=SEEDS) if "multilora" in config else []
 
 
 def sweep_runs(w=None):

@@ -42,6 +42,22 @@ rule report_rounds:
         "{PY} report rounds --states {input} --out-csv {output} > {log} 2>&1"
 
 
+rule report_selection:
+    # seconds of CPU work: runs where Snakemake runs, never as a cluster job
+    localrule: True
+    input:
+        selected_files,
+    output:
+        csv=report(f"{RES}/tables/selection.csv", caption="../report/selection.rst", category="Selection"),
+        md=report(f"{RES}/tables/selection.md", caption="../report/selection.rst", category="Selection"),
+    log:
+        f"logs/{EXP}/report/selection.log",
+    benchmark:
+        f"benchmarks/{EXP}/report/selection.tsv"
+    shell:
+        "{PY} report selection --states {input} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+
+
 rule report_profile:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
@@ -116,6 +132,24 @@ rule report_epsilon:
         "--selection-epsilon {params.epsilon} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
 
 
+rule report_grid:
+    # seconds of CPU work: runs where Snakemake runs, never as a cluster job
+    localrule: True
+    input:
+        tune_files,
+    output:
+        csv=report(f"{RES}/tables/grid.csv", caption="../report/grid.rst", category="Tuning"),
+        md=report(f"{RES}/tables/grid.md", caption="../report/grid.rst", category="Tuning"),
+        png=report(f"{RES}/plots/grid.png", caption="../report/grid.rst", category="Tuning"),
+    log:
+        f"logs/{EXP}/report/grid.log",
+    benchmark:
+        f"benchmarks/{EXP}/report/grid.tsv"
+    shell:
+        "{PY} report grid --tunes {input} --out-csv {output.csv} --out-md {output.md} --out-png {output.png} "
+        "> {log} 2>&1"
+
+
 rule report_multilora:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
@@ -139,3 +173,27 @@ rule report_multilora:
         "{PY} report multilora --runs {input.runs} --ablations {input.ablations} --ranks {params.ranks} "
         "--references {input.refs} --backbone {params.backbone} --out-csv {output.csv} --out-md {output.md} "
         "--out-ablations-csv {output.ablations} > {log} 2>&1"
+
+
+rule report_claims:
+    # seconds of CPU work: runs where Snakemake runs, never as a cluster job
+    localrule: True
+    input:
+        runs=final_runs,
+        sweep=claims_sweep,
+        profiles=claims_profiles,
+        multilora=claims_multilora,
+    output:
+        csv=report(f"{RES}/tables/claims.csv", caption="../report/claims.rst", category="Tables"),
+        md=report(f"{RES}/tables/claims.md", caption="../report/claims.rst", category="Tables"),
+    params:
+        shifts=" ".join(f"{t}={s}" for t, s in target_shifts(config).items()),
+        experiment=EXP,
+    log:
+        f"logs/{EXP}/report/claims.log",
+    benchmark:
+        f"benchmarks/{EXP}/report/claims.tsv"
+    shell:
+        "{PY} report claims --runs {input.runs} --sweep {input.sweep} --profiles {input.profiles} "
+        "--multilora {input.multilora} --shifts {params.shifts} --experiment {params.experiment} "
+        "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"

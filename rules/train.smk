@@ -33,6 +33,7 @@ rule tune:
         grid=lambda w: dumps(method_grid(config, w.method, w.target)),
         extra=method_args,
         seed=SEL_SEED,
+        extension=tune_extend(config),
         save=lambda w, output: f"--save-chosen {output.chosen}" if REUSE_TUNE else "",
     threads: 1
     log:
@@ -42,8 +43,8 @@ rule tune:
     shell:
         "{PY} tune --head {params.head} --method {wildcards.method} --method-params '{params.method}' --grid '{params.grid}' "
         "{params.extra} --data {input.data} --manifest {input.manifest} --checkpoint {input.ckpt} "
-        "--train '{params.train}' --seed {params.seed} --threads {threads} {params.save} --out {output.json} "
-        "--track --tag stage=tune > {log} 2>&1"
+        "--train '{params.train}' --seed {params.seed} --extend {params.extension} --threads {threads} {params.save} "
+        "--out {output.json} --track --tag stage=tune > {log} 2>&1"
 
 
 rule train:
@@ -133,7 +134,8 @@ rule train_sweep:
 
 # Multi-LoRA: the multilora targets trained together (shared frozen A, a B and a head per task),
 # compared in the same job with K separate LoRA runs of the same rank, training config and grid (each
-# side chooses on validation; the same number of optimizer steps per task on both sides).
+# side chooses on validation; the same number of optimizer steps per task on both sides). The grid is
+# multilora.grid, or methods.lora.grid when that is not set (subtune.config.multilora_grid).
 rule multilora:
     input:
         data=lambda w: [prepared(t)["data"] for t in config["multilora"]["targets"]],

@@ -20,8 +20,8 @@ from test_workflow import ROOT, job_stats, smk, workdir
 PAPER = ["subtuning-vtab", "subtuning-vtab-vit", "subtuning-profiles-r18", "subtuning-datasize", "cifar10c",
          "peft-vtab", "peft-vtab-dinov2", "multilora"]
 # the whole first-round DAG of each config (the test recomputes the main counts from the config below)
-TOTAL = {"subtuning-vtab": 311, "subtuning-vtab-vit": 307, "subtuning-profiles-r18": 70, "subtuning-datasize": 114,
-         "cifar10c": 316, "peft-vtab": 461, "peft-vtab-dinov2": 461, "multilora": 29}
+TOTAL = {"subtuning-vtab": 314, "subtuning-vtab-vit": 310, "subtuning-profiles-r18": 72, "subtuning-datasize": 116,
+         "cifar10c": 319, "peft-vtab": 463, "peft-vtab-dinov2": 463, "multilora": 31}
 # stages that train a network (the CLI stages a GPU job runs)
 TRAINING_STAGES = {"pretrain", "score", "tune", "train", "multilora"}
 
@@ -34,7 +34,11 @@ def load(name: str) -> dict:
 def expected(cfg: dict) -> dict[str, int]:
     seeds, targets, methods = cfg["seeds"], list(cfg["targets"]), cfg["methods"]
     sel = cfg["selection"]
-    sel_seeds = len(seeds) if sel["per_seed"] else 1
+    per = sel["per_seed"]
+
+    def sel_seeds(t):  # selection.per_seed: true, false or a list of targets
+        return len(seeds) if (t in per if isinstance(per, list) else per) else 1
+
     pretrain_source = [cfg["source"]["dataset"]] if cfg["backbone"]["checkpoint"] == "pretrain" else []
     needs = {REGISTRY[m].needs for m in methods} | {REGISTRY[m].needs for m in cfg.get("sweep", {}).get("methods", [])}
     out = {
@@ -43,10 +47,15 @@ def expected(cfg: dict) -> dict[str, int]:
         "download": len({raw_dataset(t) for t in [*targets, *pretrain_source]} - {None}),
         "tune": sum(1 for m in methods.values() if m.get("grid")) * len(targets),
     }
+    if out["tune"]:
+        out["report_grid"] = 1  # the validation curves of every tuned grid (tables/grid.*)
+    out["report_claims"] = 1  # every config: tables/claims.* (claims whose results are missing say "not run")
+    if "selection" in needs:
+        out["report_selection"] = 1  # the block sets each seed's selection picked (tables/selection.*)
     if "selection" in needs or sel.get("profile", True):
-        out["score_round"] = len(targets) * sel_seeds * sel["shards"]
+        out["score_round"] = sum(sel_seeds(t) for t in targets) * sel["shards"]
     if "surgical" in needs:
-        out["score_surgical"] = len(targets) * sel_seeds
+        out["score_surgical"] = sum(sel_seeds(t) for t in targets)
     if "multilora" in cfg:
         out["multilora"] = len(seeds)
     if "pairs" in cfg:
@@ -57,7 +66,7 @@ def expected(cfg: dict) -> dict[str, int]:
         if any(REGISTRY[m].needs == "selection" for m in sw["methods"]):
             # a selection per size on that size's data (a size equal to the 1k regime's reuses its selection)
             own = (cfg["targets"][sw["target"]].get("params") or {}).get("train_size")
-            extra = sum(1 for n in sw["sizes"] if n != own) * sel_seeds * sel["shards"]
+            extra = sum(1 for n in sw["sizes"] if n != own) * sel_seeds(sw["target"]) * sel["shards"]
             out["score_round"] = out.get("score_round", 0) + extra
     return out
 
@@ -74,6 +83,24 @@ def test_paper_config_dry_run(tmp_path, name):
         assert stats.get(rule, 0) == n, (rule, stats)
     assert stats.get("pretrain", 0) + stats.get("fetch", 0) == 1
     assert sum(stats.values()) + 1 == TOTAL[name], stats  # + rule all
+
+
+@pytest.mark.parametrize("config", ["config.yaml", "configs/quick.yaml", "configs/extended.yaml"])
+def test_the_default_and_its_companions_dry_run(tmp_path, config):
+    """The embedded default (packaged ImageNet weights, per-seed selection on the targets it names) and the two
+    configs beside it plan their whole first-round DAG; the packaged weights are fetched, never pretrained."""
+    with contextlib.chdir(ROOT):
+        cfg = validate(yaml.safe_load((ROOT / config).read_text()), ROOT / "schemas/config.schema.yaml")
+    wd = workdir(tmp_path)
+    p = smk(wd, "--dry-run", "-p", config=config)
+    out = p.stdout + p.stderr
+    stats = job_stats(out)
+    for rule, n in expected(cfg).items():
+        if rule != "train_sweep":
+            assert stats.get(rule, 0) == n, (rule, stats)
+    if cfg["backbone"]["checkpoint"] == "package":
+        assert stats.get("fetch") == 1 and "pretrain" not in stats
+        assert f"--package {cfg['backbone']['package']}" in out
 
 
 def _rule_stages() -> dict[str, str]:

@@ -134,10 +134,12 @@ def make_weights(arch: str, model_kwargs: dict, path: Path) -> None:
 
 def expected_tables(cfg: dict) -> list[str]:
     """The tables and plots the config implies (rules/common.smk's all_outputs, written out again)."""
-    out = ["tables/main.csv", "tables/main.md"]
+    out = ["tables/main.csv", "tables/main.md", "tables/claims.csv", "tables/claims.md"]
     selecting = [*cfg["methods"], *cfg.get("sweep", {}).get("methods", [])]
     if any(method_needs(m) == "selection" for m in selecting):
-        out.append("tables/rounds.csv")
+        out += ["tables/rounds.csv", "tables/selection.csv", "tables/selection.md"]
+    if any(m.get("grid") for m in cfg["methods"].values()):
+        out += ["tables/grid.csv", "tables/grid.md", "plots/grid.png"]
     if cfg["selection"].get("profile", True):
         out += [f for t in cfg["targets"] for f in (f"tables/profile_{t}.csv", f"plots/profile_{t}.png")]
     if "pairs" in cfg:

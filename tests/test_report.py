@@ -543,3 +543,216 @@ def test_captions_describe_the_selection_budget():
     assert "this experiment uses successive halving" in cap["rounds"]
     cap = render_captions(_config("test", budget={"epochs": 1}))
     assert "scored after a shorter 1-epoch schedule" in cap["workflow"]
+
+
+# ---------------------------------------------------------------- validation curves of the tuned grids, edge flags
+def tune_json(method, target, points, chosen, edge=None, key="lr"):
+    """A tune file as `subtune tune` writes it: points = [(value, val_acc, source), ...]."""
+    res = [{"train": {key: v} if key == "lr" else {}, "params": {} if key == "lr" else {key: v},
+            "label": f"{key}={v}", "source": src, "val_acc": acc, "val_size": 100, "wall_time_s": 1.0,
+            "trainable_params": 650, "train_size": 800} for v, acc, src in points]
+    return {"method": method, "target": target, "seed": 0, "grid": {key: [v for v, _, s in points if s == "grid"]},
+            "extend": 2, "results": res, "chosen_index": chosen,
+            "chosen": {"train": res[chosen]["train"], "params": res[chosen]["params"]},
+            "explored": {key: sorted(v for v, _, _ in points)}, "edge": edge}
+
+
+def test_grid_table_and_plot_from_tune_files(tmp_path):
+    files = [
+        _write(tmp_path / "t/fmnist/lp.json", tune_json("lp", "fmnist", [
+            (0.003, 0.70, "grid"), (0.01, 0.75, "grid"), (0.0333333, 0.78, "extension"), (0.111111, 0.80, "extension")],
+            3, {"lr": "upper"})),
+        _write(tmp_path / "t/fmnist/ft.json", tune_json("ft", "fmnist", [
+            (0.0003, 0.80, "grid"), (0.001, 0.85, "grid"), (0.003, 0.82, "grid")], 1)),
+        _write(tmp_path / "t/kmnist/lp.json", tune_json("lp", "kmnist", [
+            (0.003, 0.60, "grid"), (0.01, 0.65, "grid"), (0.0333333, 0.62, "extension")], 1)),
+        _write(tmp_path / "t/kmnist/llrd.json", tune_json("llrd", "kmnist", [
+            (0.6, 0.5, "grid"), (0.75, 0.55, "grid"), (0.9, 0.6, "grid")], 2, {"decay": "upper"}, key="decay")),
+    ]
+    out = report.grid_table(files, tmp_path / "grid.csv", tmp_path / "grid.md", tmp_path / "grid.png")
+    csv = pd.read_csv(tmp_path / "grid.csv").fillna({"edge": ""})
+    assert len(csv) == len(out) == 13
+    # one row per (method, target, point), methods in table order, points in the order tried
+    lp = csv[(csv["method"] == "lp") & (csv["target"] == "fmnist")]
+    assert lp["value_lr"].tolist() == [0.003, 0.01, 0.0333333, 0.111111]
+    assert lp["val_acc"].tolist() == [70.0, 75.0, 78.0, 80.0]
+    assert lp["source"].tolist() == ["grid", "grid", "extension", "extension"]
+    assert lp["chosen"].tolist() == [False, False, False, True] and lp["edge"].tolist()[-1] == "lr upper"
+    ft = csv[csv["method"] == "ft"]
+    assert ft["chosen"].tolist() == [False, True, False] and set(ft["edge"]) == {""}
+    assert csv[csv["method"] == "llrd"]["value_decay"].tolist() == [0.6, 0.75, 0.9]
+    assert csv[csv["method"] == "llrd"]["value_lr"].isna().all()  # not a key of LLRD's grid
+    md = (tmp_path / "grid.md").read_text()
+    assert "| fmnist | lr=0.111111 | 80.00 | ✓ | extension | lr upper |" in md
+    assert "| fmnist | lr=0.0333333 | 78.00 |  | extension |  |" in md
+    edges = md.split("## Choices still on an edge")[1]
+    assert "fmnist: lr=0.111111 (lr upper)" in edges and "kmnist: decay=0.9 (decay upper)" in edges
+    assert edges.count("\n- ") == 2 and f"- {report.method_label('ft')} on" not in edges  # FT's is inside its grid
+    assert (tmp_path / "grid.png").read_bytes()[:8] == PNG_MAGIC
+    # no edge anywhere: the list says so
+    report.grid_table(files[1:3], tmp_path / "g2.csv", tmp_path / "g2.md", tmp_path / "g2.png")
+    assert "None: every choice lies inside the values tried." in (tmp_path / "g2.md").read_text()
+    # a file that is not a tune result: one line naming it
+    bad = _write(tmp_path / "bad.json", {"method": "lp", "target": "fmnist", "results": [], "chosen_index": 0})
+    with pytest.raises(SubtuneError, match="bad.json: not a tune file"):
+        report.grid_table([bad], tmp_path / "x.csv", tmp_path / "x.md", tmp_path / "x.png")
+
+
+def test_grid_plot_panels_and_styles(tmp_path, monkeypatch):
+    """A column per target, a row per tuned key; a distinct (colour, marker) per method; log x for lr only."""
+    from matplotlib.figure import Figure
+
+    figs = []
+    monkeypatch.setattr(report, "_save_png", lambda fig, out: figs.append(fig))
+    files = [_write(tmp_path / f"{m}_{t}.json", tune_json(m, t, [(0.001, 0.5, "grid"), (0.01, 0.6, "grid"),
+                                                                 (0.1, 0.55, "extension")], 1))
+             for m in ("lp", "ft", "bitfit") for t in ("a", "b")]
+    files.append(_write(tmp_path / "llrd.json", tune_json("llrd", "a", [(0.6, 0.5, "grid"), (0.9, 0.6, "grid")], 1,
+                                                          {"decay": "upper"}, key="decay")))
+    report.grid_table(files, tmp_path / "g.csv", tmp_path / "g.md", tmp_path / "g.png")
+    fig = figs[0]
+    assert isinstance(fig, Figure)
+    axes = [ax for ax in fig.axes if ax.get_title() in ("a", "b")]
+    assert len(axes) == 4  # keys decay and lr x targets a and b
+    by = {(ax.get_xlabel(), ax.get_title()): ax for ax in axes}
+    assert by[("lr", "a")].get_xscale() == "log" and by[("decay", "a")].get_xscale() == "linear"
+    lines = [ln for ln in by[("lr", "a")].get_lines() if ln.get_linestyle() != "None"]
+    styles = {(str(ln.get_color()), ln.get_marker()) for ln in lines}
+    assert len(lines) == 3 and len(styles) == 3 and len({m for _, m in styles}) == 3
+
+
+def test_main_md_flags_a_choice_still_on_an_edge(tmp_path):
+    files = []
+    for m, edge, lr in (("lp", {"lr": "upper"}, 0.111111), ("ft", None, 0.001)):
+        for seed in (0, 1):
+            tuned = {"train": {"lr": lr}, "params": {}, "grid": {"lr": [0.003, 0.01]}, "val_acc": 0.8, "seed": 0,
+                     "edge": edge, "explored": {"lr": [0.003, 0.01, lr]}}
+            files.append(_write(tmp_path / f"{m}{seed}.json", run_json(m, "fmnist", seed, 0.8, 650, tuned=tuned)))
+    report.main_table(files, tmp_path / "m.csv", tmp_path / "m.md")
+    md = (tmp_path / "m.md").read_text()
+    section = md.split("## Hyperparameters chosen on validation")[1]
+    assert "lr=0.111111 ↑edge" in section and "lr=0.001 |" in section + " |"
+    assert "lr=0.001 ↑edge" not in section and "↑edge / ↓edge: the chosen value is still the largest" in section
+    csv = pd.read_csv(tmp_path / "m.csv")
+    assert csv.set_index("method").loc["lp", "tuned"] == "lr=0.111111 ↑edge"
+    # no edge: no flag, no sentence
+    report.main_table(files[2:], tmp_path / "m2.csv", tmp_path / "m2.md")
+    assert "edge" not in (tmp_path / "m2.md").read_text()
+
+
+def test_report_stage_writes_claims_table(run_files, tmp_path):
+    """The claims table from the main table's inputs alone: per-target rows with paired tests, `not run` for the
+    claims whose results (sweep, profiles, Multi-LoRA, SSF/SAN) the tree does not have."""
+    csv, md = tmp_path / "tables" / "claims.csv", tmp_path / "tables" / "claims.md"
+    df = report.claims_table(run_files, csv, md, experiment="exp")
+    rows = {(r["claim_id"], r["target"]): r for _, r in df.iterrows()}
+    # fmnist, SubTuning - FT = +2, +2, -1 (inconclusive); SubTuning - LP = +12, +11, +13 (holds)
+    assert rows[("1", "fmnist")]["verdict"] == "inconclusive" and rows[("1", "fmnist")]["seeds"] == "0,1,2"
+    assert rows[("2", "fmnist")]["verdict"] == "holds"
+    assert rows[("2", "fmnist")]["diff_mean"] == pytest.approx(12.0)
+    assert rows[("1", "kmnist")]["n"] == 1 and "no verdict" in rows[("1", "kmnist")]["test"]  # one SubTuning seed
+    assert {cid for (cid, t), r in rows.items() if r["verdict"] == "not run"} == {"3", "3b", "4", "5", "6", "7a",
+                                                                                   "7b", "7c", "7d"}
+    text = md.read_text()
+    assert "| 2 | SubTuning ≥ LP |" in text and "**holds**" in text and "Experiment `exp`" in text
+    assert set(pd.read_csv(csv)["experiment"]) == {"exp"}
+
+
+def _greedy_state(gains: dict[str, float]) -> dict:
+    """A final selection state as the select stage writes it: a real greedy walk (paper rule, epsilon 0.01, k=3)
+    over BLOCKS, scored by an additive scorer (0.5 + the gains of the set's blocks)."""
+    from subtune.select import SelectionConfig, greedy
+
+    def scorer(sets):
+        return {s: 0.5 + sum(gains.get(b, 0.0) for b in s) for s in sets}
+
+    return json.loads(json.dumps(greedy(BLOCKS, scorer, SelectionConfig(epsilon=0.01, k=3))))
+
+
+def _selection_files(tmp_path) -> list[Path]:
+    """fmnist: three seeds, two agree (layer1.0 + layer2.1) and one differs (layer2.1); kmnist: two seeds that
+    agree (layer1.1); digits: selected once (seed 0), nothing gains epsilon: the empty set (LP)."""
+    walks = {("fmnist", 0): {"layer1.0": 0.05, "layer2.1": 0.10}, ("fmnist", 1): {"layer2.1": 0.08, "layer1.0": 0.06},
+             ("fmnist", 2): {"layer2.1": 0.10, "layer1.0": 0.002}, ("kmnist", 0): {"layer1.1": 0.04},
+             ("kmnist", 1): {"layer1.1": 0.03, "layer2.0": 0.001}, ("digits", 0): {"layer1.0": 0.005}}
+    return [_write(tmp_path / "select" / t / f"seed{s}" / "selected.json", _greedy_state(g))
+            for (t, s), g in walks.items()]
+
+
+def test_selection_agreement_of_sets():
+    a = report.selection_agreement([["b1", "b3"], ["b3", "b1"], ["b3"]], order=["b1", "b2", "b3"])
+    assert (a["n_selections"], a["n_distinct"], a["most_common"], a["most_common_count"], a["tied"]) == (
+        3, 2, ["b1", "b3"], 2, False)
+    assert a["identical_pairs"] == pytest.approx(1 / 3)
+    assert a["mean_jaccard"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert a["frequency"] == {"b1": 2, "b3": 3} and list(a["frequency"]) == ["b1", "b3"]
+    # every set differs: a tie goes to the earliest seed's set; disjoint sets and LP share nothing
+    d = report.selection_agreement([["b2"], ["b1"], []], order=["b1", "b2"])
+    assert (d["n_distinct"], d["most_common"], d["most_common_count"], d["tied"]) == (3, ["b2"], 1, True)
+    assert d["identical_pairs"] == 0 and d["mean_jaccard"] == 0 and list(d["frequency"]) == ["b1", "b2"]
+    one = report.selection_agreement([[]])
+    assert one["n_selections"] == 1 and math.isnan(one["identical_pairs"]) and math.isnan(one["mean_jaccard"])
+    assert report.jaccard(set(), set()) == 1 and report.jaccard({"a", "b"}, {"b", "c"}) == pytest.approx(1 / 3)
+
+
+def test_selection_table_per_seed_sets_and_agreement(tmp_path):
+    files = _selection_files(tmp_path)
+    csv, md = tmp_path / "tables" / "selection.csv", tmp_path / "tables" / "selection.md"
+    report.selection_table(files, csv, md)
+    df = pd.read_csv(csv, keep_default_na=False)
+    assert list(zip(df["target"], df["seed"])) == [("fmnist", 0), ("fmnist", 1), ("fmnist", 2), ("kmnist", 0),
+                                                   ("kmnist", 1), ("digits", 0)]
+    assert list(df["selected"]) == ["layer1.0+layer2.1", "layer1.0+layer2.1", "layer2.1", "layer1.1", "layer1.1",
+                                    "(lp)"]
+    assert list(df["n_blocks"]) == [2, 2, 1, 1, 1, 0]
+    assert [float(x) for x in df["val_score"]] == pytest.approx([65.0, 64.0, 60.0, 54.0, 53.0, 50.0])
+    assert all(r.startswith("gain below epsilon") for r in df["stop_reason"])
+    by = {t: g.iloc[0] for t, g in df.groupby("target")}
+    f, k, d = by["fmnist"], by["kmnist"], by["digits"]
+    assert (f["n_selections"], f["n_distinct"], f["most_common"], f["most_common_count"]) == (
+        3, 2, "layer1.0+layer2.1", 2)
+    assert float(f["identical_pairs"]) == pytest.approx(1 / 3, abs=1e-4)
+    assert float(f["mean_jaccard"]) == pytest.approx(2 / 3, abs=1e-4)
+    assert f["block_frequency"] == "layer1.0: 2/3, layer2.1: 3/3" and f["note"] == "selected per seed"
+    assert (k["n_distinct"], k["most_common_count"], float(k["identical_pairs"]), float(k["mean_jaccard"])) == (
+        1, 2, 1.0, 1.0)
+    assert k["block_frequency"] == "layer1.1: 2/2"
+    assert d["note"] == "selected once (seed 0), reused by every seed"
+    assert (d["n_selections"], d["identical_pairs"], d["mean_jaccard"], d["block_frequency"]) == (1, "", "", "")
+    text = md.read_text()
+    assert "| fmnist | 0 | layer1.0, layer2.1 | 2 | 65.00 |" in text and "| digits | 0 | (lp) | 0 | 50.00 |" in text
+    assert ("| fmnist | 3 | 2 | layer1.0, layer2.1 | 2 of 3 | 1/3 (0.33) | 0.67 | layer1.0: 2/3, layer2.1: 3/3 | "
+            "selected per seed |") in text
+    assert "| kmnist | 2 | 1 | layer1.1 | 2 of 2 | 1/1 (1.00) | 1.00 | layer1.1: 2/2 |" in text
+    assert ("| digits | 1 | 1 | (lp) | 1 of 1 | n/a | n/a | none | selected once (seed 0), reused by every seed |"
+            in text)
+    assert "only for targets selected per seed" in text
+
+
+def test_selection_table_network_order_and_bad_states(tmp_path):
+    st = _greedy_state({"layer1.0": 0.05, "layer2.1": 0.10})
+    # a set stored out of order is shown in network order (the state's blocks)
+    a = _write(tmp_path / "a" / "fmnist" / "seed0" / "selected.json", {**st, "selected": ["layer2.1", "layer1.0"]})
+    df = report.selection_table([a], tmp_path / "s.csv", tmp_path / "s.md")
+    assert df.loc[0, "selected"] == "layer1.0+layer2.1" and df.loc[0, "most_common"] == "layer1.0+layer2.1"
+    # the same target and seed twice, a file that is no selection state, a score that is no fraction: each named
+    twin = _write(tmp_path / "b" / "x" / "selected.json", {**st, "target": "fmnist", "seed": 0})
+    with pytest.raises(SubtuneError, match=r"b/x/selected\.json.*second selection state of target 'fmnist', seed 0"):
+        report.selection_table([a, twin], tmp_path / "s2.csv", tmp_path / "s2.md")
+    with pytest.raises(SubtuneError, match=r"notstate\.json.*selected"):
+        report.selection_table([_write(tmp_path / "notstate.json", {"kind": "greedy"})], tmp_path / "s3.csv",
+                               tmp_path / "s3.md")
+    bad = _write(tmp_path / "c" / "fmnist" / "seed1" / "selected.json", {**st, "score": 65.0})
+    with pytest.raises(SubtuneError, match=r"seed1/selected\.json: score = 65"):
+        report.selection_table([a, bad], tmp_path / "s4.csv", tmp_path / "s4.md")
+    assert not (tmp_path / "s2.csv").exists() and not (tmp_path / "s4.md").exists()
+
+
+def test_cli_report_selection(tmp_path):
+    from subtune.cli import main
+
+    out = tmp_path / "tables"
+    main(["report", "selection", "--states", *map(str, _selection_files(tmp_path)),
+          "--out-csv", str(out / "selection.csv"), "--out-md", str(out / "selection.md")])
+    assert len(pd.read_csv(out / "selection.csv")) == 6
+    assert "## Agreement between seeds" in (out / "selection.md").read_text()

@@ -79,8 +79,14 @@ def test_end_to_end_outputs(finished):
     for rel in ["tables/main.csv", "tables/main.md", "tables/rounds.csv", "tables/profile_digits.csv",
                 "tables/profile_fmnist-new.csv", "plots/profile_digits.png", "tables/pairs_digits.csv",
                 "plots/pairs_digits.png", "tables/sweep.csv", "plots/sweep.png", "tables/multilora.csv",
-                "tables/multilora.md", "tables/epsilon.csv", "tables/epsilon.md"]:
+                "tables/multilora.md", "tables/epsilon.csv", "tables/epsilon.md", "tables/grid.csv",
+                "tables/grid.md", "plots/grid.png", "tables/selection.csv", "tables/selection.md"]:
         assert (res / rel).stat().st_size > 0, rel
+    # selection.per_seed: false here: each target's one selection (seed 0), reused by both seeds
+    import pandas as pd
+
+    sel = pd.read_csv(res / "tables/selection.csv")
+    assert list(sel["seed"]) == [0, 0] and set(sel["note"]) == {"selected once (seed 0), reused by every seed"}
     md = (res / "tables/main.md").read_text()
     for method in ("lp", "ft", "surgical", "subtuning", "lora"):
         assert method in md.lower()
@@ -88,7 +94,7 @@ def test_end_to_end_outputs(finished):
     assert "## Hyperparameters chosen on validation" in md and "lr ∈ {0.003, 0.01}" in md
     for t in ("digits", "fmnist-new"):
         tuned = json.loads((res / f"tune/{t}/lp.json").read_text())
-        assert [r["train"]["lr"] for r in tuned["results"]] == [0.003, 0.01]
+        assert [r["train"]["lr"] for r in tuned["results"] if r["source"] == "grid"] == [0.003, 0.01]
         best = max(r["val_acc"] for r in tuned["results"])
         assert tuned["results"][tuned["chosen_index"]]["val_acc"] == best
         for seed in (0, 1):
@@ -197,7 +203,7 @@ def test_epsilon_change_reruns_selection_onward_only(finished):
     cfg = edit_config(wd, "eps.yaml", lambda c: (c["selection"].pop("epsilons"), c["selection"].update(epsilon=0.2)))
     stats = dry_run(wd, cfg)
     assert set(stats) == {"decide", "selected", "train", "train_sweep", "report_main", "report_rounds",
-                          "report_sweep"}, stats
+                          "report_selection", "report_sweep"}, stats
     # only SubTuning's final runs: 2 targets x 2 seeds, and its sweep runs: 2 sizes x 2 seeds
     assert stats["train"] == 4 and stats["train_sweep"] == 4
     # round 1 of each target and of the sweep's n60 selection (n120 is digits' 1k regime); later rounds
@@ -238,7 +244,8 @@ def test_grid_change_reruns_that_methods_tuning_and_runs_only(finished):
     cfg = edit_config(wd, "grid.yaml", lambda c: c["methods"]["lp"]["grid"].update(lr=[0.001, 0.01]))
     stats = dry_run(wd, cfg)
     # LP: a tuning job per target, its final runs and its sweep runs (LP is in the sweep)
-    assert stats == {"tune": 2, "train": 4, "train_sweep": 4, "report_main": 1, "report_sweep": 1}, stats
+    assert stats == {"tune": 2, "train": 4, "train_sweep": 4, "report_main": 1, "report_sweep": 1,
+                     "report_grid": 1}, stats
 
 
 def test_sweep_selects_blocks_per_size(finished):
@@ -309,7 +316,8 @@ def test_per_target_override_reruns_that_targets_jobs_only(finished):
     # a per-target grid: that target's tuning and what depends on it (digits is the sweep's target; LP is swept)
     cfg = edit_config(wd, "ptg.yaml", lambda c: c["targets"]["digits"].update(
         methods={"lp": {"grid": {"lr": [0.001, 0.01]}}}))
-    assert dry_run(wd, cfg) == {"tune": 1, "train": 2, "train_sweep": 4, "report_main": 1, "report_sweep": 1}
+    assert dry_run(wd, cfg) == {"tune": 1, "train": 2, "train_sweep": 4, "report_main": 1, "report_sweep": 1,
+                                "report_grid": 1}
 
 
 def test_final_training_on_train_and_val(finished, tmp_path):
@@ -480,6 +488,7 @@ def test_html_report_renders_with_captions_in_a_browser(finished):
                           "mean ± std over 2 seed(s)",
         "tables/main.csv": "Made by subtune report main from the final training runs",
         "tables/rounds.csv": "Greedy selection rounds (SubTuning)",
+        "tables/selection.md": "Block sets selected per seed by greedy forward selection",
         "tables/profile_digits.csv": "Fine-tuning profile of target digits",
         "plots/profile_fmnist-new.png": "Fine-tuning profile of target fmnist-new",
         "plots/pairs_digits.png": "Pair grid of target digits",

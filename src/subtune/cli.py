@@ -103,7 +103,14 @@ def cmd_prepare(a: argparse.Namespace) -> None:
 def cmd_fetch(a: argparse.Namespace) -> None:
     from .models.checkpoint import fetch
 
-    ckpt = fetch(a.model, a.out, file=a.file, **(a.model_kwargs or {}))
+    if a.package:
+        from .models.packaged import fetch_package
+
+        if a.file or a.model_kwargs:
+            raise SubtuneError("fetch --package takes neither --file nor --model-kwargs (the package fixes both)")
+        ckpt = fetch_package(a.package, a.out, arch=a.model)
+    else:
+        ckpt = fetch(a.model, a.out, file=a.file, **(a.model_kwargs or {}))
     print(f"{ckpt.arch} ({ckpt.origin['kind']}) -> {a.out}")
 
 
@@ -431,7 +438,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         if t.get("method") != a.method:
             raise SubtuneError(f"{a.tuned}: tuned for method {t.get('method')!r}, not {a.method!r}")
         tuned = {**t["chosen"], "grid": t.get("grid", {}), "val_acc": t["results"][t["chosen_index"]]["val_acc"],
-                 "seed": t.get("seed")}
+                 "seed": t.get("seed"), "edge": t.get("edge"), "explored": t.get("explored", t.get("grid", {}))}
         train_cfg.update(tuned["train"])
         params.update(tuned["params"])
     train_data = _train_splits(a.train_splits)
@@ -479,56 +486,72 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_tune(a: argparse.Namespace) -> None:
     """Train every point of a method's grid on the training split; choose by validation accuracy.
 
-    The test split is not loaded (:mod:`subtune.tune`). Writes every point's
-    validation metrics and the chosen values; ``train --tuned`` applies them.
+    The test split is not loaded (:mod:`subtune.tune`). A choice on an edge of the
+    grid extends it (``--extend`` steps per key and direction, :func:`subtune.tune.tune_grid`).
+    Writes every point's validation metrics (grid and extension), the values
+    explored, the edges the choice is still on, and the chosen values; ``train
+    --tuned`` applies them. ``--save-chosen`` keeps the chosen point's trained state.
     """
     from .data.prepared import load_manifest, load_prepared
     from .io import write_json
     from .train import TrainConfig
-    from .tune import choose, grid_points, point_label
+    from .tune import better, grid_points, point_label, tune_grid
 
-    points = grid_points(a.method, a.grid)
     base_params = dict(a.method_params or {})
-    cfgs = [TrainConfig.from_dict({**a.train, **p["train"]}, f"methods.{a.method}.grid") for p in points]
-    params = [_method_params(a, {**base_params, **p["params"]}) for p in points]
+    for p in grid_points(a.method, a.grid):  # a bad grid fails before any data is loaded
+        TrainConfig.from_dict({**a.train, **p["train"]}, f"methods.{a.method}.grid")
+        _method_params(a, {**base_params, **p["params"]})
     manifest = load_manifest(_existing(a.manifest))
     _existing(a.data)
     data = load_prepared(a.data, splits=("train", "val"))
+    val_size = int(len(data["val_y"]))
     _threads(a.threads)
-    results, kept = [], None
+    kept, n = None, [0]
     if a.save_chosen:
         from .reuse import file_digests, run_key, trained_state
 
         digests = file_digests(a.checkpoint, a.data, manifest)
-    for point, cfg, prm in zip(points, cfgs, params):
+
+    def score(point: dict) -> dict:
+        nonlocal kept
+        cfg = TrainConfig.from_dict({**a.train, **point["train"]}, f"methods.{a.method}.grid")
+        prm = _method_params(a, {**base_params, **point["params"]})
         m, _, model, _, _, phases = _fit_method(a, prm, cfg, data, manifest, test=False)
-        if a.save_chosen and (kept is None or m["val_acc"] > kept[0]):  # choose()'s rule: ties keep the first
-            kept = (m["val_acc"], len(results), trained_state(model, phases), dict(m),
+        r = {"val_acc": m["val_acc"], "val_size": val_size, "val_loss": m.get("val_loss"),
+             "train_acc": m.get("train_acc"), "wall_time_s": m["wall_time_s"],
+             "trainable_params": m["trainable_params"], "train_size": m["train_size"]}
+        if a.save_chosen and (kept is None or better(r, kept[0])):  # choose()'s rule: ties keep the first
+            kept = (r, n[0], trained_state(model, phases), dict(m),
                     run_key(a.method, prm, cfg.to_dict(), a.seed, a.head, digests))
         del model
-        results.append({**point, "label": point_label(point), "val_acc": m["val_acc"], "val_loss": m.get("val_loss"),
-                        "train_acc": m.get("train_acc"), "wall_time_s": m["wall_time_s"],
-                        "trainable_params": m["trainable_params"], "train_size": m["train_size"]})
-        print(f"{a.method} on {m['target']} [{results[-1]['label']}]: val {m['val_acc']:.4f}")
-    best = choose(results)
+        n[0] += 1
+        print(f"{a.method} on {m['target']} [{point_label(point)}]: val {m['val_acc']:.4f}", flush=True)
+        return r
+
+    t = tune_grid(a.method, a.grid, a.train, base_params, score, a.extend)
+    results, best = t["results"], t["chosen_index"]
     if a.save_chosen:
         from .reuse import save_chosen
 
         if kept[1] != best:
             raise SubtuneError(f"tune: kept grid point {kept[1]}, chose {best} (a bug)")
         save_chosen(a.save_chosen, kept[2], kept[3], kept[4])
+    chosen = {"train": results[best]["train"], "params": results[best]["params"]}
     out = {"method": a.method, "target": manifest.get("name"), "seed": a.seed, "grid": a.grid or {},
-           "train": a.train, "method_params": base_params, "results": results, "chosen_index": best,
-           "chosen": {"train": points[best]["train"], "params": points[best]["params"]}}
+           "extend": a.extend, "train": a.train, "method_params": base_params, "results": results,
+           "chosen_index": best, "chosen": chosen, "explored": t["explored"], "edge": t["edge"],
+           "extension": t["extension"]}
     write_json(a.out, out)
     r = results[best]
     _track(a, {"method": a.method, "target": out["target"], "seed": a.seed, "val_acc": r["val_acc"],
                "val_loss": r["val_loss"], "trainable_params": r["trainable_params"],
                "wall_time_s": sum(x["wall_time_s"] for x in results),
-               "train": {**a.train, **points[best]["train"]}, "method_params": {**base_params, **points[best]["params"]}},
+               "train": {**a.train, **chosen["train"]}, "method_params": {**base_params, **chosen["params"]}},
            a.out, {"stage": "tune", "target": out["target"], "method": a.method, "seed": str(a.seed),
-                   "grid_points": str(len(points)), "chosen": r["label"]})
-    print(f"chosen for {a.method} on {out['target']}: {r['label']} (val {r['val_acc']:.4f})")
+                   "grid_points": str(len(results)), "chosen": r["label"],
+                   "edge": ",".join(f"{k}:{v}" for k, v in (t["edge"] or {}).items()) or "none"})
+    flag = f"; still on the {', '.join(f'{v} edge of {k}' for k, v in t['edge'].items())}" if t["edge"] else ""
+    print(f"chosen for {a.method} on {out['target']}: {r['label']} (val {r['val_acc']:.4f}){flag}")
 
 
 def cmd_multilora(a: argparse.Namespace) -> None:
@@ -648,6 +671,15 @@ def cmd_report(a: argparse.Namespace) -> None:
         report.sweep(a.runs, a.out_csv, a.out_png, references=a.references, backbone=a.backbone)
     elif a.what == "epsilon":
         report.epsilon(a.states, a.runs, a.epsilons, a.selection_epsilon, a.out_csv, a.out_md)
+    elif a.what == "grid":
+        report.grid_table(a.tunes, a.out_csv, a.out_md, a.out_png)
+    elif a.what == "selection":
+        report.selection_table(a.states, a.out_csv, a.out_md)
+    elif a.what == "claims":
+        from .claims import parse_shifts
+
+        report.claims_table(a.runs, a.out_csv, a.out_md, sweep_files=a.sweep, profile_files=a.profiles,
+                            multilora_files=a.multilora, shifts=parse_shifts(a.shifts), experiment=a.experiment)
     elif a.what == "multilora":
         report.multilora(a.runs, a.out_csv, a.out_md, references=a.references, backbone=a.backbone,
                          ablation_files=a.ablations, ranks=a.ranks, out_ablations_csv=a.out_ablations_csv)
@@ -705,6 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = stage("fetch", cmd_fetch, "fetch pretrained timm weights (hub or local file) as a checkpoint")
     s.add_argument("--model", required=True, help="timm name, e.g. resnet50.tv2_in1k")
     s.add_argument("--file", help="local weights file instead of the hub")
+    s.add_argument("--package", help="weights shipped in an installed registry package (efficientnet-lite0, ...)")
     s.add_argument("--model-kwargs", type=_json_arg, default={})
     s.add_argument("--out", required=True)
 
@@ -788,6 +821,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--head", choices=["new", "keep"], default="new", help=head_help)
     s.add_argument("--save-chosen", help="also save the chosen point's trained weights and metrics (safetensors) "
                                          "for `train --reuse-tuned` (subtune.reuse)")
+    s.add_argument("--extend", type=int, default=0,
+                   help="a choice on an edge of the grid tries up to N more values beyond it, per key and direction "
+                        "(config tuning.extend; default 0: the grid alone)")
     s.add_argument("--out", required=True)
     common_train(s)
     s = stage("multilora", cmd_multilora,
@@ -849,11 +885,29 @@ def build_parser() -> argparse.ArgumentParser:
     refs(r)
     r.add_argument("--out-csv", required=True)
     r.add_argument("--out-png", required=True)
+    r = rsub.add_parser("grid", help="validation curves of the tuned grids: every point tried, the choice, edges")
+    r.add_argument("--tunes", nargs="+", required=True, help="tune result files (tune/<target>/<method>.json)")
+    r.add_argument("--out-csv", required=True)
+    r.add_argument("--out-md", required=True)
+    r.add_argument("--out-png", required=True)
+    r = rsub.add_parser("selection", help="the block set each seed's selection picked, and how often they agree")
+    r.add_argument("--states", nargs="*", default=[], help="final selection states (none: an empty table)")
+    r.add_argument("--out-csv", required=True)
+    r.add_argument("--out-md", required=True)
     r = rsub.add_parser("epsilon", help="epsilon sensitivity: the set each epsilon selects, its accuracy")
     r.add_argument("--states", nargs="+", required=True, help="final states of the greedy walks")
     r.add_argument("--runs", nargs="+", required=True, help="final runs of every epsilon's set (SubTuning)")
     r.add_argument("--epsilons", nargs="+", type=float, required=True)
     r.add_argument("--selection-epsilon", type=float, required=True, help="the main selection's epsilon")
+    r.add_argument("--out-csv", required=True)
+    r.add_argument("--out-md", required=True)
+    r = rsub.add_parser("claims", help="the papers' claims against the results: paired tests and verdicts")
+    r.add_argument("--runs", nargs="*", default=[], help="final runs (runs/<target>/<method>/seed<S>.json)")
+    r.add_argument("--sweep", nargs="*", default=[], help="the data-size sweep's runs")
+    r.add_argument("--profiles", nargs="*", default=[], help="round-1 score files of every target and selection seed")
+    r.add_argument("--multilora", nargs="*", default=[], help="multilora --compare outputs (one per seed)")
+    r.add_argument("--shifts", nargs="*", default=[], help="TARGET=input|output|domain (targets.<t>.shift)")
+    r.add_argument("--experiment", default="", help="the experiment's name (a column of claims.csv)")
     r.add_argument("--out-csv", required=True)
     r.add_argument("--out-md", required=True)
     r = rsub.add_parser("multilora", help="Multi-LoRA against K separate LoRA runs: accuracy per task, parameters")

@@ -131,7 +131,17 @@ def _check_registries(config: dict[str, Any]) -> None:
         validate_dataset(config["source"]["dataset"], dataset_params(config, config["source"]["dataset"]))
     if bb["checkpoint"] == "file" and not bb.get("file"):
         raise SubtuneError("backbone.checkpoint is file but backbone.file is not set")
+    if bb["checkpoint"] == "package":
+        from .models.packaged import check_package  # package metadata only: no torch
+
+        if not bb.get("package"):
+            raise SubtuneError("backbone.checkpoint is package but backbone.package is not set")
+        check_package(bb["package"], bb["arch"])
     _check_budget(config)
+    per = config["selection"].get("per_seed")
+    for t in per if isinstance(per, list) else []:
+        if t not in config["targets"]:
+            raise SubtuneError(f"selection.per_seed names {t!r}, which is not one of targets")
     for section in ("sweep", "pairs"):
         if section in config and config[section]["target"] not in config["targets"]:
             raise SubtuneError(f"{section}.target {config[section]['target']!r} is not one of targets")
@@ -143,12 +153,18 @@ def _check_registries(config: dict[str, Any]) -> None:
             if t not in config["targets"]:
                 raise SubtuneError(f"multilora.targets: {t!r} is not one of targets")
         TrainConfig.from_dict(multilora_train(config), "multilora.train")
-        for point in multilora_grid_points(config["multilora"].get("grid")):
-            TrainConfig.from_dict({**multilora_train(config), **point["train"]}, "multilora.grid")
-            get_method("lora", **{**(config["multilora"].get("params") or {}), **point["params"]})
-        if (config["multilora"].get("ablations") or {}).get("ranks") and "rank" in (config["multilora"].get("grid")
-                                                                                    or {}):
-            raise SubtuneError("multilora.ablations.ranks: the rank is already in multilora.grid (chosen on "
+        where = "multilora.grid" if config["multilora"].get("grid") else "multilora.grid (from methods.lora.grid)"
+        try:
+            for point in multilora_grid_points(multilora_grid(config)):
+                TrainConfig.from_dict({**multilora_train(config), **point["train"]}, "multilora.grid")
+                get_method("lora", **{**(config["multilora"].get("params") or {}), **point["params"]})
+        except SubtuneError as e:
+            if config["multilora"].get("grid"):
+                raise
+            raise SubtuneError(f"methods.lora.grid is the multilora comparison's grid (multilora.grid is not set): "
+                               f"{e}; give multilora.grid") from None
+        if (config["multilora"].get("ablations") or {}).get("ranks") and "rank" in multilora_grid(config):
+            raise SubtuneError(f"multilora.ablations.ranks: the rank is already in {where} (chosen on "
                                "validation); drop one of the two")
     if config["selection"].get("epsilons") and "subtuning" not in config["methods"]:
         raise SubtuneError("selection.epsilons: the epsilon sets train with SubTuning's config: add subtuning to "
@@ -235,6 +251,11 @@ def target_head(config: dict[str, Any], target: str) -> str:
     return (config["targets"].get(target) or {}).get("head", "new")
 
 
+def target_shifts(config: dict[str, Any]) -> dict[str, str]:
+    """``targets.<t>.shift`` of every target that sets it (input | output | domain; the claims table's claim 5)."""
+    return {t: spec["shift"] for t, spec in config["targets"].items() if (spec or {}).get("shift")}
+
+
 def dumps(obj: Any) -> str:
     """Canonical JSON (sorted keys, no spaces) for params and the CLI."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
@@ -304,8 +325,21 @@ def multilora_grid_points(grid: dict[str, list] | None) -> list[dict[str, dict[s
 
 
 def multilora_grid(config: dict[str, Any]) -> dict[str, list]:
-    """The Multi-LoRA comparison's validation grid ({}: the configured values only)."""
-    return dict(config["multilora"].get("grid") or {})
+    """The Multi-LoRA comparison's validation grid ({}: the configured values only).
+
+    ``multilora.grid``; when the section gives none, ``methods.lora.grid`` (the main table's LoRA grid), so
+    that neither side of the comparison (Multi-LoRA, separate LoRA) is tuned less than the main table's LoRA.
+    """
+    ml = config["multilora"]
+    if ml.get("grid"):
+        return dict(ml["grid"])
+    return dict((config["methods"].get("lora") or {}).get("grid") or {})
+
+
+def tune_extend(config: dict[str, Any]) -> int:
+    """``tuning.extend``: how many values ``tune`` tries beyond an edge of a grid the choice sits on (default 0:
+    the grid alone, as the paper configs' authors' grids are; the embedded default sets 2)."""
+    return int((config.get("tuning") or {}).get("extend", 0))
 
 
 def multilora_ablations(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -327,6 +361,13 @@ def multilora_ablations(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if r != params.get("rank", 8):
             out[f"rank{r}"] = {"params": {**params, "rank": r}, "flags": ""}
     return out
+
+
+def selects_per_seed(config: dict[str, Any], target: str) -> bool:
+    """Whether ``target``'s selection runs once per seed: ``selection.per_seed`` is true, or a list naming it
+    (the others select once, with the first seed, and every seed retrains that set)."""
+    per = config["selection"].get("per_seed", False)
+    return target in per if isinstance(per, list) else bool(per)
 
 
 def selection_train(config: dict[str, Any]) -> dict[str, Any]:

@@ -190,11 +190,12 @@ def load_runs(run_files: Sequence[PathLike], *, need_train_size: bool = False) -
 
 
 def _tuned_label(t: Any) -> str | None:
-    """The values chosen on validation, ``lr=0.001, rank=8`` (None when the run had no grid)."""
+    """The values chosen on validation, ``lr=0.001, rank=8`` (None when the run had no grid); a value still on an
+    edge of the values tried is flagged, ``lr=0.03 ↑edge`` (:func:`_edge_mark`)."""
     if not isinstance(t, dict):
         return None
-    items = {**(t.get("train") or {}), **(t.get("params") or {})}
-    return ", ".join(f"{k}={v}" for k, v in sorted(items.items())) or "defaults"
+    items, edge = {**(t.get("train") or {}), **(t.get("params") or {})}, t.get("edge") or {}
+    return ", ".join(f"{k}={v}{_edge_mark(edge.get(k))}" for k, v in sorted(items.items())) or "defaults"
 
 
 def _grid_label(t: Any) -> str | None:
@@ -581,7 +582,7 @@ def main_table(
                   "Each grid point trained on the training split with the selection seed and scored by final-epoch "
                   "validation accuracy (ties: the first point); test accuracy was read once, for the chosen values. "
                   "Methods without a grid use the config's values.", "",
-                  _md_table(["method", "grid", *targets], trows, ["l"] * (2 + len(targets)))]
+                  _md_table(["method", "grid", *targets], trows, ["l"] * (2 + len(targets)))] + _edge_note(tuned)
     parts += _cost_md(summ, targets)
     parts += _best_epoch_md(runs, targets)
     if out_cost_png is not None:
@@ -1340,3 +1341,367 @@ def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike
     text += "\n"
     _write_text(text, out_md)
     return out
+
+
+# ---------------------------------------------------------------- validation curves of the tuned grids
+# Edge flags (the tune file's ``edge``: the final choice is still the largest/smallest value tried, after the
+# grid was extended by up to tuning.extend values beyond it): shown beside the chosen value in tables/main.md.
+EDGE_MARKS = {"upper": "↑edge", "lower": "↓edge"}
+# 15 methods: each a distinct (colour, marker) pair; the first ten colours are tab20's dark ones
+GRID_MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">", "p", "d", "H", "8"]
+
+
+def _edge_mark(direction: Any) -> str:
+    """`` ↑edge``/`` ↓edge`` for a value still on the upper/lower edge of the values tried ('' otherwise)."""
+    return f" {EDGE_MARKS[direction]}" if direction in EDGE_MARKS else ""
+
+
+def _edge_note(tuned: pd.DataFrame) -> list[str]:
+    """The sentence explaining the edge flags of tables/main.md's chosen values (nothing when none is flagged)."""
+    if not tuned["tuned"].astype(str).str.contains("edge").any():
+        return []
+    return ["", "↑edge / ↓edge: the chosen value is still the largest / smallest value tried, even after the grid "
+            "was extended beyond that edge (config tuning.extend): validation accuracy was still improving there, "
+            "so the optimum may lie outside the values tried; widen that method's grid (tables/grid.md and "
+            "plots/grid.png show the validation curve)."]
+
+
+def _load_tune(path: Path) -> dict[str, Any]:
+    d = _load(path)
+    _need(d, "method", path, str)
+    _need(d, "target", path, str)
+    res = d.get("results")
+    if not isinstance(res, list) or not res:
+        raise SubtuneError(f"{path}: not a tune file (no 'results' list)")
+    best = _need(d, "chosen_index", path, int)
+    if not 0 <= best < len(res):
+        raise SubtuneError(f"{path}: chosen_index {best} is outside its {len(res)} results")
+    for i, r in enumerate(res):
+        if not isinstance(r, dict):
+            raise SubtuneError(f"{path}: results[{i}] is not an object")
+        _frac(r, "val_acc", path)
+    return d
+
+
+def _point_values(r: dict) -> dict[str, Any]:
+    return {**(r.get("train") or {}), **(r.get("params") or {})}
+
+
+def grid_rows(tune_files: Sequence[PathLike]) -> pd.DataFrame:
+    """One row per (method, target, point tried) of ``tune`` result files (:func:`grid_table`'s CSV)."""
+    rows, keys = [], []
+    for f in _as_list(tune_files):
+        d = _load_tune(f)
+        edge = d.get("edge") or {}
+        for i, r in enumerate(d["results"]):
+            vals = _point_values(r)
+            keys += [k for k in vals if k not in keys]
+            rows.append({"method": d["method"], "target": d["target"], "index": i,
+                         "point": r.get("label") or ", ".join(f"{k}={v}" for k, v in sorted(vals.items())),
+                         **{f"value_{k}": v for k, v in vals.items()},
+                         "val_acc": round(100 * float(r["val_acc"]), 4),
+                         "chosen": i == d["chosen_index"], "source": r.get("source", "grid"),
+                         "edge": "; ".join(f"{k} {v}" for k, v in sorted(edge.items())) if i == d["chosen_index"]
+                         else ""})
+    if not rows:
+        raise SubtuneError("no tune files given")
+    cols = ["method", "target", "index", "point", *[f"value_{k}" for k in sorted(keys)], "val_acc", "chosen",
+            "source", "edge"]
+    df = pd.DataFrame(rows).reindex(columns=cols)
+    targets = list(dict.fromkeys(df["target"]))
+    morder = {m: i for i, m in enumerate(method_order(df["method"]))}
+    df = (df.assign(_m=df["method"].map(morder), _t=df["target"].map(targets.index))
+            .sort_values(["_m", "_t", "index"]).drop(columns=["_m", "_t"]).reset_index(drop=True))
+    dup = df[df.duplicated(["method", "target", "index"])]
+    if len(dup):
+        raise SubtuneError(f"two tune files for {dup['method'].iloc[0]} on {dup['target'].iloc[0]}")
+    return df
+
+
+def _log_axis(key: str, values: Sequence[float]) -> bool:
+    """A log x axis for learning-rate-like keys (``lr``, ``lp_lr``, ...) and for positive values spanning 10x."""
+    vals = [float(v) for v in values]
+    return all(v > 0 for v in vals) and (key.endswith("lr") or max(vals) >= 10 * min(vals))
+
+
+def _curve_keys(df: pd.DataFrame) -> list[str]:
+    """The keys worth a validation curve: numeric values, at least two distinct ones for some method and target."""
+    out = []
+    for c in [c for c in df.columns if c.startswith("value_")]:
+        num = pd.to_numeric(df[c], errors="coerce")
+        if df[c].notna().any() and num[df[c].notna()].notna().all() and (
+                df.assign(_v=num).groupby(["method", "target"])["_v"].nunique() >= 2).any():
+            out.append(c[len("value_"):])
+    return out
+
+
+def _curve(sub: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The points of one method and target along ``key``, the other keys at the chosen point's values."""
+    chosen = sub[sub["chosen"]].iloc[0]
+    others = [c for c in sub.columns if c.startswith("value_") and c != f"value_{key}" and pd.notna(chosen[c])]
+    keep = sub
+    for c in others:
+        keep = keep[keep[c] == chosen[c]]
+    return keep.dropna(subset=[f"value_{key}"]).sort_values(f"value_{key}")
+
+
+def grid_plot(df: pd.DataFrame, out_png: PathLike) -> None:
+    """Validation accuracy against each tuned value: a column per target, a row per key, a line per method.
+
+    Each method has its own colour and marker; extension points are hollow, the chosen point is ringed.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib import colormaps
+
+    targets, keys = list(dict.fromkeys(df["target"])), _curve_keys(df)
+    methods = method_order(df["method"])
+    tab = colormaps["tab20"]
+    style = {m: (tab((2 * i) % 20 + (2 * i) // 20), GRID_MARKERS[i % len(GRID_MARKERS)]) for i, m in enumerate(methods)}
+    rows = max(1, len(keys))
+    fig = _figure(3.6 * len(targets) + 1.8, 2.9 * rows)
+    axes = fig.subplots(rows, len(targets), squeeze=False)
+    for r, key in enumerate(keys or [None]):
+        for c, t in enumerate(targets):
+            ax = axes[r][c]
+            if key is None:
+                ax.text(0.5, 0.5, "no numeric grid key", ha="center", va="center", transform=ax.transAxes)
+                continue
+            for m in methods:
+                sub = df[(df["method"] == m) & (df["target"] == t)]
+                if sub.empty or sub[f"value_{key}"].isna().all():
+                    continue
+                cur = _curve(sub, key)
+                x, y = cur[f"value_{key}"].astype(float), cur["val_acc"]
+                col, mk = style[m]
+                ax.plot(x, y, color=col, marker=mk, markersize=5, linewidth=1.2)
+                ext = cur[cur["source"] == "extension"]
+                ax.plot(ext[f"value_{key}"].astype(float), ext["val_acc"], linestyle="none", marker=mk, markersize=5,
+                        markerfacecolor="white", markeredgecolor=col)
+                ch = cur[cur["chosen"]]
+                ax.plot(ch[f"value_{key}"].astype(float), ch["val_acc"], linestyle="none", marker="o", markersize=11,
+                        markerfacecolor="none", markeredgecolor="black", markeredgewidth=1.2)
+            vals = df[df["target"] == t][f"value_{key}"].dropna().astype(float)
+            if not len(vals):
+                ax.text(0.5, 0.5, f"no method tunes {key} here", ha="center", va="center", transform=ax.transAxes)
+            elif _log_axis(key, vals):
+                ax.set_xscale("log")
+            ax.set_xlabel(key)
+            ax.set_ylabel("validation accuracy (%)")
+            ax.set_title(t, fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+    handles = [Line2D([], [], color=style[m][0], marker=style[m][1], label=method_label(m)) for m in methods]
+    handles += [Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="gray",
+                       label="extension point"),
+                Line2D([], [], linestyle="none", marker="o", markersize=11, markerfacecolor="none",
+                       markeredgecolor="black", label="chosen")]
+    fig.legend(handles=handles, loc="outside right center", fontsize=7)
+    fig.suptitle("Validation accuracy of each value tried (other keys at the chosen values)", fontsize=10)
+    _save_png(fig, out_png)
+
+
+def grid_table(tune_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike, out_png: PathLike) -> pd.DataFrame:
+    """The validation curves of the tuned grids: every point ``tune`` tried, per method and target.
+
+    CSV (one row per method, target and point, in the order tried): method, target, index, point (its
+    label), value_<key> (each key's value; empty where the method's grid has no such key), val_acc
+    (percent), chosen, source (grid, or extension: tried beyond an edge of the grid, :mod:`subtune.tune`),
+    edge (on the chosen row: the keys whose chosen value is still on an edge of the values tried).
+    Markdown: the same as a table, and the list of choices still on an edge. PNG: :func:`grid_plot`.
+    """
+    df = grid_rows(tune_files)
+    _write_csv(df, out_csv)
+    vcols = [c for c in df.columns if c.startswith("value_")]
+    rows = [[method_label(r["method"]), r["target"], r["point"], f"{r['val_acc']:.2f}",
+             "✓" if r["chosen"] else "", r["source"], r["edge"]] for _, r in df.iterrows()]
+    parts = ["# Validation curves of the tuned hyperparameters", "",
+             "Every point each method's tuning trained on the training split (selection seed) and scored on the "
+             "validation split, in the order tried: the grid's points, then the extension points (a choice on the "
+             "smallest or largest value of a numeric key tries the next value beyond it, while the choice stays "
+             "there, up to tuning.extend values per key and direction). The chosen point (✓) has the best "
+             "validation accuracy (ties: the first point).", "",
+             _md_table(["method", "target", "point", "val acc (%)", "chosen", "source", "still on an edge"], rows,
+                       ["l", "l", "l", "r", "l", "l", "l"])]
+    edges = df[df["chosen"] & (df["edge"] != "")]
+    parts += ["", "## Choices still on an edge", ""]
+    parts += ([f"- {method_label(r['method'])} on {r['target']}: {r['point']} ({r['edge']}): the optimum may lie "
+               "beyond the values tried." for _, r in edges.iterrows()] if len(edges) else
+              ["None: every choice lies inside the values tried."])
+    _write_text("\n".join(parts) + "\n", out_md)
+    grid_plot(df.drop(columns=[c for c in vcols if df[c].isna().all()]), out_png)
+    return df
+
+
+# ---------------------------------------------------------------- claims
+def claims_table(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike, *,
+                 sweep_files: Sequence[PathLike] = (), profile_files: Sequence[PathLike] = (),
+                 multilora_files: Sequence[PathLike] = (), shifts: dict[str, str] | None = None,
+                 experiment: str = "") -> pd.DataFrame:
+    """The claims table (:mod:`subtune.claims`): which of the papers' claims this experiment's results support.
+
+    ``run_files``: final runs; ``sweep_files``: the data-size sweep's runs; ``profile_files``: round-1 score
+    files of every target and selection seed; ``multilora_files``: ``multilora --compare`` results; ``shifts``:
+    target -> input | output | domain (``targets.<t>.shift``). A claim whose inputs are not given says
+    ``not run``. Every input is loaded and checked before anything is computed or written.
+    """
+    from . import claims
+
+    runs = load_runs(run_files) if run_files else None
+    sweep = load_runs(sweep_files, need_train_size=True) if sweep_files else None
+    profiles = claims.load_profiles(profile_files)
+    ml = claims.load_multilora(multilora_files) if multilora_files else None
+    df = claims.claims(runs, sweep=sweep, profiles=profiles, multilora=ml, shifts=shifts, experiment=experiment)
+    claims.write(df, out_csv, out_md)
+    return df
+
+
+# ---------------------------------------------------------------- selection agreement across seeds
+SELECTION_COLUMNS = ["target", "seed", "selected", "n_blocks", "val_score", "stop_reason", "n_selections",
+                     "n_distinct", "most_common", "most_common_count", "identical_pairs", "mean_jaccard",
+                     "block_frequency", "note"]
+
+
+def jaccard(a: frozenset | set, b: frozenset | set) -> float:
+    """Jaccard similarity |a ∩ b| / |a ∪ b| of two block sets; two empty sets (both LP) are identical: 1."""
+    union = len(set(a) | set(b))
+    return 1.0 if union == 0 else len(set(a) & set(b)) / union
+
+
+def selection_agreement(sets: Sequence[Sequence[str]], order: Sequence[str] = ()) -> dict[str, Any]:
+    """How often the selections of one target (one block set per seed, in seed order) agree.
+
+    Returns n_selections, n_distinct (distinct sets), most_common (the most frequent set, blocks in
+    network order; ties: the set of the earliest seed), most_common_count, tied (another set is as
+    frequent), identical_pairs (fraction of seed pairs with identical sets) and mean_jaccard (mean
+    :func:`jaccard` over seed pairs; both NaN for a single selection), and frequency: block -> the
+    number of selections that include it, in network order (``order``; blocks it lacks follow in order
+    of appearance), blocks never selected left out.
+    """
+    fs = [frozenset(s) for s in sets]
+    if not fs:
+        raise SubtuneError("selection_agreement: no selections")
+    pos = {b: i for i, b in enumerate(order)}
+    for s in sets:
+        for b in s:
+            pos.setdefault(b, len(pos))
+    counts = {s: fs.count(s) for s in dict.fromkeys(fs)}  # first-seen order: ties go to the earliest seed
+    top = max(counts.values())
+    mode = next(s for s, c in counts.items() if c == top)
+    pairs = [(fs[i], fs[j]) for i in range(len(fs)) for j in range(i + 1, len(fs))]
+    freq = {b: sum(b in s for s in fs) for b in sorted({b for s in fs for b in s}, key=pos.__getitem__)}
+    return {
+        "n_selections": len(fs),
+        "n_distinct": len(counts),
+        "most_common": sorted(mode, key=pos.__getitem__),
+        "most_common_count": top,
+        "tied": sum(c == top for c in counts.values()) > 1,
+        "identical_pairs": statistics.fmean(a == b for a, b in pairs) if pairs else math.nan,
+        "mean_jaccard": statistics.fmean(jaccard(a, b) for a, b in pairs) if pairs else math.nan,
+        "frequency": freq,
+    }
+
+
+def _selection_states(state_files: Sequence[PathLike]) -> dict[str, dict[int, tuple[Path, dict]]]:
+    """target -> seed -> (file, final selection state), targets in file order, seeds ascending; checks every file."""
+    by: dict[str, dict[int, tuple[Path, dict]]] = {}
+    for f in _as_list(state_files):
+        d = _load_state(f)
+        t, s = _target_seed(d, f)
+        if s is None:
+            raise SubtuneError(f"{f}: no seed (neither a 'seed' key nor a seed<S> directory)")
+        if not all(isinstance(b, str) and b for b in d["selected"]):
+            raise SubtuneError(f"{f}: 'selected' must be a list of block names")
+        _frac(d, "score", f, required=False)  # the set's validation score: a fraction when present
+        if s in by.get(t, {}):
+            raise SubtuneError(f"{f}: a second selection state of target {t!r}, seed {s} "
+                               f"(also {by[t][s][0]})")
+        by.setdefault(t, {})[s] = (f, d)
+    return {t: dict(sorted(per.items())) for t, per in by.items()}
+
+
+def selection_rows(state_files: Sequence[PathLike]) -> pd.DataFrame:
+    """One row per target and selection seed: the set selected and how the target's selections agree.
+
+    Columns (:data:`SELECTION_COLUMNS`): target, seed, selected (blocks in network order, ``+``-joined;
+    :data:`LP_LABEL` for the empty set), n_blocks, val_score (the set's selection score, percent),
+    stop_reason, and the target's :func:`selection_agreement`, repeated on each of its rows:
+    n_selections, n_distinct, most_common, most_common_count, identical_pairs, mean_jaccard,
+    block_frequency (``block: count/n``, ``, ``-joined), note (``selected per seed``, or for a target
+    with one selection state ``selected once (seed S), reused by every seed``).
+    """
+    rows = []
+    for t, per in _selection_states(state_files).items():
+        order: list[str] = []
+        for _, d in per.values():
+            order += [b for b in d.get("blocks") or [] if isinstance(b, str) and b not in order]
+        pos = {b: i for i, b in enumerate(order)}
+        sets = {s: sorted(d["selected"], key=lambda b: pos.get(b, len(pos))) for s, (_, d) in per.items()}
+        agree = selection_agreement(list(sets.values()), order)
+        n = agree["n_selections"]
+        note = "selected per seed" if n > 1 else f"selected once (seed {next(iter(per))}), reused by every seed"
+        summary = {
+            "n_selections": n, "n_distinct": agree["n_distinct"],
+            "most_common": "+".join(agree["most_common"]) or LP_LABEL,
+            "most_common_count": agree["most_common_count"],
+            "identical_pairs": round(agree["identical_pairs"], 4), "mean_jaccard": round(agree["mean_jaccard"], 4),
+            "block_frequency": ", ".join(f"{b}: {c}/{n}" for b, c in agree["frequency"].items()),
+            "note": note,
+        }
+        for s, (_, d) in per.items():
+            score = d.get("score")
+            rows.append({"target": t, "seed": s, "selected": "+".join(sets[s]) or LP_LABEL,
+                         "n_blocks": len(sets[s]),
+                         "val_score": round(100 * score, 4) if isinstance(score, (int, float)) else math.nan,
+                         "stop_reason": d.get("stop_reason") or "", **summary})
+    return pd.DataFrame(rows, columns=SELECTION_COLUMNS)
+
+
+def _selection_md(df: pd.DataFrame) -> str:
+    """tables/selection.md: the per-seed sets, then one agreement row per target."""
+    def num(v: float, fmt: str) -> str:
+        return "n/a" if pd.isna(v) else format(v, fmt)
+
+    seed_rows = [[r["target"], str(r["seed"]), r["selected"].replace("+", ", "), str(r["n_blocks"]),
+                  num(r["val_score"], ".2f"), r["stop_reason"]] for _, r in df.iterrows()]
+    agree_rows = []
+    for t, g in df.groupby("target", sort=False):
+        r = g.iloc[0]
+        n, pairs = int(r["n_selections"]), int(r["n_selections"]) * (int(r["n_selections"]) - 1) // 2
+        top_sets = g["selected"].value_counts()
+        tied = int((top_sets == top_sets.max()).sum()) > 1
+        same = r["identical_pairs"]
+        identical = "n/a" if pairs == 0 else f"{round(same * pairs)}/{pairs} ({same:.2f})"
+        agree_rows.append([t, str(n), str(r["n_distinct"]), r["most_common"].replace("+", ", "),
+                           f"{r['most_common_count']} of {n}" + (", tied" if tied else ""), identical,
+                           num(r["mean_jaccard"], ".2f"), r["block_frequency"] or "none", r["note"]])
+    parts = ["# Block sets selected per seed", "",
+             "Greedy selection (SubTuning) per target and selection seed: the blocks selected (network order; "
+             f"{LP_LABEL}: no block, the linear probe), their number, the set's validation score (%) and why "
+             "the walk stopped.", "",
+             _md_table(["target", "seed", "selected blocks", "blocks", "val score (%)", "stop reason"], seed_rows,
+                       ["l", "r", "l", "r", "r", "l"]),
+             "", "## Agreement between seeds", "",
+             "Per target: the selections, the distinct sets among them, the most common set and how many "
+             "selections chose it (ties: the earliest seed's set), the seed pairs whose sets are identical, the "
+             "mean Jaccard similarity of the sets over seed pairs (blocks in both over blocks in either; two empty "
+             "sets: 1) and how "
+             "many selections include each block. Selection variance enters the ± of the main table only for "
+             "targets selected per seed; a target selected once reuses that set in every seed.", "",
+             _md_table(["target", "selections", "distinct sets", "most common set", "chosen by", "identical pairs",
+                        "mean Jaccard", "block frequency", "note"], agree_rows,
+                       ["l", "r", "r", "l", "r", "r", "r", "l", "l"])]
+    if df.empty:
+        parts = parts[:2] + ["No greedy selection ran in this experiment."]
+    return "\n".join(parts) + "\n"
+
+
+def selection_table(state_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike) -> pd.DataFrame:
+    """The block sets each seed's greedy selection picked and how often they agree (tables/selection.*).
+
+    ``state_files``: the final selection states (``select/<target>/seed<S>/selected.json``), one per
+    target and selection seed; every file is checked before anything is written. CSV:
+    :func:`selection_rows`; markdown: :func:`_selection_md`.
+    """
+    df = selection_rows(state_files)
+    _write_csv(df, out_csv)
+    _write_text(_selection_md(df), out_md)
+    return df
