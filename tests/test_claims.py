@@ -46,16 +46,31 @@ def test_exact_and_float_noise_ties_are_not_holds():
 
 
 def test_too_few_seeds_give_no_verdict():
-    two = claims.paired({0: 90.0, 1: 91.0}, {0: 80.0, 1: 81.0, 2: 99.0})  # paired on the seeds both have
-    assert two.seeds == (0, 1) and two.diff_mean == pytest.approx(10.0)
+    two = claims.paired({0: 90.0, 1: 91.0}, {0: 80.0, 1: 81.5})
+    assert two.seeds == (0, 1) and two.diff_mean == pytest.approx(9.75) and not two.unpaired
     assert claims.verdict_geq(two) == INCONCLUSIVE
-    assert claims.verdict_geq(two, min_seeds=2) == HOLDS
+    assert claims.verdict_geq(two, min_seeds=2) == HOLDS  # +10, +9.5: t = 39, p = 0.016
+
+
+def test_unpaired_seeds_are_named_and_give_no_verdict():
+    # a clear win on the seeds both have, but seed 2 has no B and seed 3 no A: not dropped silently
+    p = claims.paired({0: 90.0, 1: 91.0, 2: 92.0, 4: 93.0}, {0: 80.0, 1: 81.5, 3: 80.0, 4: 82.0}, ("SubTuning", "FT"))
+    assert p.seeds == (0, 1, 4) and p.unpaired == ("2 (no FT)", "3 (no SubTuning)")
+    assert claims.verdict_geq(p) == INCONCLUSIVE and claims.verdict_close(p, margin=100.0) == INCONCLUSIVE
+    full = claims.paired({0: 90.0, 1: 91.0, 4: 93.0}, {0: 80.0, 1: 81.5, 4: 82.0})
+    assert claims.verdict_geq(full) == HOLDS  # the same pairs without the unpaired seeds
 
 
 def test_close_to_claims():
     base = {0: 80.0, 1: 82.0, 2: 81.0}
-    close = claims.paired({0: 79.6, 1: 81.8, 2: 80.5}, base)  # -0.4, -0.2, -0.5
+    close = claims.paired({0: 79.6, 1: 81.8, 2: 80.5}, base)  # -0.4, -0.2, -0.5: t interval [-0.75, 0.01]
+    assert (close.t_low, close.t_high) == pytest.approx((-0.7461, 0.0128), abs=1e-3)
     assert claims.verdict_close(close) == HOLDS
+    # -0.1, -0.9, -0.5: the bootstrap interval [-0.9, -0.1] is inside ±1, the t interval [-1.49, 0.49] is not
+    spread = claims.paired({0: 79.9, 1: 81.1, 2: 80.5}, base)
+    assert -1 < spread.ci_low and spread.ci_high < 1
+    assert (spread.t_low, spread.t_high) == pytest.approx((-1.4936, 0.4936), abs=1e-3)
+    assert claims.verdict_close(spread) == INCONCLUSIVE
     far = claims.paired({s: v - 3.0 for s, v in base.items()}, base)
     assert claims.verdict_close(far) == FAILS
     edge = claims.paired({0: 79.5, 1: 80.0, 2: 81.0}, base)  # -0.5, -2, 0: straddles -1
@@ -69,6 +84,9 @@ def test_count_verdicts():
     assert claims.verdict_count(0, 3) == FAILS
     assert claims.verdict_count(2, 3) == INCONCLUSIVE
     assert claims.verdict_count(0, 0) == INCONCLUSIVE
+    # one selection (or two) says nothing about chance
+    assert claims.verdict_count(1, 1) == INCONCLUSIVE and claims.verdict_count(0, 1) == INCONCLUSIVE
+    assert claims.verdict_count(2, 2) == INCONCLUSIVE and claims.verdict_count(1, 1, min_n=1) == HOLDS
 
 
 def test_bootstrap_is_reproducible_and_a_t_test_beside_it():
@@ -84,6 +102,27 @@ def test_bootstrap_is_reproducible_and_a_t_test_beside_it():
     p = claims.paired({0: 11.0, 1: 12.0, 2: 13.0}, {0: 10.0, 1: 10.0, 2: 10.0})
     assert p.p_value == pytest.approx(0.07418, abs=1e-4)
     assert (p.ci_low, p.ci_high) == claims.bootstrap_ci(d)
+    assert (p.t_low, p.t_high) == pytest.approx((2 - 4.3027 / math.sqrt(3), 2 + 4.3027 / math.sqrt(3)), abs=1e-3)
+
+
+def test_three_agreeing_seeds_need_a_large_t_as_well():
+    # with three seeds the bootstrap interval is exactly [min, max]: all three agreeing puts it above 0 ...
+    d = [1.0, 2.0, 3.0]
+    assert claims.bootstrap_ci(d) == (1.0, 3.0)
+    win = claims.paired({0: 11.0, 1: 12.0, 2: 13.0}, {0: 10.0, 1: 10.0, 2: 10.0})
+    loss = claims.paired({0: 10.0, 1: 10.0, 2: 10.0}, {0: 11.0, 1: 12.0, 2: 13.0})
+    assert win.ci_low > 0 and loss.ci_high < 0
+    # ... but p = 0.074: neither holds nor fails
+    assert claims.verdict_geq(win) == INCONCLUSIVE and claims.verdict_geq(loss) == INCONCLUSIVE
+    assert claims.verdict_geq(win, alpha=0.1) == HOLDS and claims.verdict_geq(loss, alpha=0.1) == FAILS
+    # p below alpha but a bootstrap interval reaching 0 is not enough either: -1, +3, +3, +3 (p = 0.14)
+    mixed = claims.paired({0: 9.0, 1: 13.0, 2: 13.0, 3: 13.0}, {s: 10.0 for s in range(4)})
+    assert mixed.ci_low <= 0 < mixed.p_value < 0.2 and claims.verdict_geq(mixed, alpha=0.2) == INCONCLUSIVE
+    # under the null (differences of random sign, constant size) a bootstrap-only rule would hold 1 time in 8
+    signs = [(x, y, z) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]
+    pairs = [claims.paired({0: 1.0 * x, 1: 3.0 * y, 2: 2.0 * z}, {0: 0.0, 1: 0.0, 2: 0.0}) for x, y, z in signs]
+    assert sum(p.ci_low > 0 for p in pairs) == 1
+    assert all(claims.verdict_geq(p) == INCONCLUSIVE for p in pairs)
 
 
 # ---------------------------------------------------------------- result files as the workflow writes them
@@ -122,12 +161,17 @@ BEST = {("fmnist-c", 0): "layer1.0", ("fmnist-c", 1): "layer1.1", ("fmnist-c", 2
         ("fmnist-new", 0): "layer2.0", ("fmnist-new", 1): "layer2.1", ("fmnist-new", 2): "layer2.0"}
 
 
-def write_profiles(root: Path, best=BEST, shards: int = 2) -> list[Path]:
+def write_profiles(root: Path, best=BEST, shards: int = 2, blocks=None, dropped=None) -> list[Path]:
+    """Round-1 shards per (target, seed); ``blocks``: (target, seed) -> block list (default BLOCKS);
+    ``dropped``: (target, seed) -> {block: rung} stopped early by a selection budget (a high rung score)."""
     files = []
     for (t, s), b in best.items():
-        res = [_result([], 0.70, 650)] + [_result([x], 0.80 + (0.05 if x == b else 0.01 * i), 1650)
-                                          for i, x in enumerate(BLOCKS)]
-        head = {"kind": "greedy", "round": 1, "target": t, "seed": s, "blocks": BLOCKS, "shards": shards}
+        order = (blocks or {}).get((t, s), BLOCKS)
+        stop = (dropped or {}).get((t, s), {})
+        res = [_result([], 0.70, 650)] + [
+            {**_result([x], 0.99, 1650), "dropped_at": stop[x]} if x in stop
+            else _result([x], 0.80 + (0.05 if x == b else 0.01 * i), 1650) for i, x in enumerate(order)]
+        head = {"kind": "greedy", "round": 1, "target": t, "seed": s, "blocks": order, "shards": shards}
         for i in range(shards):
             files.append(_write(root / "select" / t / f"seed{s}" / f"round1_shard{i}.json",
                                 {**head, "shard": i, "results": res[i::shards]}))
@@ -313,3 +357,109 @@ def test_profiles_of_a_target_selected_once_pair_with_every_seed_of_the_other():
     assert _profile_pairs([0], [0, 1, 2]) == [(0, 0), (0, 1), (0, 2)]
     assert _profile_pairs([0, 1, 2], [1, 2, 3]) == [(1, 1), (2, 2)]
     assert _profile_pairs([0], [0]) == [(0, 0)]
+
+
+# ---------------------------------------------------------------- edge cases
+def test_a_missing_method_or_seed_is_named_not_dropped(loaded):
+    runs, *_ = loaded
+    gone = (runs["method"] == "ft") & (runs["target"] == "fmnist-c") & (runs["seed"] == 2)
+    gone |= (runs["method"] == "lp") & (runs["target"] == "fmnist-c")
+    df = claims.claims(runs[~gone])
+    r = _one(df, "1", "fmnist-c")  # SubTuning trails FT in seeds 0 and 1; seed 2 has no FT run
+    assert r["verdict"] == INCONCLUSIVE and r["seeds"] == "0,1" and "unpaired seeds 2 (no FT)" in r["note"]
+    assert "no verdict" in r["test"]
+    r = _one(df, "2", "fmnist-c")  # LP never ran on fmnist-c: a row that says so, not a silent gap
+    assert r["verdict"] == NOT_RUN and "fmnist-c: no final runs of lp" in r["note"]
+    assert _one(df, "2", "fmnist-new")["verdict"] == HOLDS
+    # SSF/SAN: the paper's network and the positions here differ, and the row says so
+    assert "ViT" in _one(df, "7a", "fmnist-new")["note"] and "ours on the configured backbone" in _one(
+        df, "7b", "fmnist-c")["note"]
+
+
+def test_sweep_uses_only_sizes_both_methods_ran(loaded):
+    runs, sweep, *_ = loaded
+    extra = sweep[(sweep["method"] == "subtuning") & (sweep["train_size"] == 1000)].assign(train_size=5000)
+    df = claims.claims(runs, sweep=pd.concat([sweep, extra], ignore_index=True))
+    r = _one(df, "3", "digits")  # n=5000 has no FT run: the largest common size is 1000
+    assert "n=1000" in r["quantity_b"] and r["diff_mean"] == pytest.approx(8.0) and r["verdict"] == HOLDS
+    assert "n=5000 left out" in r["note"] and "n=1000" in _one(df, "3b", "digits")["quantity_a"]
+    one = sweep[~((sweep["method"] == "ft") & (sweep["train_size"] == 1000))]  # FT at n=100 only
+    df = claims.claims(runs, sweep=one)
+    for cid in ("3", "3b"):
+        r = _one(df, cid, "digits")
+        assert r["verdict"] == NOT_RUN and "one training-set size" in r["note"] and "n=1000 left out" in r["note"]
+    # a seed without an FT run at one size: its lead is missing, named, and no verdict
+    gap = sweep[~((sweep["method"] == "ft") & (sweep["train_size"] == 1000) & (sweep["seed"] == 1))]
+    df = claims.claims(runs, sweep=gap)
+    r = _one(df, "3", "digits")
+    assert r["verdict"] == INCONCLUSIVE and "1 (no FT at n=1000)" in r["note"] and r["seeds"] == "0,2"
+    r = _one(df, "3b", "digits")
+    assert r["verdict"] == INCONCLUSIVE and "1 (no FT)" in r["note"]
+
+
+def test_one_selection_gives_no_profile_verdict(tmp_path):
+    # fmnist-new selected once (seed 0), fmnist-c per seed; every pair agrees, yet fmnist-new is one outcome
+    best = {k: v for k, v in BEST.items() if k[0] == "fmnist-c" or k[1] == 0}
+    profiles = claims.load_profiles(write_profiles(tmp_path, best))
+    df = claims.claims(None, profiles=profiles, shifts=SHIFTS)
+    r = _one(df, "4", "fmnist-new")  # layer2.0 beats the last block, once
+    assert r["verdict"] == INCONCLUSIVE and r["test"].startswith("1 of 1 selection")
+    assert "one selection (selection.per_seed does not name fmnist-new)" in r["note"]
+    assert _one(df, "4", "fmnist-c")["verdict"] == HOLDS
+    r = _one(df, "5")
+    assert r["verdict"] == INCONCLUSIVE and r["test"].startswith("3 of 3 pairs")
+    assert "1 of fmnist-new" in r["test"] and r["seeds"] == "0,1,2"  # the numbers keep the pairing
+    assert r["b_mean"] == pytest.approx(3.0) and r["a_mean"] == pytest.approx(4 / 3)
+    assert "one selection (selection.per_seed does not name fmnist-new)" in r["note"]
+    assert "does not name fmnist-c" not in r["note"]  # fmnist-c has three selections
+
+
+def test_claim_5_note_names_the_departure_from_the_paper(loaded):
+    _, _, profiles, _ = loaded
+    note = _one(claims.claims(None, profiles=profiles, shifts=SHIFTS), "5")["note"]
+    assert "ResNet" in note and "ours on the configured backbone" in note
+    assert "fmnist-c (shift: input)" in note and "fmnist-new (shift: output)" in note and "proxy" in note
+    note = _one(claims.claims(None, profiles=profiles, shifts={"fmnist-new": "input", "fmnist-c": "output"}),
+                "5")["note"]
+    assert "fmnist-new (shift: input)" in note  # from the configured shifts, not the names
+
+
+def test_profiles_stopped_early_are_left_out(tmp_path):
+    # seed 1 of fmnist-c: layer2.0 stopped at a rung with a (high) rung score: not a full-schedule score
+    profiles = claims.load_profiles(write_profiles(tmp_path, dropped={("fmnist-c", 1): {"layer2.0": 1}}))
+    p = next(p for p in profiles if (p["target"], p["seed"]) == ("fmnist-c", 1))
+    assert "layer2.0" not in p["scores"] and p["stopped"] == ["layer2.0"] and not claims.complete(p)
+    df = claims.claims(None, profiles=profiles, shifts=SHIFTS)
+    r = _one(df, "4", "fmnist-c")
+    assert r["seeds"] == "0,2" and r["verdict"] == INCONCLUSIVE and "seed 1: layer2.0" in r["note"]
+    r = _one(df, "5")
+    assert r["seeds"] == "0,2" and r["verdict"] == INCONCLUSIVE and "2 selections of fmnist-c" in r["note"]
+    # every profile of a target incomplete: not run
+    best = {k: v for k, v in BEST.items() if k[0] == "fmnist-c"}
+    profiles = claims.load_profiles(write_profiles(tmp_path / "b", best,
+                                                   dropped={k: {"layer1.1": 2} for k in best}))
+    r = _one(claims.claims(None, profiles=profiles), "4", "fmnist-c")
+    assert r["verdict"] == NOT_RUN and "no complete fine-tuning profile" in r["note"]
+
+
+def test_claim_5_needs_the_same_block_list(tmp_path):
+    other = ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0"]
+    profiles = claims.load_profiles(write_profiles(tmp_path, blocks={("fmnist-new", s): other for s in SEEDS}))
+    r = _one(claims.claims(None, profiles=profiles, shifts=SHIFTS), "5")
+    assert r["verdict"] == NOT_RUN and "block lists differ" in r["note"]
+
+
+def test_multilora_sides_need_the_same_tasks(tmp_path):
+    files = write_multilora(tmp_path)
+    d = json.loads(files[1].read_text())
+    del d["separate_lora"]["per_task"]["fmnist-c"]
+    _write(files[1], d)
+    with pytest.raises(SubtuneError, match=f"{files[1].name}: multilora and separate_lora have different tasks"):
+        claims.load_multilora(files)
+    files = write_multilora(tmp_path / "b")
+    d = json.loads(files[2].read_text())
+    for side in ("multilora", "separate_lora"):
+        d[side]["per_task"]["digits"] = d[side]["per_task"].pop("fmnist-c")
+    _write(files[2], d)
+    with pytest.raises(SubtuneError, match=f"{files[2].name}: tasks digits, fmnist-new differ"):
+        claims.load_multilora(files)
