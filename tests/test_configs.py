@@ -85,7 +85,8 @@ def test_paper_config_dry_run(tmp_path, name):
     assert sum(stats.values()) + 1 == TOTAL[name], stats  # + rule all
 
 
-@pytest.mark.parametrize("config", ["config.yaml", "configs/quick.yaml", "configs/extended.yaml"])
+@pytest.mark.parametrize("config", ["config.yaml", "configs/quick.yaml", "configs/extended.yaml",
+                                    "configs/mobilenetv2.yaml"])
 def test_the_default_and_its_companions_dry_run(tmp_path, config):
     """The embedded default (packaged ImageNet weights, per-seed selection on the targets it names) and the two
     configs beside it plan their whole first-round DAG; the packaged weights are fetched, never pretrained."""
@@ -101,6 +102,17 @@ def test_the_default_and_its_companions_dry_run(tmp_path, config):
     if cfg["backbone"]["checkpoint"] == "package":
         assert stats.get("fetch") == 1 and "pretrain" not in stats
         assert f"--package {cfg['backbone']['package']}" in out
+
+
+def test_the_mobilenetv2_config_is_the_default_on_another_network():
+    """configs/mobilenetv2.yaml reads each claim on a second architecture: everything but the backbone, the
+    experiment's name and its MLflow experiment is the default's."""
+    default, mnv2 = (yaml.safe_load((ROOT / c).read_text()) for c in ("config.yaml", "configs/mobilenetv2.yaml"))
+    assert mnv2["backbone"] == {"arch": "mobilenetv2_100", "checkpoint": "package", "package": "mobilenetv2-tv"}
+    for c in (default, mnv2):
+        for key in ("backbone", "experiment", "tracking"):
+            c.pop(key)
+    assert mnv2 == default
 
 
 def _rule_stages() -> dict[str, str]:

@@ -102,7 +102,8 @@ def keep_count(n: int, eta: int) -> int:
 
 def survivors(scores: Sequence[float], keep: int) -> list[int]:
     """Positions of the ``keep`` best scores, in their original order; ties go to the earlier position."""
-    # scores within select.TOL of each other are equal (floating-point rounding, not a different count)
+    # scores are ranked in units of select.TOL (far below one image), so float noise in the last bits of two
+    # equal counts does not reorder them; ties keep the earlier position
     best = sorted(range(len(scores)), key=lambda i: (-round(scores[i] / TOL), i))[:keep]
     return sorted(best)
 

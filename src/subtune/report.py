@@ -1360,10 +1360,10 @@ def _edge_note(tuned: pd.DataFrame) -> list[str]:
     """The sentence explaining the edge flags of tables/main.md's chosen values (nothing when none is flagged)."""
     if not tuned["tuned"].astype(str).str.contains("edge").any():
         return []
-    return ["", "↑edge / ↓edge: the chosen value is still the largest / smallest value tried, even after the grid "
-            "was extended beyond that edge (config tuning.extend): validation accuracy was still improving there, "
-            "so the optimum may lie outside the values tried; widen that method's grid (tables/grid.md and "
-            "plots/grid.png show the validation curve)."]
+    return ["", "↑edge / ↓edge: the chosen value is the largest / smallest value tried, after any extension of "
+            "the grid (config tuning.extend; an extension stops when its budget is spent or the next value is "
+            "refused), so the optimum may lie outside the values tried; widen that method's grid (tables/grid.md "
+            "and plots/grid.png show the validation curve)."]
 
 
 def _load_tune(path: Path) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def next_value(values: list, direction: str, integer: bool, positive: bool) -> i
 
     The step is the ratio of the two outermost values on that side (geometric) when both are positive,
     else their difference (arithmetic): a grid of 0.001, 0.003, 0.01 continues with 0.0333333 and
-    0.0003. ``integer`` keys round (and give None when the value would not change or falls below 1);
+    0.000333333. ``integer`` keys round (and give None when the value would not change or falls below 1);
     ``positive`` keys (every grid value > 0, an lr) give None at 0 or below. Floats keep 6 significant
     digits, so that labels stay readable and the JSON stays stable.
     """

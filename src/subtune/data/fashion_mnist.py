@@ -196,5 +196,8 @@ def fmnist_c(raw_dir: Path, p: Params) -> Built:
 @register("fmnist10-c", raw=NAME, test_size=2000, corruptions=list(corruptions.DEFAULT), severity=3)
 def fmnist10_c(raw_dir: Path, p: Params) -> Built:
     """Fashion-MNIST's ten classes of the official test split, corrupted as fmnist-c is: the same label space as
-    ``fmnist``, so the two differ by the input shift alone (Surgical fine-tuning's input-level shift)."""
+    ``fmnist``, so the two targets differ by the corruption of the inputs. For an ImageNet-pretrained backbone both
+    are new tasks: the pair is a proxy for Surgical fine-tuning's input-level shift (corrupted inputs of the
+    source task itself), not its setting. Its images are corrupted copies of official test images, some of which
+    are also in ``fmnist``'s test split: never train on one and test on the other."""
     return _corrupted(raw_dir, p, 10, "fmnist10-c")

