@@ -351,8 +351,9 @@ def test_the_workflow_config_accepts_the_methods_and_names_bad_parameters():
     with pytest.raises(SubtuneError, match="method 'san' takes no parameter 'scale_init'"):
         validate(cfg, root / "schemas/config.schema.yaml")
     cfg["methods"]["san"]["params"] = {}
-    cfg["targets"]["fmnist-c"]["head"] = "keep"  # Siamese SubTuning needs a new head: refused at the config check
-    with pytest.raises(SubtuneError, match="targets.fmnist-c.head is keep but method 'siamese' supports head new only"):
+    cfg["methods"]["siamese"] = {}
+    cfg["targets"]["fmnist10-c"]["head"] = "keep"  # Siamese SubTuning needs a new head: refused at the config check
+    with pytest.raises(SubtuneError, match="targets.fmnist10-c.head is keep but method 'siamese' supports head new"):
         validate(json.loads(json.dumps(cfg)), root / "schemas/config.schema.yaml")
 
 

@@ -632,7 +632,7 @@ def test_main_md_flags_a_choice_still_on_an_edge(tmp_path):
     md = (tmp_path / "m.md").read_text()
     section = md.split("## Hyperparameters chosen on validation")[1]
     assert "lr=0.111111 ↑edge" in section and "lr=0.001 |" in section + " |"
-    assert "lr=0.001 ↑edge" not in section and "↑edge / ↓edge: the chosen value is still the largest" in section
+    assert "lr=0.001 ↑edge" not in section and "↑edge / ↓edge: the chosen value is the largest / smallest value tried" in section
     csv = pd.read_csv(tmp_path / "m.csv")
     assert csv.set_index("method").loc["lp", "tuned"] == "lr=0.111111 ↑edge"
     # no edge: no flag, no sentence

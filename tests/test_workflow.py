@@ -203,7 +203,7 @@ def test_epsilon_change_reruns_selection_onward_only(finished):
     cfg = edit_config(wd, "eps.yaml", lambda c: (c["selection"].pop("epsilons"), c["selection"].update(epsilon=0.2)))
     stats = dry_run(wd, cfg)
     assert set(stats) == {"decide", "selected", "train", "train_sweep", "report_main", "report_rounds",
-                          "report_selection", "report_sweep"}, stats
+                          "report_selection", "report_sweep", "report_claims"}, stats
     # only SubTuning's final runs: 2 targets x 2 seeds, and its sweep runs: 2 sizes x 2 seeds
     assert stats["train"] == 4 and stats["train_sweep"] == 4
     # round 1 of each target and of the sweep's n60 selection (n120 is digits' 1k regime); later rounds
@@ -215,7 +215,7 @@ def test_method_lr_change_reruns_that_method_and_aggregation_only(finished):
     wd, _ = finished
     cfg = edit_config(wd, "lr.yaml", lambda c: c["methods"]["lora"]["train"].update(lr=0.01))
     stats = dry_run(wd, cfg)
-    assert stats == {"train": 4, "report_main": 1}, stats  # LoRA: 2 targets x 2 seeds
+    assert stats == {"train": 4, "report_main": 1, "report_claims": 1}, stats  # LoRA: 2 targets x 2 seeds
 
 
 def test_adding_a_seed_trains_only_the_new_seeds_runs(finished):
@@ -227,7 +227,7 @@ def test_adding_a_seed_trains_only_the_new_seeds_runs(finished):
     # once, each other epsilon set once; selection (first seed), tuning, data and the backbone stay; the tables
     assert stats == {"train": 10, "train_sweep": 4, "multilora": 1, "multilora_ablation": 3, "train_epsilon": n_eps,
                      "report_main": 1,
-                     "report_sweep": 1, "report_multilora": 1, "report_epsilon": 1}, stats  # fmt: skip
+                     "report_sweep": 1, "report_multilora": 1, "report_epsilon": 1, "report_claims": 1}, stats  # fmt: skip
     p = smk(wd, "--dry-run", config=cfg)
     outputs = " ".join(re.findall(r"output: (.+)", p.stdout))
     assert set(re.findall(r"seed(\d+)", outputs)) == {"2"}, outputs
@@ -236,7 +236,7 @@ def test_adding_a_seed_trains_only_the_new_seeds_runs(finished):
 def test_method_param_change_reruns_that_method_and_aggregation_only(finished):
     wd, _ = finished
     cfg = edit_config(wd, "rank.yaml", lambda c: c["methods"]["lora"]["params"].update(rank=2))
-    assert dry_run(wd, cfg) == {"train": 4, "report_main": 1}
+    assert dry_run(wd, cfg) == {"train": 4, "report_main": 1, "report_claims": 1}
 
 
 def test_grid_change_reruns_that_methods_tuning_and_runs_only(finished):
@@ -245,7 +245,7 @@ def test_grid_change_reruns_that_methods_tuning_and_runs_only(finished):
     stats = dry_run(wd, cfg)
     # LP: a tuning job per target, its final runs and its sweep runs (LP is in the sweep)
     assert stats == {"tune": 2, "train": 4, "train_sweep": 4, "report_main": 1, "report_sweep": 1,
-                     "report_grid": 1}, stats
+                     "report_grid": 1, "report_claims": 1}, stats
 
 
 def test_sweep_selects_blocks_per_size(finished):
@@ -283,7 +283,8 @@ def test_final_data_change_reruns_the_final_runs_only(finished):
     cfg = edit_config(wd, "tv.yaml", lambda c: c.update(final_data="train+val"))
     n_eps = sum(len(s) for s in epsilon_sets_of(wd, [0.0, 0.01, 1.0]).values())  # the epsilons' other sets
     # 5 methods x 2 targets x 2 seeds, and the epsilon sets' runs (SubTuning's final runs)
-    assert dry_run(wd, cfg) == {"train": 20, "train_epsilon": 2 * n_eps, "report_main": 1, "report_epsilon": 1}
+    assert dry_run(wd, cfg) == {"train": 20, "train_epsilon": 2 * n_eps, "report_main": 1, "report_epsilon": 1,
+                                "report_claims": 1}
 
 
 def test_cv_data_change_reruns_the_scoring_only(finished):
@@ -304,7 +305,7 @@ def test_per_target_override_reruns_that_targets_jobs_only(finished):
     cfg = edit_config(wd, "pt.yaml", lambda c: c["targets"]["fmnist-new"].update(
         methods={"lora": {"train": {"lr": 0.01}, "params": {"rank": 2}}}))
     p = smk(wd, "--dry-run", "--printshellcmds", config=cfg)
-    assert job_stats(p.stdout + p.stderr) == {"train": 2, "report_main": 1}  # LoRA on fmnist-new, 2 seeds
+    assert job_stats(p.stdout + p.stderr) == {"train": 2, "report_main": 1, "report_claims": 1}  # LoRA, fmnist-new, 2 seeds
     cmds = [l for l in p.stdout.splitlines() if " -m subtune train " in l and "--method lora" in l]
     assert len(cmds) == 2 and all("fmnist-new" in c for c in cmds)
     # the job receives the merged values: the target's lr and rank over the method's and the top-level config
@@ -317,7 +318,7 @@ def test_per_target_override_reruns_that_targets_jobs_only(finished):
     cfg = edit_config(wd, "ptg.yaml", lambda c: c["targets"]["digits"].update(
         methods={"lp": {"grid": {"lr": [0.001, 0.01]}}}))
     assert dry_run(wd, cfg) == {"tune": 1, "train": 2, "train_sweep": 4, "report_main": 1, "report_sweep": 1,
-                                "report_grid": 1}
+                                "report_grid": 1, "report_claims": 1}
 
 
 def test_final_training_on_train_and_val(finished, tmp_path):
@@ -340,7 +341,7 @@ def test_multilora_change_reruns_multilora_only(finished):
     wd, _ = finished
     cfg = edit_config(wd, "ml.yaml", lambda c: c["multilora"]["params"].update(rank=2))
     # the comparison, the two ablations at that rank and the rank-4 row (rank 2 is now the Multi-LoRA row)
-    assert dry_run(wd, cfg) == {"multilora": 2, "multilora_ablation": 6, "report_multilora": 1}
+    assert dry_run(wd, cfg) == {"multilora": 2, "multilora_ablation": 6, "report_multilora": 1, "report_claims": 1}
     # another rank in the list: only its runs
     cfg = edit_config(wd, "mlr.yaml", lambda c: c["multilora"]["ablations"].update(ranks=[2, 4, 16]))
     assert dry_run(wd, cfg) == {"multilora_ablation": 2, "report_multilora": 1}
@@ -475,7 +476,7 @@ def test_html_report_renders_with_captions_in_a_browser(finished):
     start = views[("start", "")]
     assert "subtune: test" in start and "How the numbers were made" in start
     assert "Backbone resnet18 (pretrained here on fmnist-source)" in start and "2 seed(s) (0, 1)" in start
-    cats = {"Tables", "Selection", "Fine-tuning profiles", "Pair grid", "Data-size sweep"}
+    cats = {"Tables", "Selection", "Fine-tuning profiles", "Pair grid", "Data-size sweep", "Tuning"}
     assert {key for kind, key in views if kind == "category"} == cats
     for cat in cats:
         assert cat in start  # the menu, and the description's list of categories
@@ -503,7 +504,8 @@ def test_html_report_renders_with_captions_in_a_browser(finished):
         caption = re.search(r"DESCRIPTION\s+(.*?)\s+SIZE\s", text, re.S)
         assert caption and len(caption.group(1)) > 100, (key, text[:1500])
     imgs = {key: text for (kind, key), text in views.items() if kind == "img"}
-    assert len(imgs) == 5  # two profiles, the pair grid, the sweep, the cost plot: each decodes to a real image
+    # two profiles, the pair grid, the sweep, the cost plot, the grid's validation curves: each decodes to an image
+    assert len(imgs) == 6
     for key, size in imgs.items():
         w, h = map(int, size.split("x"))
         assert w > 200 and h > 100, (key, size)
