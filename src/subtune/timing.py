@@ -1,4 +1,4 @@
-"""Where a job's time goes: fitting and evaluation against everything else (issue 15's per-job overhead).
+"""Where a job's time goes: fitting and evaluation against everything else.
 
 :func:`counted` marks the functions that do the job's real work (training loops, evaluation); nested calls count
 once. ``python -m subtune`` ends every heavy stage's log with one line (:func:`summary`)::

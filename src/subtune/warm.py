@@ -2,7 +2,7 @@
 
 A workflow job is ``python -m subtune STAGE ...``. Importing torch and timm takes about 3 s on a laptop CPU and
 MLflow 1.5 s more, while a job on the embedded default fits for well under a second: most of a job was start-up
-(issue 15). So ``python -m subtune`` is a thin client for the heavy stages (:data:`STAGES`): it connects to a
+So ``python -m subtune`` is a thin client for the heavy stages (:data:`STAGES`): it connects to a
 *warm server* (one per user, Python, installed code and environment), which has imported those libraries once
 and **forks** a child for each job. The child takes over the client's stdin/stdout/stderr (passed over the
 Unix socket with ``SCM_RIGHTS``), working directory, environment, umask and argv, runs the very same

@@ -81,58 +81,56 @@ def _conv(src: str, dst: str, bias: bool = False) -> dict[str, str]:
     return {f"{src}.weight": f"{dst}.weight", **({f"{src}.bias": f"{dst}.bias"} if bias else {})}
 
 
-def efficientnet_pytorch_names(model) -> dict[str, str]:
-    """EfficientNet-PyTorch's names (``_blocks.N._depthwise_conv`` ...) -> timm ``EfficientNet``'s (Lite: no SE).
-
-    A depthwise-separable block (expansion 1) is ``_depthwise_conv, _bn1, _project_conv, _bn2`` ->
-    ``conv_dw, bn1, conv_pw, bn2``; an inverted residual adds ``_expand_conv, _bn0`` in front ->
-    ``conv_pw, bn1, conv_dw, bn2, conv_pwl, bn3``.
-    """
-    from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
-
-    m = {**_conv("_conv_stem", "conv_stem"), **_bn("_bn0", "bn1")}
+def _block_names(model, src_of: "Callable[[int], str]", layouts: dict[str, list[tuple[str, str]]],
+                 what: str) -> dict[str, str]:
+    """Every timm block's names from the file's: block ``n`` (network order) is ``src_of(n)`` in the file, and
+    ``layouts`` maps the timm block class name to its ``(file part, timm part)`` pairs; a timm part named
+    ``bn*`` is a BatchNorm (its five tensors), any other a bias-free convolution."""
+    m: dict[str, str] = {}
     for n, (dst, block) in enumerate(_flat_blocks(model)):
-        src = f"_blocks.{n}"
-        if isinstance(block, DepthwiseSeparableConv):
-            m.update({**_conv(f"{src}._depthwise_conv", f"{dst}.conv_dw"), **_bn(f"{src}._bn1", f"{dst}.bn1"),
-                      **_conv(f"{src}._project_conv", f"{dst}.conv_pw"), **_bn(f"{src}._bn2", f"{dst}.bn2")})
-        elif isinstance(block, InvertedResidual):
-            m.update({**_conv(f"{src}._expand_conv", f"{dst}.conv_pw"), **_bn(f"{src}._bn0", f"{dst}.bn1"),
-                      **_conv(f"{src}._depthwise_conv", f"{dst}.conv_dw"), **_bn(f"{src}._bn1", f"{dst}.bn2"),
-                      **_conv(f"{src}._project_conv", f"{dst}.conv_pwl"), **_bn(f"{src}._bn2", f"{dst}.bn3")})
-        else:
-            raise SubtuneError(f"no EfficientNet-PyTorch name map for timm block {dst} ({type(block).__name__})")
-    m.update({**_conv("_conv_head", "conv_head"), **_bn("_bn1", "bn2"), **_conv("_fc", "classifier", bias=True)})
+        parts = layouts.get(type(block).__name__)
+        if parts is None:
+            raise SubtuneError(f"no {what} name map for timm block {dst} ({type(block).__name__})")
+        for src_part, dst_part in parts:
+            pair = _bn if dst_part.startswith("bn") else _conv
+            m.update(pair(f"{src_of(n)}.{src_part}", f"{dst}.{dst_part}"))
     return m
+
+
+#: EfficientNet-PyTorch's block parts -> timm's, per timm block class (Lite: no squeeze-and-excitation)
+EFFICIENTNET_PYTORCH = {
+    "DepthwiseSeparableConv": [("_depthwise_conv", "conv_dw"), ("_bn1", "bn1"), ("_project_conv", "conv_pw"),
+                               ("_bn2", "bn2")],
+    "InvertedResidual": [("_expand_conv", "conv_pw"), ("_bn0", "bn1"), ("_depthwise_conv", "conv_dw"),
+                         ("_bn1", "bn2"), ("_project_conv", "conv_pwl"), ("_bn2", "bn3")],
+}
+
+#: torchvision MobileNetV2's block parts (``features.K.conv.J``) -> timm's, per timm block class
+TORCHVISION_MOBILENET_V2 = {
+    "DepthwiseSeparableConv": [("0.0", "conv_dw"), ("0.1", "bn1"), ("1", "conv_pw"), ("2", "bn2")],
+    "InvertedResidual": [("0.0", "conv_pw"), ("0.1", "bn1"), ("1.0", "conv_dw"), ("1.1", "bn2"), ("2", "conv_pwl"),
+                         ("3", "bn3")],
+}
+
+
+def efficientnet_pytorch_names(model) -> dict[str, str]:
+    """EfficientNet-PyTorch's names (``_blocks.N._depthwise_conv`` ...) -> timm ``EfficientNet``'s
+    (:data:`EFFICIENTNET_PYTORCH` per block; stem ``_conv_stem``/``_bn0``, head ``_conv_head``/``_bn1``/``_fc``)."""
+    return {**_conv("_conv_stem", "conv_stem"), **_bn("_bn0", "bn1"),
+            **_block_names(model, lambda n: f"_blocks.{n}", EFFICIENTNET_PYTORCH, "EfficientNet-PyTorch"),
+            **_conv("_conv_head", "conv_head"), **_bn("_bn1", "bn2"), **_conv("_fc", "classifier", bias=True)}
 
 
 def torchvision_mobilenet_v2_names(model) -> dict[str, str]:
-    """torchvision ``mobilenet_v2``'s names (``features.K.conv.J``) -> timm ``mobilenetv2_*``'s.
-
-    ``features.0`` is the stem (conv, BN); ``features.1`` .. ``features.17`` the blocks in order
-    (``features.1``, expansion 1: ``conv.0.0, conv.0.1, conv.1, conv.2`` -> ``conv_dw, bn1, conv_pw, bn2``;
-    the others: ``conv.0.0, conv.0.1, conv.1.0, conv.1.1, conv.2, conv.3`` -> ``conv_pw, bn1, conv_dw, bn2,
-    conv_pwl, bn3``); ``features.18`` the head convolution and its BN; ``classifier.1`` the classifier.
-    """
-    from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
-
-    m = {**_conv("features.0.0", "conv_stem"), **_bn("features.0.1", "bn1")}
-    flat = _flat_blocks(model)
-    for k, (dst, block) in enumerate(flat, start=1):
-        src = f"features.{k}.conv"
-        if isinstance(block, DepthwiseSeparableConv):
-            m.update({**_conv(f"{src}.0.0", f"{dst}.conv_dw"), **_bn(f"{src}.0.1", f"{dst}.bn1"),
-                      **_conv(f"{src}.1", f"{dst}.conv_pw"), **_bn(f"{src}.2", f"{dst}.bn2")})
-        elif isinstance(block, InvertedResidual):
-            m.update({**_conv(f"{src}.0.0", f"{dst}.conv_pw"), **_bn(f"{src}.0.1", f"{dst}.bn1"),
-                      **_conv(f"{src}.1.0", f"{dst}.conv_dw"), **_bn(f"{src}.1.1", f"{dst}.bn2"),
-                      **_conv(f"{src}.2", f"{dst}.conv_pwl"), **_bn(f"{src}.3", f"{dst}.bn3")})
-        else:
-            raise SubtuneError(f"no torchvision MobileNetV2 name map for timm block {dst} ({type(block).__name__})")
-    head = len(flat) + 1
-    m.update({**_conv(f"features.{head}.0", "conv_head"), **_bn(f"features.{head}.1", "bn2"),
-              **_conv("classifier.1", "classifier", bias=True)})
-    return m
+    """torchvision ``mobilenet_v2``'s names -> timm ``mobilenetv2_*``'s: ``features.0`` is the stem (conv, BN),
+    ``features.1`` .. ``features.17`` the blocks in order (:data:`TORCHVISION_MOBILENET_V2`), ``features.18``
+    the head convolution and its BN, ``classifier.1`` the classifier."""
+    head = len(_flat_blocks(model)) + 1
+    return {**_conv("features.0.0", "conv_stem"), **_bn("features.0.1", "bn1"),
+            **_block_names(model, lambda n: f"features.{n + 1}.conv", TORCHVISION_MOBILENET_V2,
+                           "torchvision MobileNetV2"),
+            **_conv(f"features.{head}.0", "conv_head"), **_bn(f"features.{head}.1", "bn2"),
+            **_conv("classifier.1", "classifier", bias=True)}
 
 
 def _lite(k: int, sha256: str, file: str, size: int) -> PackagedWeights:
