@@ -135,16 +135,19 @@ rule train_sweep:
 # Multi-LoRA: the multilora targets trained together (shared frozen A, a B and a head per task),
 # compared in the same job with K separate LoRA runs of the same rank, training config and grid (each
 # side chooses on validation; the same number of optimizer steps per task on both sides). The grid is
-# multilora.grid, or methods.lora.grid when that is not set (subtune.config.multilora_grid).
+# multilora.grid, or methods.lora.grid when that is not set (subtune.config.multilora_grid). As in the main
+# table, the grid is tried on the first seed only; the other seeds train each side at the point it chose there.
 rule multilora:
     input:
         data=lambda w: [prepared(t)["data"] for t in config["multilora"]["targets"]],
         manifests=lambda w: [prepared(t)["manifest"] for t in config["multilora"]["targets"]],
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
+        tuned=lambda w: [] if int(w.seed) == SEL_SEED else [f"{RES}/multilora/seed{SEL_SEED}.json"],
     output:
         f"{RES}/multilora/seed{{seed}}.json",
     params:
+        tuned=lambda w, input: f"--tuned {input.tuned}" if input.tuned else "",
         tasks=lambda w, input: " ".join(
             f"--task {t} {d} {m}" for t, d, m in zip(config["multilora"]["targets"], input.data, input.manifests)
         ),
@@ -157,7 +160,7 @@ rule multilora:
     benchmark:
         f"benchmarks/{EXP}/multilora/seed{{seed}}.tsv"
     shell:
-        "{PY} multilora {params.tasks} --checkpoint {input.ckpt} --params '{params.params}' --compare "
+        "{PY} multilora {params.tasks} --checkpoint {input.ckpt} --params '{params.params}' --compare {params.tuned} "
         "--grid '{params.grid}' --train '{params.train}' --seed {wildcards.seed} --threads {threads} --out {output} "
         "--track --tag stage=multilora > {log} 2>&1"
 

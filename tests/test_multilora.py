@@ -146,6 +146,28 @@ def test_grid_is_chosen_on_validation_and_test_is_read_once_by_the_chosen_models
         assert 0 < r["wall_time_chosen_s"] < r["wall_time_s"]
 
 
+def test_other_seeds_train_each_side_at_the_point_it_chose_on_the_tuning_seed():
+    grid = {"lr": [1e-4, 3e-2], "rank": [2]}
+    first = compare(small(), tasks(), PRE, TrainConfig(epochs=1, batch_size=8), rank=2, alpha=4, grid=grid)
+    first["seed"] = 0
+    # make the two tasks' own choices differ from each other whatever training gave, to see each kept apart
+    sep = first["separate_lora"]["per_task"]
+    sep["a"]["train"]["lr"], sep["b"]["train"]["lr"] = 1e-4, 3e-2
+    first["multilora"]["chosen"] = {"train": {"lr": 3e-2}, "params": {"rank": 2}, "label": "lr=0.03, rank=2"}
+    out = compare(small(), tasks(), PRE, TrainConfig(epochs=1, batch_size=8), seed=1, rank=2, alpha=4, grid=grid,
+                  tuned=json.loads(json.dumps(first)))
+    assert out["tuned_on_seed"] == 0
+    ml, sep2 = out["multilora"], out["separate_lora"]
+    assert [r["train"] for r in ml["grid_results"]] == [{"lr": 3e-2}]  # one point: the one it chose
+    assert ml["train"]["lr"] == 3e-2
+    assert [r["train"] for r in sep2["grid_results"]["a"]] == [{"lr": 1e-4}]
+    assert [r["train"] for r in sep2["grid_results"]["b"]] == [{"lr": 3e-2}]
+    assert all("test_acc" in v for v in sep2["per_task"].values())
+    bad = {**first, "tasks": ["b", "a"]}
+    with pytest.raises(SubtuneError, match="tuned comparison's tasks"):
+        compare(small(), tasks(), PRE, TrainConfig(epochs=1, batch_size=8), seed=1, grid=grid, tuned=bad)
+
+
 def test_grid_keys_are_checked():
     assert multilora_grid_points(None) == [{"train": {}, "params": {}}]
     assert multilora_grid_points({"rank": [2, 4], "lr": [0.1]}) == [

@@ -557,7 +557,7 @@ def cmd_tune(a: argparse.Namespace) -> None:
 def cmd_multilora(a: argparse.Namespace) -> None:
     """K tasks trained together with Multi-LoRA (shared frozen A, a B and a head per task); optionally compared."""
     from .data.prepared import load_manifest, load_prepared
-    from .io import write_json
+    from .io import read_json, write_json
     from .methods.multilora import Task, compare, train_multilora
     from .models.checkpoint import build_model
     from .train import Preprocess, TrainConfig
@@ -587,8 +587,10 @@ def cmd_multilora(a: argparse.Namespace) -> None:
               target=params.get("target"), device=a.device, progress=None, grid=a.grid)
     if a.compare and (a.train_a or a.sequential):
         raise SubtuneError("--train-a and --sequential are Multi-LoRA ablations: not with --compare")
+    if a.tuned and not a.compare:
+        raise SubtuneError("--tuned reads a --compare result: give --compare too")
     if a.compare:
-        out = compare(backbone, tasks, pre, cfg, **kw)
+        out = compare(backbone, tasks, pre, cfg, **kw, tuned=read_json(_existing(a.tuned)) if a.tuned else None)
     else:
         out = {"multilora": train_multilora(backbone, tasks, pre, cfg, **kw, train_a=a.train_a,
                                             sequential=a.sequential), "tasks": [t.name for t in tasks]}
@@ -833,6 +835,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--params", type=_json_arg, default={}, help="rank, alpha, target as JSON")
     s.add_argument("--compare", action="store_true", help="also train K separate peft-LoRA runs and compare")
+    s.add_argument("--tuned", help="the --compare output of the tuning seed: each side trains only at the point "
+                                   "it chose there (Multi-LoRA its point, each separate LoRA run its own)")
     s.add_argument("--train-a", action="store_true", help="ablation: train the shared A (every task's loss)")
     s.add_argument("--sequential", action="store_true",
                    help="ablation: train the tasks one after another (each its whole schedule), A shared")

@@ -1224,8 +1224,11 @@ def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike
     """
     rows = []
     tasks: list[str] | None = None
+    tuned_on: set[int] = set()
     for f in _as_list(run_files):
         d = _load(f)
+        if "tuned_on_seed" in d:
+            tuned_on.add(int(d["tuned_on_seed"]))
         for kind in reversed(MULTILORA_KINDS):  # as before: multilora first (which one a missing file names)
             if kind not in d:
                 raise SubtuneError(f"{f}: no {kind!r} result (run `multilora --compare`)")
@@ -1291,9 +1294,14 @@ def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike
         f"{k} tasks trained together on one backbone (one shared frozen A per adapted layer, a B and a head per "
         f"task) against {k} separate LoRA runs with the same rank, training config and grid; each side chooses "
         f"its grid point on validation (Multi-LoRA: the best mean over tasks; each separate run: the best on its "
-        f"own task). Mean ± sample standard deviation over {n} seed{'s' if n != 1 else ''}; parameters for all "
+        f"own task)"
+        + (f" on seed {', '.join(map(str, sorted(tuned_on)))}, and the other seeds train each side at the point "
+           f"it chose there" if tuned_on else "")
+        + f". Mean ± sample standard deviation over {n} seed{'s' if n != 1 else ''}; parameters for all "
         f"{k} tasks, heads included. Steps: optimizer updates of each task's parameters at the chosen point (in "
-        f"task order where they differ); wall time: training the whole grid, all tasks (mean over seeds).",
+        f"task order where they differ); wall time: training "
+        + ("the grid on the tuning seed and the chosen points on the others" if tuned_on else "the whole grid")
+        + ", all tasks (mean over seeds).",
         "",
         _md_table(["method", *cols, "params trained", "params stored", "steps per task", "wall time (s)"],
                   md_rows),

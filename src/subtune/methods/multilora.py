@@ -550,14 +550,16 @@ def _flat_counts(c: dict[str, Any]) -> dict[str, Any]:
 
 def train_separate_lora(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: int = 0, rank: int = 8,
                         alpha: float = 8, target: list[str] | None = None, device=None,
-                        progress: bool | None = False, grid: dict[str, list] | None = None) -> dict[str, Any]:
+                        progress: bool | None = False, grid: dict[str, list] | None = None,
+                        task_grids: dict[str, dict[str, list]] | None = None) -> dict[str, Any]:
     """The baseline: K separate peft-LoRA runs (method ``lora``, ``fit``), each choosing its own grid point.
 
     Every task trains at every grid point from its own copy of ``backbone``
     and keeps the point with the best final-epoch validation accuracy on its
     own validation split (ties: the earliest); only that model reads the
     task's test split. ``optimizer_steps`` are counted (every optimizer step
-    taken inside the task's chosen ``fit``).
+    taken inside the task's chosen ``fit``). ``task_grids``: a task's own grid
+    in place of ``grid`` (the point it chose on the tuning seed: :func:`compare`'s ``tuned``).
     """
     from ..config import multilora_grid_points
     from ..train import evaluate, fit, pick_device
@@ -565,15 +567,18 @@ def train_separate_lora(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, se
     from .base import get_method
 
     _check_tasks(tasks, cfg)
-    points = multilora_grid_points(grid)
-    cfgs = [_point_cfg(cfg, p) for p in points]  # every point checked before any training
-    _check_cfgs(cfgs, grid)  # the baseline refuses what Multi-LoRA refuses: both sides train alike
+    grids = {t.name: (task_grids or {}).get(t.name, grid) for t in tasks}
+    task_points = {n: multilora_grid_points(g) for n, g in grids.items()}
+    task_cfgs = {n: [_point_cfg(cfg, p) for p in pts] for n, pts in task_points.items()}  # all checked first
+    for n, cfgs in task_cfgs.items():
+        _check_cfgs(cfgs, grids[n])  # the baseline refuses what Multi-LoRA refuses: both sides train alike
     dev = pick_device(device if isinstance(device, str) or device is None else str(device))
     per_task: dict[str, dict[str, Any]] = {}
     grid_results: dict[str, list[dict[str, Any]]] = {}
     adapter = heads = 0
     wall = wall_chosen = 0.0
     for i, task in enumerate(tasks):
+        points, cfgs = task_points[task.name], task_cfgs[task.name]
         results: list[dict[str, Any]] = []
         best_model = best_tr = None
         for point, pcfg in zip(points, cfgs):
@@ -620,11 +625,40 @@ def train_separate_lora(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, se
             "wall_time_s": wall, "wall_time_chosen_s": wall_chosen}
 
 
+def _point_grid(point: dict[str, Any], keys) -> dict[str, list]:
+    """A chosen grid point as a grid of one value per key (``keys``: the tuning grid's)."""
+    values = {**point.get("train", {}), **point.get("params", {})}
+    return {k: [values[k]] for k in keys if k in values}
+
+
+def tuned_grids(tuned: dict[str, Any], tasks: Sequence[Task]) -> tuple[dict[str, list], dict[str, dict[str, list]]]:
+    """From a :func:`compare` result on the tuning seed: Multi-LoRA's chosen point and each separate LoRA
+    run's own chosen point, as one-point grids (the main table's protocol: tune on one seed, train the rest at
+    the chosen values)."""
+    keys = list((tuned.get("grid") or {}))
+    names = [t.name for t in tasks]
+    if list(tuned.get("tasks") or []) != names:
+        raise SubtuneError(f"the tuned comparison's tasks {tuned.get('tasks')} differ from {names}")
+    ml = _point_grid(tuned["multilora"]["chosen"], keys)
+    sep = {n: _point_grid({"train": {k: v for k, v in tuned["separate_lora"]["per_task"][n]["train"].items()
+                                     if k in keys},
+                           "params": tuned["separate_lora"]["per_task"][n].get("params") or {}}, keys)
+           for n in names}
+    return ml, sep
+
+
 def compare(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: int = 0, rank: int = 8, alpha: float = 8,
             target: list[str] | None = None, device=None, progress: bool | None = False,
-            grid: dict[str, list] | None = None) -> dict[str, Any]:
-    """Multi-LoRA against K separate LoRA runs: same backbone, data, training config, rank and grid."""
-    sep = train_separate_lora(backbone, tasks, pre, cfg, seed, rank, alpha, target, device, progress, grid)
-    ml = train_multilora(backbone, tasks, pre, cfg, seed, rank, alpha, target, device, progress, grid)
+            grid: dict[str, list] | None = None, tuned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Multi-LoRA against K separate LoRA runs: same backbone, data, training config, rank and grid.
+
+    ``tuned``: the comparison's result on the tuning seed; then each side trains only at the point it chose
+    there (Multi-LoRA its point, each separate run its own), as every method of the main table does.
+    """
+    ml_grid, sep_grids = tuned_grids(tuned, tasks) if tuned else (grid, None)
+    sep = train_separate_lora(backbone, tasks, pre, cfg, seed, rank, alpha, target, device, progress,
+                              grid if not tuned else None, sep_grids)
+    ml = train_multilora(backbone, tasks, pre, cfg, seed, rank, alpha, target, device, progress, ml_grid)
     ml.pop("model")
-    return {"multilora": ml, "separate_lora": sep, "tasks": [t.name for t in tasks], "grid": dict(grid or {})}
+    return {"multilora": ml, "separate_lora": sep, "tasks": [t.name for t in tasks], "grid": dict(grid or {}),
+            **({"tuned_on_seed": int(tuned["seed"])} if tuned and "seed" in tuned else {})}
