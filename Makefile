@@ -68,7 +68,7 @@ test: setup data slurm chromium
 reproduce: setup data
 	$(BIN)/snakemake --cores $(CORES)
 
-# DVC (README: Versioned artifacts): `dvc pull` the artifacts, then put Snakemake back in step.
+# DVC (docs/dvc.md): `dvc pull` the artifacts, then put Snakemake back in step.
 # `dvc pull` writes files in no particular order, so Snakemake's mtime trigger would rerun jobs.
 # For each experiment whose stages `dvc status` calls clean (the pulled artifacts are what this
 # config and workflow made): `snakemake --touch --forceall` records Snakemake's metadata (params,

@@ -34,9 +34,6 @@ except SubtuneError as exc:
     raise WorkflowError(f"config error: {exc}") from None
 
 EXP = config["experiment"]
-SEEDS = config["seeds"]
-TARGETS = list(config["targets"])
-METHODS = list(config["methods"])
 
 # MLflow: MLFLOW_TRACKING_URI wins over tracking.uri. Passed to jobs through
 # the environment, not params: where runs are logged does not change results.
@@ -68,5 +65,5 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        all_outputs(),
+        PLAN.all_outputs(),
     default_target: True

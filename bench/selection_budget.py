@@ -41,7 +41,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from subtune.cli import _fit_method  # noqa: E402
 from subtune.config import method_train, selection_train  # noqa: E402
 from subtune.data.prepared import load_manifest, load_prepared  # noqa: E402
 from subtune.halving import Budget  # noqa: E402
@@ -51,6 +50,7 @@ from subtune.models.checkpoint import build_model  # noqa: E402
 from subtune.prefix import PrefixCache  # noqa: E402
 from subtune.scoring import CandidateScorer  # noqa: E402
 from subtune.select import SelectionConfig, candidates, decide, initial_state, reference  # noqa: E402
+from subtune.stages.train import fit_method  # noqa: E402
 from subtune.train import Preprocess, TrainConfig, fit  # noqa: E402
 
 
@@ -138,8 +138,8 @@ def main() -> None:
                              "rounds": state["rounds"]}
             tests = {}
             for s in {tuple(row["exact"]["selected"]), tuple(row["cheap"]["selected"])}:
-                ns = argparse.Namespace(method="subtuning", checkpoint=str(ckpt), seed=seed, device=None)
-                m = _fit_method(ns, {"blocks": list(s)}, final_train, data, manifest, test=True)[0]
+                m = fit_method("subtuning", {"blocks": list(s)}, final_train, data, manifest, checkpoint=str(ckpt),
+                               seed=seed, test=True).metrics
                 tests[s] = m["test_acc"]
             for name in ("exact", "cheap"):
                 row[name]["test"] = tests[tuple(row[name]["selected"])]

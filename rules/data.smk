@@ -7,7 +7,7 @@ rule download:
     output:
         "data/raw/{raw}/MANIFEST.json",
     params:
-        mirrors=lambda w: " ".join(f"--mirror {m}" for m in config["data"]["mirrors"]),
+        mirrors=lambda w: PLAN.mirror_flags(),
     log:
         "logs/download/{raw}.log",
     benchmark:
@@ -18,14 +18,14 @@ rule download:
 
 rule prepare:
     input:
-        raw_input,
+        lambda w: PLAN.raw_input(w.dataset),
     output:
         data=f"{DATA}/{{dataset}}/{{regime}}.safetensors",
         manifest=f"{DATA}/{{dataset}}/{{regime}}.json",
     params:
-        build=lambda w: dumps(dataset_params(config, w.dataset, regime_train_size(w.regime))),
+        build=lambda w: PLAN.dataset_build(w.dataset, w.regime),
         seed=config["data"]["seed"],
-        raw=raw_dir,
+        raw=lambda w: PLAN.raw_flag(w.dataset),
     log:
         f"logs/{EXP}/prepare/{{dataset}}_{{regime}}.log",
     benchmark:

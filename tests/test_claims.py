@@ -15,7 +15,7 @@ import yaml
 from subtune import SubtuneError, claims, report
 from subtune.claims import FAILS, HOLDS, INCONCLUSIVE, NOT_RUN
 
-from test_report import _result, _write, run_json
+from helpers.reports import run_json, scored, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = [0, 1, 2]
@@ -141,8 +141,8 @@ BLOCKS = ["layer1.0", "layer1.1", "layer2.0", "layer2.1"]
 
 
 def write_runs(root: Path) -> list[Path]:
-    return [_write(root / "runs" / t / m / f"seed{s}.json",
-                   run_json(m, t, s, acc, 1000, method_params={"blocks": ["layer2.1"]} if m == "subtuning" else {}))
+    return [write_json(root / "runs" / t / m / f"seed{s}.json",
+                       run_json(m, t, s, acc, 1000, method_params={"blocks": ["layer2.1"]} if m == "subtuning" else {}))
             for (m, t), accs in ACC.items() for s, acc in zip(SEEDS, accs)]
 
 
@@ -151,8 +151,8 @@ def write_sweep(root: Path) -> list[Path]:
     acc = {("subtuning", 100): [0.60, 0.62, 0.61], ("ft", 100): [0.54, 0.55, 0.56],
            ("subtuning", 1000): [0.80, 0.81, 0.82], ("ft", 1000): [0.82, 0.83, 0.84],
            ("lp", 100): [0.50, 0.50, 0.50], ("lp", 1000): [0.70, 0.70, 0.70]}
-    return [_write(root / "sweep" / "digits" / f"n{n}" / m / f"seed{s}.json",
-                   run_json(m, "digits", s, a, 1000, train_size=n))
+    return [write_json(root / "sweep" / "digits" / f"n{n}" / m / f"seed{s}.json",
+                       run_json(m, "digits", s, a, 1000, train_size=n))
             for (m, n), accs in acc.items() for s, a in zip(SEEDS, accs)]
 
 
@@ -168,13 +168,13 @@ def write_profiles(root: Path, best=BEST, shards: int = 2, blocks=None, dropped=
     for (t, s), b in best.items():
         order = (blocks or {}).get((t, s), BLOCKS)
         stop = (dropped or {}).get((t, s), {})
-        res = [_result([], 0.70, 650)] + [
-            {**_result([x], 0.99, 1650), "dropped_at": stop[x]} if x in stop
-            else _result([x], 0.80 + (0.05 if x == b else 0.01 * i), 1650) for i, x in enumerate(order)]
+        res = [scored([], 0.70, 650)] + [
+            {**scored([x], 0.99, 1650), "dropped_at": stop[x]} if x in stop
+            else scored([x], 0.80 + (0.05 if x == b else 0.01 * i), 1650) for i, x in enumerate(order)]
         head = {"kind": "greedy", "round": 1, "target": t, "seed": s, "blocks": order, "shards": shards}
         for i in range(shards):
-            files.append(_write(root / "select" / t / f"seed{s}" / f"round1_shard{i}.json",
-                                {**head, "shard": i, "results": res[i::shards]}))
+            files.append(write_json(root / "select" / t / f"seed{s}" / f"round1_shard{i}.json",
+                                    {**head, "shard": i, "results": res[i::shards]}))
     return files
 
 
@@ -188,9 +188,9 @@ def write_multilora(root: Path, gap: float = 0.004, ml_params: int = 700) -> lis
     for s in SEEDS:
         sep = {"fmnist-new": 0.85 + 0.01 * s, "fmnist-c": 0.70 + 0.01 * s}
         ml = {t: a - gap for t, a in sep.items()}
-        files.append(_write(root / "multilora" / f"seed{s}.json",
-                            {"seed": s, "tasks": list(sep), "multilora": _side(ml, ml_params),
-                             "separate_lora": _side(sep, 1200)}))
+        files.append(write_json(root / "multilora" / f"seed{s}.json",
+                                {"seed": s, "tasks": list(sep), "multilora": _side(ml, ml_params),
+                                 "separate_lora": _side(sep, 1200)}))
     return files
 
 
@@ -204,8 +204,8 @@ def _one(df: pd.DataFrame, cid: str, target: str | None = None) -> pd.Series:
 def loaded(tmp_path):
     runs = report.load_runs(write_runs(tmp_path))
     sweep = report.load_runs(write_sweep(tmp_path), need_train_size=True)
-    profiles = claims.load_profiles(write_profiles(tmp_path))
-    ml = claims.load_multilora(write_multilora(tmp_path))
+    profiles = report.load_profiles(write_profiles(tmp_path))
+    ml = report.load_multilora(write_multilora(tmp_path))
     return runs, sweep, profiles, ml
 
 
@@ -271,7 +271,7 @@ def test_profile_claims(loaded):
 
 def test_profile_ties_do_not_count(tmp_path):
     best = {("t", s): "layer2.1" for s in SEEDS}
-    profiles = claims.load_profiles(write_profiles(tmp_path, best, shards=1))
+    profiles = report.load_profiles(write_profiles(tmp_path, best, shards=1))
     assert _one(claims.claims(None, profiles=profiles), "4", "t")["verdict"] == FAILS  # the last block best
     for p in profiles:  # another block ties the last one exactly: not "best ≠ last"
         p["scores"]["layer1.0"] = p["scores"]["layer2.1"]
@@ -281,20 +281,20 @@ def test_profile_ties_do_not_count(tmp_path):
 
 
 def test_multilora_claim(tmp_path):
-    r = _one(claims.claims(None, multilora=claims.load_multilora(write_multilora(tmp_path / "a"))), "6")
+    r = _one(claims.claims(None, multilora=report.load_multilora(write_multilora(tmp_path / "a"))), "6")
     assert r["verdict"] == HOLDS and r["diff_mean"] == pytest.approx(-0.4) and "700 vs 1.2K" in r["note"]
-    r = _one(claims.claims(None, multilora=claims.load_multilora(write_multilora(tmp_path / "b", gap=0.03))), "6")
+    r = _one(claims.claims(None, multilora=report.load_multilora(write_multilora(tmp_path / "b", gap=0.03))), "6")
     assert r["verdict"] == FAILS and r["diff_mean"] == pytest.approx(-3.0)
     # as accurate, but not fewer parameters: fails
-    r = _one(claims.claims(None, multilora=claims.load_multilora(write_multilora(tmp_path / "c", ml_params=1200))),
+    r = _one(claims.claims(None, multilora=report.load_multilora(write_multilora(tmp_path / "c", ml_params=1200))),
              "6")
     assert r["verdict"] == FAILS and "does not train fewer" in r["note"]
 
 
 def test_bad_inputs_are_named(tmp_path):
-    bad = _write(tmp_path / "ml" / "seed0.json", {"seed": 0, "multilora": _side({"a": 0.5}, 10)})
+    bad = write_json(tmp_path / "ml" / "seed0.json", {"seed": 0, "multilora": _side({"a": 0.5}, 10)})
     with pytest.raises(SubtuneError, match="separate_lora"):
-        claims.load_multilora([bad])
+        report.load_multilora([bad])
     with pytest.raises(SubtuneError, match="'fmnist-c=bogus'"):
         claims.parse_shifts(["fmnist-c=bogus"])
     with pytest.raises(SubtuneError, match="'x'"):
@@ -400,7 +400,7 @@ def test_sweep_uses_only_sizes_both_methods_ran(loaded):
 def test_one_selection_gives_no_profile_verdict(tmp_path):
     # fmnist-new selected once (seed 0), fmnist-c per seed; every pair agrees, yet fmnist-new is one outcome
     best = {k: v for k, v in BEST.items() if k[0] == "fmnist-c" or k[1] == 0}
-    profiles = claims.load_profiles(write_profiles(tmp_path, best))
+    profiles = report.load_profiles(write_profiles(tmp_path, best))
     df = claims.claims(None, profiles=profiles, shifts=SHIFTS)
     r = _one(df, "4", "fmnist-new")  # layer2.0 beats the last block, once
     assert r["verdict"] == INCONCLUSIVE and r["test"].startswith("1 of 1 selection")
@@ -426,7 +426,7 @@ def test_claim_5_note_names_the_departure_from_the_paper(loaded):
 
 def test_profiles_stopped_early_are_left_out(tmp_path):
     # seed 1 of fmnist-c: layer2.0 stopped at a rung with a (high) rung score: not a full-schedule score
-    profiles = claims.load_profiles(write_profiles(tmp_path, dropped={("fmnist-c", 1): {"layer2.0": 1}}))
+    profiles = report.load_profiles(write_profiles(tmp_path, dropped={("fmnist-c", 1): {"layer2.0": 1}}))
     p = next(p for p in profiles if (p["target"], p["seed"]) == ("fmnist-c", 1))
     assert "layer2.0" not in p["scores"] and p["stopped"] == ["layer2.0"] and not claims.complete(p)
     df = claims.claims(None, profiles=profiles, shifts=SHIFTS)
@@ -436,7 +436,7 @@ def test_profiles_stopped_early_are_left_out(tmp_path):
     assert r["seeds"] == "0,2" and r["verdict"] == INCONCLUSIVE and "2 selections of fmnist-c" in r["note"]
     # every profile of a target incomplete: not run
     best = {k: v for k, v in BEST.items() if k[0] == "fmnist-c"}
-    profiles = claims.load_profiles(write_profiles(tmp_path / "b", best,
+    profiles = report.load_profiles(write_profiles(tmp_path / "b", best,
                                                    dropped={k: {"layer1.1": 2} for k in best}))
     r = _one(claims.claims(None, profiles=profiles), "4", "fmnist-c")
     assert r["verdict"] == NOT_RUN and "no complete fine-tuning profile" in r["note"]
@@ -444,7 +444,7 @@ def test_profiles_stopped_early_are_left_out(tmp_path):
 
 def test_claim_5_needs_the_same_block_list(tmp_path):
     other = ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0"]
-    profiles = claims.load_profiles(write_profiles(tmp_path, blocks={("fmnist-new", s): other for s in SEEDS}))
+    profiles = report.load_profiles(write_profiles(tmp_path, blocks={("fmnist-new", s): other for s in SEEDS}))
     r = _one(claims.claims(None, profiles=profiles, shifts=SHIFTS), "5")
     assert r["verdict"] == NOT_RUN and "block lists differ" in r["note"]
 
@@ -453,13 +453,13 @@ def test_multilora_sides_need_the_same_tasks(tmp_path):
     files = write_multilora(tmp_path)
     d = json.loads(files[1].read_text())
     del d["separate_lora"]["per_task"]["fmnist-c"]
-    _write(files[1], d)
+    write_json(files[1], d)
     with pytest.raises(SubtuneError, match=f"{files[1].name}: multilora and separate_lora have different tasks"):
-        claims.load_multilora(files)
+        report.load_multilora(files)
     files = write_multilora(tmp_path / "b")
     d = json.loads(files[2].read_text())
     for side in ("multilora", "separate_lora"):
         d[side]["per_task"]["digits"] = d[side]["per_task"].pop("fmnist-c")
-    _write(files[2], d)
+    write_json(files[2], d)
     with pytest.raises(SubtuneError, match=f"{files[2].name}: tasks digits, fmnist-new differ"):
-        claims.load_multilora(files)
+        report.load_multilora(files)

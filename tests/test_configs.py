@@ -1,7 +1,8 @@
 """The paper configs: each validates and dry-runs to the DAG its config implies; every GPU stage asks for a GPU.
 
 No data or checkpoint is fetched: a dry run plans the downloads and the hub fetch. A dry run cannot see past
-the greedy-selection checkpoint (`decide`), so the counts are those of the first round.
+the greedy-selection checkpoint (`decide`), so the counts are those of the first round. The paper configs are
+every file in configs/ but those tests/helpers/configs.py names as not a paper's; the dry runs are `slow`.
 """
 
 import contextlib
@@ -15,10 +16,9 @@ from subtune.config import validate
 from subtune.data.targets import raw_dataset
 from subtune.methods import REGISTRY
 
-from test_workflow import ROOT, job_stats, smk, workdir
+from helpers.configs import COMPANIONS, PAPER
+from helpers.workflow import ROOT, job_stats, smk, workdir
 
-PAPER = ["subtuning-vtab", "subtuning-vtab-vit", "subtuning-profiles-r18", "subtuning-datasize", "cifar10c",
-         "peft-vtab", "peft-vtab-dinov2", "multilora"]
 # the whole first-round DAG of each config (the test recomputes the main counts from the config below)
 TOTAL = {"subtuning-vtab": 314, "subtuning-vtab-vit": 310, "subtuning-profiles-r18": 72, "subtuning-datasize": 116,
          "cifar10c": 319, "peft-vtab": 463, "peft-vtab-dinov2": 463, "multilora": 31}
@@ -71,6 +71,7 @@ def expected(cfg: dict) -> dict[str, int]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_config_dry_run(tmp_path, name):
     cfg = load(name)
@@ -85,8 +86,8 @@ def test_paper_config_dry_run(tmp_path, name):
     assert sum(stats.values()) + 1 == TOTAL[name], stats  # + rule all
 
 
-@pytest.mark.parametrize("config", ["config.yaml", "configs/quick.yaml", "configs/extended.yaml",
-                                    "configs/mobilenetv2.yaml"])
+@pytest.mark.slow
+@pytest.mark.parametrize("config", COMPANIONS)
 def test_the_default_and_its_companions_dry_run(tmp_path, config):
     """The embedded default (packaged ImageNet weights, per-seed selection on the targets it names) and the two
     configs beside it plan their whole first-round DAG; the packaged weights are fetched, never pretrained."""

@@ -26,7 +26,7 @@ from subtune.data import caltech101, cifar, cifar10c, flowers102, prepared, targ
 from subtune.data.download import DownloadError, download_dataset
 from subtune.io import read_json
 
-from archives import (
+from helpers.archives import (
     C10C_PER_SEVERITY,
     CALTECH_CLASSES,
     FLOWER_LABELS,

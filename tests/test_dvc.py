@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from test_workflow import FMNIST, ROOT, SNAKEMAKE, job_stats, workdir
+from helpers.workflow import FMNIST, ROOT, SNAKEMAKE, job_stats, workdir
 
 BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc")
@@ -95,6 +95,8 @@ def run(wd: Path, env: dict, *cmd: str, stdout_only: bool = False) -> str:
     return p.stdout if stdout_only else p.stdout + p.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # a whole run of the small config, then push, pull and reruns
 def test_push_delete_pull_is_byte_identical_and_snakemake_runs_nothing(tmp_path):
     wd = tmp_path / "repo"
     wd.mkdir()

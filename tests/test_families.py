@@ -1,7 +1,8 @@
 """Backbone family records (subtune.models.families): every registered record is complete and consistent on
-its tiny instance (no family is listed here: a new record is checked by adding it), and ConvNeXt's record
-gives exact trainable-parameter counts computed from the architecture's layout, in both of timm's ConvNeXt
-block layouts (Linear MLP on channels-last tensors; 1x1-conv MLP) and with the final norm before the pooling.
+its tiny instance (no family is listed here: a new record is checked by adding it), with the methods' per-family
+entries for it; its blocks and stem are timm's layer map where the class has one; and ConvNeXt gives exact
+trainable-parameter counts computed from the architecture's layout, in both of timm's ConvNeXt block layouts
+(Linear MLP on channels-last tensors; 1x1-conv MLP) and with the final norm before the pooling.
 
 The method contract tests over every family (only named parameters change, frozen weights bit-identical,
 merging into a plain timm model) are tests/test_methods.py's; the prefix/suffix split is tests/test_models.py's;
@@ -13,9 +14,11 @@ import torch
 
 from subtune.methods import fit_phases, get_method, surgical_groups
 from subtune.methods._channels import out_channels
-from subtune.models.blocks import block_names, families, family, head_names, module_params
+from subtune.methods.san import san_wiring
+from subtune.methods.ssf import ssf_positions
+from subtune.models.blocks import block_names, families, family, head_names, module_params, stem_names
 from subtune.models.checkpoint import create
-from subtune.models.families import family_for_arch
+from subtune.models.families import family_for_arch, matcher_blocks
 from subtune.models.split import Staged
 from subtune.train import Preprocess, TrainConfig
 
@@ -45,12 +48,13 @@ def test_every_record_is_complete_on_its_tiny_instance(fam):
     blocks = block_names(model)
     assert len(blocks) >= 3 and len(set(blocks)) == len(blocks) and all(is_module(model, b) for b in blocks)
     assert all(any(n.startswith(b + ".") for n, _ in model.named_parameters()) for b in blocks)
-    assert any(isinstance(getattr(model, s, None), torch.nn.Parameter) or is_module(model, s) for s in fam.stem)
+    stem = fam.stem_of(model)
+    assert stem and all(isinstance(getattr(model, s, None), torch.nn.Parameter) or is_module(model, s) for s in stem)
     trans = fam.transitions(model)
     assert set(trans) <= set(blocks) and all(is_module(model, t) for t in trans.values())
     assert all(not t.startswith(b + ".") for t in trans.values() for b in blocks)  # a transition is in no block
     # every parameter is in exactly one place: stem, a block, a transition, the tail or the head
-    places = [*fam.stem, *blocks, *trans.values(), *fam.tail, *head_names(model)]
+    places = [*stem, *blocks, *trans.values(), *fam.tail, *head_names(model)]
     for n, _ in model.named_parameters():
         assert sum(n == p or n.startswith(p + ".") for p in places) == 1, n
     # Surgical: every block in exactly one group, in order; every group trains something
@@ -62,8 +66,8 @@ def test_every_record_is_complete_on_its_tiny_instance(fam):
     assert lora and all(isinstance(model.get_submodule(t), (torch.nn.Linear, torch.nn.Conv2d)) for t in lora)
     assert all(any(t.startswith(b + ".") for b in blocks) for t in lora)
     # SSF / SAN: the named channel dim of each position's output has the module's channels
-    ssf = fam.ssf_positions(model)
-    san = fam.san_wiring(model)
+    ssf = ssf_positions(model)
+    san = san_wiring(model)
     assert ssf and san and {a for _, _, a, _ in san if a} <= {n for n, _, _, _ in san}
     seen = {}
 
@@ -82,6 +86,24 @@ def test_every_record_is_complete_on_its_tiny_instance(fam):
     # between a norm and its activation)
     for name, dim, *rest in ssf + san:
         assert seen[name][dim] == out_channels(model.get_submodule(rest[-1])), (name, seen[name], dim)
+
+
+@pytest.mark.parametrize("fam", FAMILIES, ids=lambda f: f.name)
+def test_blocks_and_stem_are_timms_layer_map_where_it_has_one(fam):
+    """timm's own grouping (``group_parameters`` with the model's ``group_matcher``, what its layer decay reads)
+    puts each block's parameters in one layer of their own, in network order, and the stem's in layer 0; a
+    record whose class has no matcher names its blocks and stem."""
+    from timm.models import group_parameters
+
+    model, _ = tiny(fam)
+    if not callable(getattr(model, "group_matcher", None)):
+        assert fam.blocks is not matcher_blocks and fam.stem
+        return
+    layer = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    ids = [{layer[n] for n, _ in module_params(model, [b])} for b in block_names(model)]
+    assert all(len(i) == 1 for i in ids)
+    assert [min(i) for i in ids] == sorted({min(i) for i in ids})  # distinct, increasing
+    assert {layer[n] for n, _ in module_params(model, stem_names(model))} == {0}
 
 
 # ------------------------------------------------------------------ ConvNeXt: exact counts from the layout

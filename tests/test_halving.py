@@ -10,7 +10,7 @@ from subtune.scoring import CandidateScorer
 from subtune.select import SelectionConfig, candidates, decide, initial_state, reference
 from subtune.train import TrainConfig
 
-from test_prefix import data
+from helpers.scoring import quadrant_data
 
 
 # ------------------------------------------------------------ pure logic
@@ -118,13 +118,10 @@ def test_config_budget_validation(tmp_path):
 
 
 # ------------------------------------------------------------ exact against full training
-from test_prefix import ckpt  # noqa: E402,F401  (the same small random ResNet-18 checkpoint fixture)
-
-
 def test_survivors_score_exactly_their_full_schedule(ckpt):
     cfg = TrainConfig(epochs=4, lr=3e-3, batch_size=16)
     sel = SelectionConfig()
-    d = data()
+    d = quadrant_data()
     sets = [(), ("layer1.0",), ("layer2.1",), ("layer3.0",), ("layer4.1",), ("layer1.0", "layer4.0")]
     exact = CandidateScorer(ckpt, d, 4, cfg, sel, seed=1).score_many(sets)
     cheap, cost = CandidateScorer(ckpt, d, 4, cfg, sel, seed=1).score_round(

@@ -2,7 +2,11 @@
 
 import re
 
-from test_workflow import ROOT, smk, workdir
+import pytest
+
+from helpers.workflow import ROOT, smk, workdir
+
+pytestmark = pytest.mark.slow  # runs `snakemake --lint`
 
 # A justification: `# snakemake --lint: "<start of the finding>" is accepted: <why>` in the Snakefile or a rule file.
 ACCEPTED = re.compile(r'^\s*# snakemake --lint: "([^"]+)" is accepted: \S', re.M)

@@ -7,7 +7,7 @@ trains at factor x the schedule; gradual unfreezing trains exactly its stage's p
 rest bit-identical through that epoch); Auto-RGN's factors are ||g|| / ||theta|| / max on each step's gradients
 (surgical-finetuning ``main.py``). Exact trainable counts on timm resnet18 / vit_tiny_patch16_224. The contract
 tests (only named parameters change, merge into a plain timm model, head keep) are tests/test_methods.py's,
-parametrised over the registry.
+parametrised over the registry; the tiny models and the counts' layouts are tests/helpers/methods.py's.
 """
 
 import pytest
@@ -19,7 +19,7 @@ from subtune.methods import get_method
 from subtune.models.blocks import block_names, head_names
 from subtune.train import Preprocess, TrainConfig, _optimizer, _param_groups, fit, lr_scheduler
 
-from test_methods import NC, changed, expected_resnet, expected_vit, resnet18_layout, small, snapshot, toy
+from helpers.methods import NC, changed, expected_resnet, expected_vit, resnet18_layout, small, snapshot, toy
 
 PRE = Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 3)
 

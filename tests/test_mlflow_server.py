@@ -24,13 +24,16 @@ import yaml
 
 from subtune import track
 
-from test_workflow import FMNIST, SNAKEMAKE, job_stats, workdir
+from helpers.workflow import FMNIST, SNAKEMAKE, job_stats, workdir
 
 mlflow = pytest.importorskip("mlflow")
 
-pytestmark = pytest.mark.skipif(
-    not FMNIST.exists(), reason="Fashion-MNIST mirror missing: apt-get install dataset-fashion-mnist (make test does)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(1800),  # training jobs through Snakemake against a server stopped and restarted mid-run
+    pytest.mark.skipif(not FMNIST.exists(),
+                       reason="Fashion-MNIST mirror missing: apt-get install dataset-fashion-mnist (make test does)"),
+]
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 EXPERIMENT = "subtune-test"  # configs/test.yaml's tracking.experiment

@@ -8,7 +8,7 @@ import pytest
 from subtune import SubtuneError
 from subtune.models import names
 
-from test_workflow import ROOT, edit_config, job_stats, smk, workdir
+from helpers.workflow import ROOT, edit_config, job_stats, smk, workdir
 
 
 def test_scan_matches_the_installed_timm():
@@ -62,6 +62,7 @@ def test_checking_imports_no_torch():
     assert p.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_unknown_arch_fails_the_dry_run_before_any_job(tmp_path):
     wd = workdir(tmp_path)
     bad = edit_config(wd, "bad_arch.yaml", lambda c: c["backbone"].update(arch="resnet181"))

@@ -14,7 +14,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 import subtune.train
 from subtune import SubtuneError
 from subtune.config import multilora_grid_points
-from subtune.methods.multilora import Task, compare, train_multilora, train_separate_lora
+from subtune.methods.multilora import Task, train_multilora
+from subtune.methods.multilora_compare import compare, train_separate_lora
 from subtune.report import multilora as multilora_table
 from subtune.train import Preprocess, TrainConfig
 

@@ -1,8 +1,9 @@
 """Every paper config runs end to end, at tiny scale, through the real workflow (`snakemake --cores 2`).
 
-Each config in configs/ is read and shrunk **in size only** (:func:`tiny_config`); every other key, protocol
-options included (optimiser, schedule, augmentation, scoring, stop rule, strategy, per-seed selection, grids,
-per-target overrides, keys added later), flows through unchanged:
+Each paper config (every file in configs/ but those tests/helpers/configs.py names as not a paper's) is read and
+shrunk **in size only** (:func:`tiny_config`); every other key, protocol options included (optimiser, schedule,
+augmentation, scoring, stop rule, strategy, per-seed selection, grids, per-target overrides, keys added later),
+flows through unchanged:
 
 - backbone: the same timm architecture with size-reducing ``model_kwargs`` (ViT: depth 2, width 32, 2 heads,
   32 px input in 8 px patches; ResNet: one block per stage, channels 8..64; WideResNet: depth 10, width 1). A ``hub`` checkpoint becomes
@@ -10,7 +11,7 @@ per-target overrides, keys added later), flows through unchanged:
   ``pretrain`` stays: the real pretrain rule on the real (tiny) source data.
 - data: images of at most 32 px; the first target only (Multi-LoRA: two, its minimum) with its overrides;
   40 train / 20 val / 20 test images (``params``: the sizes every dataset builder takes). The raw data are
-  tiny archives in the published formats (tests/archives.py: NOAH's VTAB-1k zip, CIFAR-10's python
+  tiny archives in the published formats (tests/helpers/archives.py: NOAH's VTAB-1k zip, CIFAR-10's python
   tarball, CIFAR-10-C's tar), downloaded by the workflow's ``download`` rule from a loopback HTTP mirror
   (``data.mirrors``) and verified as usual: the archives' own digests are pinned in the subprocesses
   (a ``sitecustomize`` module, the counterpart of tests/test_datasets_remote.py's ``monkeypatch``), and
@@ -41,9 +42,12 @@ from subtune.data.targets import raw_dataset
 from subtune.methods import method_needs
 from subtune.report import method_label
 
-from archives import http_mirror, make_cifar10, make_cifar10c, make_vtab, sha256
-from test_configs import PAPER
-from test_workflow import ROOT, SNAKEMAKE, workdir
+from helpers.archives import http_mirror, make_cifar10, make_cifar10c, make_vtab, sha256
+from helpers.configs import PAPER
+from helpers.workflow import ROOT, SNAKEMAKE, workdir
+
+# every test here is a workflow run (minutes each on 2 cores)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TRAIN, VAL, TEST = 40, 20, 20  # images per split of every kept dataset
 IMAGE = 32  # pixels, at most
@@ -133,7 +137,7 @@ def make_weights(arch: str, model_kwargs: dict, path: Path) -> None:
 
 
 def expected_tables(cfg: dict) -> list[str]:
-    """The tables and plots the config implies (rules/common.smk's all_outputs, written out again)."""
+    """The tables and plots the config implies (subtune.plan.Plan.all_outputs, written out again)."""
     out = ["tables/main.csv", "tables/main.md", "tables/claims.csv", "tables/claims.md"]
     selecting = [*cfg["methods"], *cfg.get("sweep", {}).get("methods", [])]
     if any(method_needs(m) == "selection" for m in selecting):
@@ -175,7 +179,7 @@ def _build(raw: str, datasets: set[str], d: Path) -> Path:
         return make_cifar10(d, per_batch=TRAIN // 2, test=TEST)  # 100 training images
     if raw == "cifar-10-c":
         return make_cifar10c(d, per_severity=100, corruptions=sorted(t.removeprefix("cifar10c-") for t in datasets))
-    raise AssertionError(f"no tiny archive for raw dataset {raw!r} (add a builder to tests/archives.py)")
+    raise AssertionError(f"no tiny archive for raw dataset {raw!r} (add a builder to tests/helpers/archives.py)")
 
 
 # the registries the subprocesses pin the tiny archives' digests in (None: checked structurally only)
@@ -213,8 +217,6 @@ def mirror(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ the runs
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(f"paper-{n}")) for n in PAPER])
 def test_paper_config_runs_at_tiny_scale(name, mirror, tmp_path):
     url, env = mirror

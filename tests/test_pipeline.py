@@ -13,10 +13,13 @@ from safetensors.torch import save_file
 from subtune.cli import main
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(
-    not (FMNIST / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST mirror missing: apt-get install dataset-fashion-mnist (make test does)",
-)
+pytestmark = [
+    pytest.mark.slow,  # pretrains and trains on real data (the module's fixture alone: minutes on 2 cores)
+    pytest.mark.skipif(
+        not (FMNIST / "train-images-idx3-ubyte.gz").exists(),
+        reason="Fashion-MNIST mirror missing: apt-get install dataset-fashion-mnist (make test does)",
+    ),
+]
 
 TRAIN = json.dumps({"epochs": 3, "lr": 0.002, "batch_size": 32})
 SEL = json.dumps({"k": 2, "epsilon": 0.0})

@@ -8,34 +8,15 @@ import timm
 import torch
 
 from subtune.methods.base import Method
-from subtune.models.checkpoint import Checkpoint, save_checkpoint
 from subtune.models.split import Staged
 from subtune.prefix import PrefixCache
 from subtune.scoring import CandidateScorer
 from subtune.select import SelectionConfig, profile_sets
 from subtune.train import Preprocess, Run, TrainConfig, fit, fit_group
 
+from helpers.scoring import quadrant_data
+
 CFG = TrainConfig(epochs=2, lr=3e-3, batch_size=16)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = timm.create_model("resnet18", num_classes=4, channels=(8, 16, 32, 64))
-    path = tmp_path_factory.mktemp("ck") / "c.safetensors"
-    save_checkpoint(path, model, Checkpoint("resnet18", 4, image_size=32, model_kwargs={"channels": [8, 16, 32, 64]}))
-    return str(path)
-
-
-def data(n=64, nv=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    # learnable labels: the class is the brightest quadrant
-    x = torch.randint(0, 120, (n + nv, 1, 32, 32), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, 4, (n + nv,), generator=g)
-    for i, c in enumerate(y.tolist()):
-        r, q = divmod(c, 2)
-        x[i, :, r * 16 : r * 16 + 16, q * 16 : q * 16 + 16] += 100
-    return {"train_x": x[:n], "train_y": y[:n], "val_x": x[n:], "val_y": y[n:]}
 
 
 @pytest.mark.parametrize("arch, kw", [("resnet18", {"channels": (8, 16, 32, 64)}),
@@ -64,7 +45,7 @@ def test_first_trainable_block():
 def test_group_training_is_bitwise_the_same_as_one_by_one():
     torch.manual_seed(0)
     base = timm.create_model("resnet18", num_classes=4, channels=(8, 16, 32, 64))
-    d = data()
+    d = quadrant_data()
     pre = Preprocess((0.5,) * 3, (0.25,) * 3)
     sets = [["layer2.0"], ["layer2.0", "layer4.1"], ["layer3.1"]]
     alone = []
@@ -83,7 +64,7 @@ def test_group_training_is_bitwise_the_same_as_one_by_one():
 @pytest.mark.parametrize("scoring", ["val", "cv"])
 def test_fast_scores_equal_slow_scores(ckpt, scoring):
     """Tolerance: identical validation accuracies; losses within 1e-4 (prefix batch size may move last bits)."""
-    d = data()
+    d = quadrant_data()
     sel = SelectionConfig(scoring=scoring, folds=2)
     sets = profile_sets(Staged(timm.create_model("resnet18", channels=(8, 16, 32, 64))).block_names)[:6]
     sets += [("layer2.0", "layer4.1")]
@@ -100,7 +81,7 @@ def test_fast_scores_equal_slow_scores(ckpt, scoring):
 def test_augmentation_turns_the_cache_off(ckpt, caplog):
     cfg = TrainConfig(epochs=1, batch_size=16, augment="crop_flip")
     with caplog.at_level(logging.WARNING):
-        sc = CandidateScorer(ckpt, data(), 4, cfg, SelectionConfig(), fast=True)
+        sc = CandidateScorer(ckpt, quadrant_data(), 4, cfg, SelectionConfig(), fast=True)
     assert not sc.use_cache and "prefix cache off" in caplog.text
     r = sc.score_many([("layer3.0",), ("layer4.0",)])
     assert sc.cache.misses == 0 and len(r) == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
@@ -13,28 +12,9 @@ import pytest
 from subtune import SubtuneError
 from subtune import report
 
+from helpers.reports import BLOCKS, greedy_state, run_json, scored, tune_json, write_json
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-BLOCKS = ["layer1.0", "layer1.1", "layer2.0", "layer2.1"]
-TRAIN = {"epochs": 2, "lr": 0.01, "weight_decay": 0.0, "batch_size": 32, "optimizer": "sgd",
-         "schedule": "cosine", "warmup_epochs": 0, "augment": False, "label_smoothing": 0.0,
-         "eval_batch_size": 256}
-
-
-def _write(path: Path, obj) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj))
-    return path
-
-
-def run_json(method, target, seed, test_acc, params, *, val_acc=0.5, method_params=None, train_size=800, **extra):
-    hist = [{"epoch": 1, "train_loss": 1.0, "lr": 0.01, "val_acc": val_acc - 0.1, "val_loss": 1.2},
-            {"epoch": 2, "train_loss": 0.8, "lr": 0.0, "val_acc": val_acc, "val_loss": 1.0}]
-    return {"method": method, "method_params": method_params or {}, "target": target, "seed": seed,
-            "train": TRAIN, "history": hist, "val_acc": val_acc, "val_loss": 1.0, "test_acc": test_acc,
-            "test_loss": 1.1, "trainable_params": params, "total_params": 100_000, "wall_time_s": 1.5,
-            "device": "cpu", "epochs": 2, "train_size": train_size, "checkpoint": "ck.safetensors",
-            "notes": {}, **extra}
-
 
 # accuracies per (method, target): three seeds
 ACC = {
@@ -65,15 +45,15 @@ def run_files(tmp_path):
                 params = 650 + sum(SUB_PARAMS[b] for b in blocks)
             if m == "surgical":
                 mp = {"group": 1}
-            files.append(_write(tmp_path / "runs" / t / m / f"seed{seed}.json",
-                                run_json(m, t, seed, acc, params, val_acc=acc + 0.01, method_params=mp)))
+            files.append(write_json(tmp_path / "runs" / t / m / f"seed{seed}.json",
+                                    run_json(m, t, seed, acc, params, val_acc=acc + 0.01, method_params=mp)))
     return files
 
 
 def test_main_table(run_files, tmp_path):
-    ck = _write(tmp_path / "checkpoints" / "backbone.json",
-                {"arch": "resnet18", "origin": {"kind": "pretrained", "source": "mnist", "source_test_acc": 0.9912,
-                                                "source_val_acc": 0.9901}})
+    ck = write_json(tmp_path / "checkpoints" / "backbone.json",
+                    {"arch": "resnet18", "origin": {"kind": "pretrained", "source": "mnist", "source_test_acc": 0.9912,
+                                                    "source_val_acc": 0.9901}})
     csv, md = tmp_path / "t" / "main.csv", tmp_path / "t" / "main.md"
     report.main_table(run_files, csv, md, checkpoint_json=ck)
     df = pd.read_csv(csv)
@@ -115,7 +95,7 @@ def test_main_table(run_files, tmp_path):
 
 
 def test_main_table_selected_states(run_files, tmp_path):
-    st = _write(tmp_path / "select" / "fmnist" / "seed0" / "selected.json", {
+    st = write_json(tmp_path / "select" / "fmnist" / "seed0" / "selected.json", {
         "selected": ["layer2.1"], "score": 0.905, "done": True, "stop_reason": "gain below epsilon",
         "rounds": [{"round": 1}, {"round": 2}]})
     md = tmp_path / "main.md"
@@ -132,11 +112,11 @@ def _cost_state(target, seed, rounds):
 
 
 def test_main_table_cost_of_every_method(run_files, tmp_path):
-    st = [_write(tmp_path / "select" / "fmnist" / "seed0" / "selected.json",
-                 _cost_state("fmnist", 0, [(5, 2.0, 0.5), (4, 1.0, 0.25)])),
-          _write(tmp_path / "select" / "kmnist" / "seed0" / "selected.json",
-                 _cost_state("kmnist", 0, [(5, 3.0, 0.5)]))]
-    sur = _write(tmp_path / "select" / "fmnist" / "seed0" / "surgical.json", {
+    st = [write_json(tmp_path / "select" / "fmnist" / "seed0" / "selected.json",
+                     _cost_state("fmnist", 0, [(5, 2.0, 0.5), (4, 1.0, 0.25)])),
+          write_json(tmp_path / "select" / "kmnist" / "seed0" / "selected.json",
+                     _cost_state("kmnist", 0, [(5, 3.0, 0.5)]))]
+    sur = write_json(tmp_path / "select" / "fmnist" / "seed0" / "surgical.json", {
         "kind": "surgical", "target": "fmnist", "seed": 0, "blocks": BLOCKS,
         "results": [{"key": "layer1.0", "score": 0.8, "wall_time_s": 0.5}, {"key": "layer2.0", "score": 0.7,
                                                                            "wall_time_s": 0.5}],
@@ -177,16 +157,16 @@ def test_epsilon_table(tmp_path):
     walk = greedy(BLOCKS, scorer, SelectionConfig(k=None, epsilon=0.0))
     for r in walk["rounds"]:
         r["cost"] = {"wall_time_s": 1.0, "ft_equiv": 0.1}
-    st = _write(tmp_path / "select" / "fmnist" / "seed0" / "state4.json", walk)
+    st = write_json(tmp_path / "select" / "fmnist" / "seed0" / "state4.json", walk)
     # epsilon 0 and 0.005: layer1.1, layer1.0, layer2.1; 0.01 (main): layer1.1, layer1.0; 0.02: layer1.1
     sets = {"layer1.0+layer1.1+layer2.1": 0.9, "layer1.0+layer1.1": 0.8, "layer1.1": 0.7}
     runs = []
     for i, (b, acc) in enumerate(sets.items()):
         for seed in (0, 1):
             d = "runs/fmnist/subtuning" if b == "layer1.0+layer1.1" else f"epsilon/fmnist/{b}"
-            runs.append(_write(tmp_path / d / f"seed{seed}.json" if "runs/" in d else tmp_path / d / f"seed{seed}.json",
-                               run_json("subtuning", "fmnist", seed, acc + seed / 100, 10,
-                                        method_params={"blocks": b.split("+")})))
+            runs.append(write_json(
+                tmp_path / d / f"seed{seed}.json" if "runs/" in d else tmp_path / d / f"seed{seed}.json",
+                run_json("subtuning", "fmnist", seed, acc + seed / 100, 10, method_params={"blocks": b.split("+")})))
     csv, md = tmp_path / "eps.csv", tmp_path / "eps.md"
     df = report.epsilon([st], runs, [0.0, 0.005, 0.02], 0.01, csv, md)
     assert list(df["epsilon"]) == [0.0, 0.005, 0.01, 0.02]
@@ -204,37 +184,32 @@ def test_epsilon_table(tmp_path):
 
 
 def test_one_seed_std_is_zero(tmp_path):
-    f = _write(tmp_path / "a.json", run_json("lp", "x", 0, 0.5, 10))
+    f = write_json(tmp_path / "a.json", run_json("lp", "x", 0, 0.5, 10))
     report.main_table([f], tmp_path / "m.csv", tmp_path / "m.md")
     assert "| LP | 50.00 ± 0.00 (10) |" in (tmp_path / "m.md").read_text()
     assert pd.read_csv(tmp_path / "m.csv")["test_acc_std"].tolist() == [0.0]
 
 
 def test_missing_test_acc_names_file(tmp_path):
-    good = _write(tmp_path / "good.json", run_json("lp", "x", 0, 0.5, 10))
+    good = write_json(tmp_path / "good.json", run_json("lp", "x", 0, 0.5, 10))
     bad_obj = run_json("ft", "x", 0, 0.5, 10)
     del bad_obj["test_acc"]
-    bad = _write(tmp_path / "bad_run.json", bad_obj)
+    bad = write_json(tmp_path / "bad_run.json", bad_obj)
     with pytest.raises(SubtuneError, match=r"bad_run\.json.*test_acc"):
         report.main_table([good, bad], tmp_path / "m.csv", tmp_path / "m.md")
     assert not (tmp_path / "m.csv").exists() and not (tmp_path / "m.md").exists()
 
 
 def test_bad_runs(tmp_path):
-    pct = _write(tmp_path / "pct.json", run_json("lp", "x", 0, 91.2, 10))
+    pct = write_json(tmp_path / "pct.json", run_json("lp", "x", 0, 91.2, 10))
     with pytest.raises(SubtuneError, match=r"pct\.json.*fraction"):
         report.main_table([pct], tmp_path / "m.csv", tmp_path / "m.md")
-    a = _write(tmp_path / "a.json", run_json("lp", "x", 0, 0.5, 10))
-    b = _write(tmp_path / "b.json", run_json("lp", "x", 0, 0.6, 10))
+    a = write_json(tmp_path / "a.json", run_json("lp", "x", 0, 0.5, 10))
+    b = write_json(tmp_path / "b.json", run_json("lp", "x", 0, 0.6, 10))
     with pytest.raises(SubtuneError, match="two run files"):
         report.main_table([a, b], tmp_path / "m.csv", tmp_path / "m.md")
     with pytest.raises(SubtuneError, match="missing file"):
         report.main_table([tmp_path / "nope.json"], tmp_path / "m.csv", tmp_path / "m.md")
-
-
-def _result(blocks, score, params):
-    return {"key": "+".join(blocks), "blocks": blocks, "score": score, "trainable_params": params,
-            "wall_time_s": 0.1, "history": []}
 
 
 def _png_ok(path: Path):
@@ -244,10 +219,10 @@ def _png_ok(path: Path):
 
 def test_profile_merges_shards(tmp_path):
     head = {"kind": "greedy", "round": 1, "target": "fmnist", "seed": 0, "blocks": BLOCKS}
-    s0 = _write(tmp_path / "round1_shard0.json", {**head, "shard": 0, "shards": 2, "results": [
-        _result([], 0.80, 650), _result(["layer1.1"], 0.83, 1650), _result(["layer2.1"], 0.88, 5650)]})
-    s1 = _write(tmp_path / "round1_shard1.json", {**head, "shard": 1, "shards": 2, "results": [
-        _result(["layer1.0"], 0.81, 1650), _result(["layer2.0"], 0.86, 5650)]})
+    s0 = write_json(tmp_path / "round1_shard0.json", {**head, "shard": 0, "shards": 2, "results": [
+        scored([], 0.80, 650), scored(["layer1.1"], 0.83, 1650), scored(["layer2.1"], 0.88, 5650)]})
+    s1 = write_json(tmp_path / "round1_shard1.json", {**head, "shard": 1, "shards": 2, "results": [
+        scored(["layer1.0"], 0.81, 1650), scored(["layer2.0"], 0.86, 5650)]})
     csv, png = tmp_path / "out" / "profile.csv", tmp_path / "out" / "profile.png"
     df = report.profile([s0, s1], csv, png)
     got = pd.read_csv(csv)
@@ -260,10 +235,10 @@ def test_profile_merges_shards(tmp_path):
     _png_ok(png)
     # a single file works too; a later greedy round is refused
     report.profile(s0, tmp_path / "p1.csv", tmp_path / "p1.png")
-    late = _write(tmp_path / "round2.json", {**head, "round": 2, "results": []})
+    late = write_json(tmp_path / "round2.json", {**head, "round": 2, "results": []})
     with pytest.raises(SubtuneError, match=r"round2\.json.*round 2"):
         report.profile([late], tmp_path / "p2.csv", tmp_path / "p2.png")
-    dup = _write(tmp_path / "dup.json", {**head, "results": [_result(["layer1.0"], 0.5, 1)]})
+    dup = write_json(tmp_path / "dup.json", {**head, "results": [scored(["layer1.0"], 0.5, 1)]})
     with pytest.raises(SubtuneError, match="scored twice"):
         report.profile([s1, dup], tmp_path / "p3.csv", tmp_path / "p3.png")
 
@@ -282,9 +257,9 @@ def test_rounds(tmp_path):
              "chosen": "layer1.1", "chosen_score": 0.902, "gain": 0.002, "accepted": False},
         ],
     }
-    a = _write(tmp_path / "select" / "fmnist" / "seed0" / "selected.json", st)
-    b = _write(tmp_path / "select" / "kmnist" / "seed3" / "selected.json",
-               {**st, "rounds": st["rounds"][:1], "stop_reason": "reached k=1 blocks", "selected": ["layer2.1"]})
+    a = write_json(tmp_path / "select" / "fmnist" / "seed0" / "selected.json", st)
+    b = write_json(tmp_path / "select" / "kmnist" / "seed3" / "selected.json",
+                   {**st, "rounds": st["rounds"][:1], "stop_reason": "reached k=1 blocks", "selected": ["layer2.1"]})
     out = tmp_path / "rounds.csv"
     report.rounds([a, b], out)
     df = pd.read_csv(out, keep_default_na=False)
@@ -302,23 +277,23 @@ def test_rounds(tmp_path):
     # a round under a selection budget: dropped candidates per rung and the round's cost
     r1 = {**st["rounds"][0], "dropped": {"layer1.0": 1, "": 2, "layer1.1": 1},
           "cost": {"candidate_epochs": 7, "exact_candidate_epochs": 18, "wall_time_s": 3.456, "ft_equiv": 0.41234}}
-    c = _write(tmp_path / "select" / "fmnist" / "seed1" / "selected.json", {**st, "rounds": [r1]})
+    c = write_json(tmp_path / "select" / "fmnist" / "seed1" / "selected.json", {**st, "rounds": [r1]})
     df = pd.read_csv(report.rounds([c], tmp_path / "r3.csv") is not None and tmp_path / "r3.csv")
     assert df.loc[0, "dropped"] == "1:layer1.0,layer1.1;2:(lp)" and df.loc[0, "n_dropped"] == 3
     assert (df.loc[0, "candidate_epochs"], df.loc[0, "exact_candidate_epochs"]) == (7, 18)
     assert df.loc[0, "wall_time_s"] == pytest.approx(3.46) and df.loc[0, "ft_equiv"] == pytest.approx(0.412)
     with pytest.raises(SubtuneError, match=r"notstate\.json.*selected"):
-        report.rounds([_write(tmp_path / "notstate.json", {"kind": "greedy"})], tmp_path / "r2.csv")
+        report.rounds([write_json(tmp_path / "notstate.json", {"kind": "greedy"})], tmp_path / "r2.csv")
 
 
 def test_pairs(tmp_path):
     blocks = BLOCKS[:3]
-    res = [_result([b], 0.8 + 0.01 * i, 1000) for i, b in enumerate(blocks)]
-    res += [_result(["layer1.0", "layer1.1"], 0.85, 2000), _result(["layer1.0", "layer2.0"], 0.87, 6000),
-            _result(["layer1.1", "layer2.0"], 0.9, 6000)]
+    res = [scored([b], 0.8 + 0.01 * i, 1000) for i, b in enumerate(blocks)]
+    res += [scored(["layer1.0", "layer1.1"], 0.85, 2000), scored(["layer1.0", "layer2.0"], 0.87, 6000),
+            scored(["layer1.1", "layer2.0"], 0.9, 6000)]
     head = {"kind": "pairs", "target": "fmnist", "seed": 0, "blocks": BLOCKS}
-    s0 = _write(tmp_path / "shard0.json", {**head, "results": res[:4]})
-    s1 = _write(tmp_path / "shard1.json", {**head, "results": res[4:]})
+    s0 = write_json(tmp_path / "shard0.json", {**head, "results": res[:4]})
+    s1 = write_json(tmp_path / "shard1.json", {**head, "results": res[4:]})
     csv, png = tmp_path / "pairs.csv", tmp_path / "pairs.png"
     report.pairs([s0, s1], csv, png)
     df = pd.read_csv(csv)
@@ -329,7 +304,7 @@ def test_pairs(tmp_path):
     assert df["trainable_params"].tolist() == [1000, 2000, 6000, 1000, 6000, 1000]
     _png_ok(png)
     with pytest.raises(SubtuneError, match="expected pairs"):
-        report.pairs([_write(tmp_path / "g.json", {**head, "kind": "greedy", "round": 1})], csv, png)
+        report.pairs([write_json(tmp_path / "g.json", {**head, "kind": "greedy", "round": 1})], csv, png)
 
 
 def test_sweep(tmp_path):
@@ -338,8 +313,8 @@ def test_sweep(tmp_path):
            ("subtuning", 100): [0.6], ("subtuning", 1000): [0.85, 0.87]}
     for (m, n), accs in acc.items():
         for seed, a in enumerate(accs):
-            files.append(_write(tmp_path / "sweep" / f"n{n}" / m / f"seed{seed}.json",
-                                run_json(m, "fmnist", seed, a, 10, train_size=n)))
+            files.append(write_json(tmp_path / "sweep" / f"n{n}" / m / f"seed{seed}.json",
+                                    run_json(m, "fmnist", seed, a, 10, train_size=n)))
     csv, png = tmp_path / "sweep.csv", tmp_path / "sweep.png"
     report.sweep(files, csv, png)
     df = pd.read_csv(csv)
@@ -354,7 +329,7 @@ def test_sweep(tmp_path):
     nosize = run_json("lp", "fmnist", 9, 0.5, 10)
     del nosize["train_size"]
     with pytest.raises(SubtuneError, match=r"nosize\.json.*train_size"):
-        report.sweep([*files, _write(tmp_path / "nosize.json", nosize)], csv, png)
+        report.sweep([*files, write_json(tmp_path / "nosize.json", nosize)], csv, png)
 
 
 # ---------------------------------------------------------------- VTAB-1k averages, train+val runs, best epochs
@@ -390,8 +365,8 @@ def test_main_table_vtab_averages_ours_and_published(tmp_path):
         for t in tasks:
             for seed in (0, 1):
                 acc = (pub[t] + shift + (0.2 if seed else -0.2)) / 100
-                files.append(_write(tmp_path / "runs" / t / m / f"seed{seed}.json", run_json(m, t, seed, acc, 10)))
-    files.append(_write(tmp_path / "runs" / "fmnist" / "ft" / "seed0.json", run_json("ft", "fmnist", 0, 0.9, 10)))
+                files.append(write_json(tmp_path / "runs" / t / m / f"seed{seed}.json", run_json(m, t, seed, acc, 10)))
+    files.append(write_json(tmp_path / "runs" / "fmnist" / "ft" / "seed0.json", run_json("ft", "fmnist", 0, 0.9, 10)))
     csv, md = tmp_path / "main.csv", tmp_path / "main.md"
     report.main_table(files, csv, md, references=[SSF_REF], backbone=VIT)
     df = pd.read_csv(csv)
@@ -419,9 +394,9 @@ def test_main_table_vtab_averages_ours_and_published(tmp_path):
 
 
 def test_train_val_runs_show_no_validation_accuracy(tmp_path):
-    a = _write(tmp_path / "a.json", run_json("ft", "fmnist", 0, 0.9, 10, val_acc=0.99, train_data="train+val",
-                                             train_size=1000))
-    b = _write(tmp_path / "b.json", run_json("lp", "fmnist", 0, 0.8, 10, val_acc=0.7, train_data="train"))
+    a = write_json(tmp_path / "a.json", run_json("ft", "fmnist", 0, 0.9, 10, val_acc=0.99, train_data="train+val",
+                                                 train_size=1000))
+    b = write_json(tmp_path / "b.json", run_json("lp", "fmnist", 0, 0.8, 10, val_acc=0.7, train_data="train"))
     csv, md = tmp_path / "main.csv", tmp_path / "main.md"
     report.main_table([a, b], csv, md)
     df = pd.read_csv(csv).set_index("method")
@@ -431,7 +406,7 @@ def test_train_val_runs_show_no_validation_accuracy(tmp_path):
 
 
 def test_main_table_shows_the_epoch_chosen_on_validation(run_files, tmp_path):
-    extra = [_write(tmp_path / "be" / f"seed{s}.json", run_json("ssf", "fmnist", s, 0.9, 10, best_epoch=e))
+    extra = [write_json(tmp_path / "be" / f"seed{s}.json", run_json("ssf", "fmnist", s, 0.9, 10, best_epoch=e))
              for s, e in ((0, 7), (1, 4), (2, 10))]
     csv, md = tmp_path / "main.csv", tmp_path / "main.md"
     report.main_table([*run_files, *extra], csv, md)
@@ -449,10 +424,10 @@ def test_sweep_shows_blocks_per_size(tmp_path):
     files = []
     for n, blocks in ((100, ["layer2.1"]), (1000, ["layer1.0", "layer2.1"])):
         for seed in (0, 1):
-            files.append(_write(tmp_path / f"n{n}" / f"sub{seed}.json",
-                                run_json("subtuning", "fmnist", seed, 0.8, 10, train_size=n,
-                                         method_params={"blocks": blocks})))
-        files.append(_write(tmp_path / f"n{n}" / "lp.json", run_json("lp", "fmnist", 0, 0.7, 10, train_size=n)))
+            files.append(write_json(tmp_path / f"n{n}" / f"sub{seed}.json",
+                                    run_json("subtuning", "fmnist", seed, 0.8, 10, train_size=n,
+                                             method_params={"blocks": blocks})))
+        files.append(write_json(tmp_path / f"n{n}" / "lp.json", run_json("lp", "fmnist", 0, 0.7, 10, train_size=n)))
     csv, png = tmp_path / "sweep.csv", tmp_path / "sweep.png"
     report.sweep(files, csv, png)
     df = pd.read_csv(csv, keep_default_na=False)
@@ -546,27 +521,16 @@ def test_captions_describe_the_selection_budget():
 
 
 # ---------------------------------------------------------------- validation curves of the tuned grids, edge flags
-def tune_json(method, target, points, chosen, edge=None, key="lr"):
-    """A tune file as `subtune tune` writes it: points = [(value, val_acc, source), ...]."""
-    res = [{"train": {key: v} if key == "lr" else {}, "params": {} if key == "lr" else {key: v},
-            "label": f"{key}={v}", "source": src, "val_acc": acc, "val_size": 100, "wall_time_s": 1.0,
-            "trainable_params": 650, "train_size": 800} for v, acc, src in points]
-    return {"method": method, "target": target, "seed": 0, "grid": {key: [v for v, _, s in points if s == "grid"]},
-            "extend": 2, "results": res, "chosen_index": chosen,
-            "chosen": {"train": res[chosen]["train"], "params": res[chosen]["params"]},
-            "explored": {key: sorted(v for v, _, _ in points)}, "edge": edge}
-
-
 def test_grid_table_and_plot_from_tune_files(tmp_path):
     files = [
-        _write(tmp_path / "t/fmnist/lp.json", tune_json("lp", "fmnist", [
+        write_json(tmp_path / "t/fmnist/lp.json", tune_json("lp", "fmnist", [
             (0.003, 0.70, "grid"), (0.01, 0.75, "grid"), (0.0333333, 0.78, "extension"), (0.111111, 0.80, "extension")],
             3, {"lr": "upper"})),
-        _write(tmp_path / "t/fmnist/ft.json", tune_json("ft", "fmnist", [
+        write_json(tmp_path / "t/fmnist/ft.json", tune_json("ft", "fmnist", [
             (0.0003, 0.80, "grid"), (0.001, 0.85, "grid"), (0.003, 0.82, "grid")], 1)),
-        _write(tmp_path / "t/kmnist/lp.json", tune_json("lp", "kmnist", [
+        write_json(tmp_path / "t/kmnist/lp.json", tune_json("lp", "kmnist", [
             (0.003, 0.60, "grid"), (0.01, 0.65, "grid"), (0.0333333, 0.62, "extension")], 1)),
-        _write(tmp_path / "t/kmnist/llrd.json", tune_json("llrd", "kmnist", [
+        write_json(tmp_path / "t/kmnist/llrd.json", tune_json("llrd", "kmnist", [
             (0.6, 0.5, "grid"), (0.75, 0.55, "grid"), (0.9, 0.6, "grid")], 2, {"decay": "upper"}, key="decay")),
     ]
     out = report.grid_table(files, tmp_path / "grid.csv", tmp_path / "grid.md", tmp_path / "grid.png")
@@ -593,7 +557,7 @@ def test_grid_table_and_plot_from_tune_files(tmp_path):
     report.grid_table(files[1:3], tmp_path / "g2.csv", tmp_path / "g2.md", tmp_path / "g2.png")
     assert "None: every choice lies inside the values tried." in (tmp_path / "g2.md").read_text()
     # a file that is not a tune result: one line naming it
-    bad = _write(tmp_path / "bad.json", {"method": "lp", "target": "fmnist", "results": [], "chosen_index": 0})
+    bad = write_json(tmp_path / "bad.json", {"method": "lp", "target": "fmnist", "results": [], "chosen_index": 0})
     with pytest.raises(SubtuneError, match="bad.json: not a tune file"):
         report.grid_table([bad], tmp_path / "x.csv", tmp_path / "x.md", tmp_path / "x.png")
 
@@ -602,13 +566,15 @@ def test_grid_plot_panels_and_styles(tmp_path, monkeypatch):
     """A column per target, a row per tuned key; a distinct (colour, marker) per method; log x for lr only."""
     from matplotlib.figure import Figure
 
+    from subtune.report.tables import grid
+
     figs = []
-    monkeypatch.setattr(report, "_save_png", lambda fig, out: figs.append(fig))
-    files = [_write(tmp_path / f"{m}_{t}.json", tune_json(m, t, [(0.001, 0.5, "grid"), (0.01, 0.6, "grid"),
-                                                                 (0.1, 0.55, "extension")], 1))
+    monkeypatch.setattr(grid, "save_png", lambda fig, out: figs.append(fig))
+    files = [write_json(tmp_path / f"{m}_{t}.json", tune_json(m, t, [(0.001, 0.5, "grid"), (0.01, 0.6, "grid"),
+                                                                     (0.1, 0.55, "extension")], 1))
              for m in ("lp", "ft", "bitfit") for t in ("a", "b")]
-    files.append(_write(tmp_path / "llrd.json", tune_json("llrd", "a", [(0.6, 0.5, "grid"), (0.9, 0.6, "grid")], 1,
-                                                          {"decay": "upper"}, key="decay")))
+    files.append(write_json(tmp_path / "llrd.json", tune_json("llrd", "a", [(0.6, 0.5, "grid"), (0.9, 0.6, "grid")], 1,
+                                                              {"decay": "upper"}, key="decay")))
     report.grid_table(files, tmp_path / "g.csv", tmp_path / "g.md", tmp_path / "g.png")
     fig = figs[0]
     assert isinstance(fig, Figure)
@@ -627,11 +593,13 @@ def test_main_md_flags_a_choice_still_on_an_edge(tmp_path):
         for seed in (0, 1):
             tuned = {"train": {"lr": lr}, "params": {}, "grid": {"lr": [0.003, 0.01]}, "val_acc": 0.8, "seed": 0,
                      "edge": edge, "explored": {"lr": [0.003, 0.01, lr]}}
-            files.append(_write(tmp_path / f"{m}{seed}.json", run_json(m, "fmnist", seed, 0.8, 650, tuned=tuned)))
+            files.append(write_json(tmp_path / f"{m}{seed}.json", run_json(m, "fmnist", seed, 0.8, 650, tuned=tuned)))
     report.main_table(files, tmp_path / "m.csv", tmp_path / "m.md")
     md = (tmp_path / "m.md").read_text()
     section = md.split("## Hyperparameters chosen on validation")[1]
-    assert "lr=0.111111 ↑edge" in section and "lr=0.001 |" in section + " |"
+    assert "lr=0.111111 ↑edge (tried also lr: 0.111111)" in section
+    assert "lr=0.001 (tried also lr: 0.001)" in section  # the grid column keeps the configured grid
+    assert section.count("lr ∈ {0.003, 0.01}") == 2
     assert "lr=0.001 ↑edge" not in section and "↑edge / ↓edge: the chosen value is the largest / smallest value tried" in section
     csv = pd.read_csv(tmp_path / "m.csv")
     assert csv.set_index("method").loc["lp", "tuned"] == "lr=0.111111 ↑edge"
@@ -658,24 +626,13 @@ def test_report_stage_writes_claims_table(run_files, tmp_path):
     assert set(pd.read_csv(csv)["experiment"]) == {"exp"}
 
 
-def _greedy_state(gains: dict[str, float]) -> dict:
-    """A final selection state as the select stage writes it: a real greedy walk (paper rule, epsilon 0.01, k=3)
-    over BLOCKS, scored by an additive scorer (0.5 + the gains of the set's blocks)."""
-    from subtune.select import SelectionConfig, greedy
-
-    def scorer(sets):
-        return {s: 0.5 + sum(gains.get(b, 0.0) for b in s) for s in sets}
-
-    return json.loads(json.dumps(greedy(BLOCKS, scorer, SelectionConfig(epsilon=0.01, k=3))))
-
-
 def _selection_files(tmp_path) -> list[Path]:
     """fmnist: three seeds, two agree (layer1.0 + layer2.1) and one differs (layer2.1); kmnist: two seeds that
     agree (layer1.1); digits: selected once (seed 0), nothing gains epsilon: the empty set (LP)."""
     walks = {("fmnist", 0): {"layer1.0": 0.05, "layer2.1": 0.10}, ("fmnist", 1): {"layer2.1": 0.08, "layer1.0": 0.06},
              ("fmnist", 2): {"layer2.1": 0.10, "layer1.0": 0.002}, ("kmnist", 0): {"layer1.1": 0.04},
              ("kmnist", 1): {"layer1.1": 0.03, "layer2.0": 0.001}, ("digits", 0): {"layer1.0": 0.005}}
-    return [_write(tmp_path / "select" / t / f"seed{s}" / "selected.json", _greedy_state(g))
+    return [write_json(tmp_path / "select" / t / f"seed{s}" / "selected.json", greedy_state(g))
             for (t, s), g in walks.items()]
 
 
@@ -730,19 +687,19 @@ def test_selection_table_per_seed_sets_and_agreement(tmp_path):
 
 
 def test_selection_table_network_order_and_bad_states(tmp_path):
-    st = _greedy_state({"layer1.0": 0.05, "layer2.1": 0.10})
+    st = greedy_state({"layer1.0": 0.05, "layer2.1": 0.10})
     # a set stored out of order is shown in network order (the state's blocks)
-    a = _write(tmp_path / "a" / "fmnist" / "seed0" / "selected.json", {**st, "selected": ["layer2.1", "layer1.0"]})
+    a = write_json(tmp_path / "a" / "fmnist" / "seed0" / "selected.json", {**st, "selected": ["layer2.1", "layer1.0"]})
     df = report.selection_table([a], tmp_path / "s.csv", tmp_path / "s.md")
     assert df.loc[0, "selected"] == "layer1.0+layer2.1" and df.loc[0, "most_common"] == "layer1.0+layer2.1"
     # the same target and seed twice, a file that is no selection state, a score that is no fraction: each named
-    twin = _write(tmp_path / "b" / "x" / "selected.json", {**st, "target": "fmnist", "seed": 0})
+    twin = write_json(tmp_path / "b" / "x" / "selected.json", {**st, "target": "fmnist", "seed": 0})
     with pytest.raises(SubtuneError, match=r"b/x/selected\.json.*second selection state of target 'fmnist', seed 0"):
         report.selection_table([a, twin], tmp_path / "s2.csv", tmp_path / "s2.md")
     with pytest.raises(SubtuneError, match=r"notstate\.json.*selected"):
-        report.selection_table([_write(tmp_path / "notstate.json", {"kind": "greedy"})], tmp_path / "s3.csv",
+        report.selection_table([write_json(tmp_path / "notstate.json", {"kind": "greedy"})], tmp_path / "s3.csv",
                                tmp_path / "s3.md")
-    bad = _write(tmp_path / "c" / "fmnist" / "seed1" / "selected.json", {**st, "score": 65.0})
+    bad = write_json(tmp_path / "c" / "fmnist" / "seed1" / "selected.json", {**st, "score": 65.0})
     with pytest.raises(SubtuneError, match=r"seed1/selected\.json: score = 65"):
         report.selection_table([a, bad], tmp_path / "s4.csv", tmp_path / "s4.md")
     assert not (tmp_path / "s2.csv").exists() and not (tmp_path / "s4.md").exists()

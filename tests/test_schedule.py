@@ -19,7 +19,8 @@ from subtune import SubtuneError
 from subtune.config import validate
 from subtune.methods import get_method
 from subtune.methods.base import fit_phases
-from subtune.methods.multilora import Task, train_multilora, train_separate_lora
+from subtune.methods.multilora import Task, train_multilora
+from subtune.methods.multilora_compare import train_separate_lora
 from subtune.train import Preprocess, TrainConfig, _lr_factor, fit, lr_factor, lr_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,13 +54,14 @@ def step_lrs(cfg, steps_per_epoch, groups=1):
 
 
 class LrLog:
-    """The lr of every optimizer step taken inside the block, per optimizer."""
+    """The lr of every optimizer step taken inside the block, per optimizer (keyed by the optimizer itself: an id
+    could be reused by the next phase's optimizer once the first is freed)."""
 
     def __enter__(self):
         self.lrs = {}
 
         def pre(opt, args, kwargs):
-            self.lrs.setdefault(id(opt), []).append(opt.param_groups[0]["lr"])
+            self.lrs.setdefault(opt, []).append(opt.param_groups[0]["lr"])
 
         self._h = register_optimizer_step_pre_hook(pre)
         return self

@@ -1,6 +1,6 @@
 """The workflow through `--executor slurm` on a real single-node SLURM cluster.
 
-The harness (tests/slurm_cluster.py) starts munged, slurmctld and slurmd from a
+The harness (tests/helpers/slurm_cluster.py) starts munged, slurmctld and slurmd from a
 temporary directory on this machine, waits for the node to be idle and stops
 exactly those processes at the end. The run uses profiles/slurm/config.yaml with
 only what is site-specific swapped, as a cluster user would (see
@@ -34,9 +34,8 @@ import pandas as pd
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slurm_cluster import SlurmCluster, missing_programs  # noqa: E402
-from test_workflow import job_stats  # noqa: E402
+from helpers.slurm_cluster import SlurmCluster, missing_programs
+from helpers.workflow import job_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -66,6 +65,7 @@ if _reason and os.environ.get("CI") and os.geteuid() == 0 and shutil.which("apt-
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(1800),  # a cluster started, a SLURM run failing, fixed and rerun, a local run
     pytest.mark.skipif(_reason is not None, reason=_reason or ""),
     pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST mirror missing: apt-get install dataset-fashion-mnist"),
 ]

@@ -135,7 +135,7 @@ def test_scoring_metrics_and_odd_values():
 
 def test_retries_then_succeeds(template_db, tmp_path, monkeypatch):
     uri = fresh_db(template_db, tmp_path / "store")
-    real, calls = track._client, []
+    real, calls = track.store._client, []
 
     def flaky(u):
         calls.append(u)
@@ -143,7 +143,7 @@ def test_retries_then_succeeds(template_db, tmp_path, monkeypatch):
             raise sqlite3.OperationalError("database is locked")
         return real(u)
 
-    monkeypatch.setattr(track, "_client", flaky)
+    monkeypatch.setattr(track.store, "_client", flaky)
     rid = track.log_run(metrics(), tracking_uri=uri, experiment="flaky", tags={}, artifact=None, retry_s=30)
     assert len(calls) == 3
     assert mlflow.MlflowClient(uri).get_run(rid).info.status == "FINISHED"
@@ -155,7 +155,7 @@ def test_gives_up_with_tracking_error(tmp_path, monkeypatch):
     def locked(u):
         raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(track, "_client", locked)
+    monkeypatch.setattr(track.store, "_client", locked)
     t0 = time.monotonic()
     with pytest.raises(track.TrackingError, match=r"logging .* failed .*metrics file is kept \(.*m\.json\)") as ei:
         track.log_run(metrics(), tracking_uri=f"sqlite:///{tmp_path}/x.db", experiment="e", tags={},
@@ -170,7 +170,7 @@ def test_gives_up_with_tracking_error(tmp_path, monkeypatch):
         calls.append(u)
         raise ValueError("bad")
 
-    monkeypatch.setattr(track, "_client", broken)
+    monkeypatch.setattr(track.store, "_client", broken)
     with pytest.raises(track.TrackingError, match="after 0 retries"):
         track.log_run(metrics(), tracking_uri=f"sqlite:///{tmp_path}/x.db", experiment="e", tags={}, artifact=None)
     assert len(calls) == 1
@@ -218,6 +218,7 @@ def _parallel(uri: str, d: Path, n: int) -> list[str]:
 N_PROCS = 6
 
 
+@pytest.mark.slow  # N_PROCS Python processes importing MLflow at once (tens of seconds on 2 cores)
 def test_parallel_processes_after_init(template_db, tmp_path, monkeypatch):
     uri = fresh_db(template_db, tmp_path / "store")
     track.init_store(uri, "parallel")  # the workflow's one init job, before the fan-out
@@ -232,6 +233,7 @@ def test_parallel_processes_after_init(template_db, tmp_path, monkeypatch):
         assert len(client.get_metric_history(rid, "val_acc")) == len(HISTORY)
 
 
+@pytest.mark.slow  # N_PROCS Python processes importing MLflow at once (tens of seconds on 2 cores)
 def test_parallel_processes_create_the_store(tmp_path, monkeypatch):
     """Without the init job: the file lock lets one process migrate a fresh database, the others wait."""
     uri = f"sqlite:///{tmp_path}/new/mlflow.db"

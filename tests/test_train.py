@@ -118,3 +118,61 @@ def test_train_config_errors_name_the_key():
         TrainConfig.from_dict({"learning_rate": 0.1})
     with pytest.raises(SubtuneError, match="train.augment"):
         TrainConfig.from_dict({"augment": "mixup"})
+
+
+def test_train_step_is_the_documented_step_bit_for_bit():
+    """The one step every loop calls (fit, fit_group, Multi-LoRA's fit_together): cross-entropy plus the method's
+    extra loss, backward, the hooks around the step with this step's lr factors, the schedule's step, the count."""
+    import copy
+
+    from subtune.loop import Optimization, train_step
+    from subtune.optim import _optimizer, lr_scheduler
+    from subtune.trainable import StepHooks
+
+    cfg = TrainConfig(epochs=2, lr=0.1, batch_size=4, optimizer="sgd", label_smoothing=0.1, warmup_epochs=1)
+    torch.manual_seed(0)
+    lin, other = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    ref = copy.deepcopy(lin)
+    calls = []
+
+    class Hooks(StepHooks):
+        def start(self, optimizer, total_steps):
+            calls.append(("start", total_steps))
+
+        def extra_loss(self):
+            return 0.01 * (lin.weight ** 2).sum()
+
+        def before_step(self, step):
+            calls.append(("before", step))
+
+        def lr_factors(self, param_groups):
+            return [0.5]
+
+        def after_step(self, step):
+            calls.append(("after", step))
+
+    optim = Optimization.build(list(lin.parameters()), cfg, 2, Hooks())
+    bystander = Optimization.build(list(other.parameters()), cfg, 2)
+    other(torch.ones(1, 5)).sum().backward()
+    still = [p.detach().clone() for p in other.parameters()]
+    ref_opt = _optimizer(list(ref.parameters()), cfg)
+    ref_sched = lr_scheduler(ref_opt, cfg, 2)
+    x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 1])
+    for step in range(3):
+        loss, (part,) = train_step(lambda: lin(x), [y], [optim], cfg.label_smoothing, "cpu", zero=[optim, bystander])
+        ref_part = torch.nn.functional.cross_entropy(ref(x), y, label_smoothing=0.1)
+        ref_loss = ref_part + 0.01 * (ref.weight ** 2).sum()
+        ref_opt.zero_grad()
+        ref_loss.backward()
+        lr = ref_opt.param_groups[0]["lr"]
+        ref_opt.param_groups[0]["lr"] = lr * 0.5
+        ref_opt.step()
+        ref_opt.param_groups[0]["lr"] = lr
+        ref_sched.step()
+        assert torch.equal(loss, ref_loss.detach()) and torch.equal(part, ref_part.detach())
+        assert all(torch.equal(a, b) for a, b in zip(lin.parameters(), ref.parameters()))
+        assert optim.lr == ref_opt.param_groups[0]["lr"]
+    assert calls == [("start", 4)] + [(k, s) for s in range(3) for k in ("before", "after")] and optim.steps == 3
+    # an optimizer only zeroed (Multi-LoRA's inactive tasks) loses its gradients and is never stepped
+    assert all(p.grad is None for p in other.parameters()) and bystander.steps == 0
+    assert all(torch.equal(a, b) for a, b in zip(other.parameters(), still))

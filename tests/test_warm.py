@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from subtune import warm
-from subtune.cli import main
+from subtune.cli import main, warm_stages
 
 TRAIN = {"epochs": 2, "lr": 0.01, "batch_size": 16}
 
@@ -67,6 +67,7 @@ def train_cmd(wd: Path, out: Path, **train) -> list[str]:
             "--threads", "1", "--train", json.dumps({**TRAIN, **train}), "--out", str(out)]  # fmt: skip
 
 
+@pytest.mark.slow  # real `python -m subtune train` jobs, through the warm server
 def test_a_job_through_the_warm_server_is_the_same_job(work, tmp_path):
     wd, env = work
     cold = subprocess.run(train_cmd(wd, tmp_path / "cold.json"), env={**env, "SUBTUNE_WARM": "0"},
@@ -94,6 +95,7 @@ def test_a_job_through_the_warm_server_is_the_same_job(work, tmp_path):
     assert any(ln.startswith("bitfit epoch 2/2") for ln in outs[1].stdout.splitlines())
 
 
+@pytest.mark.slow  # real `python -m subtune train` jobs, through the warm server
 def test_bad_input_exits_2_with_its_one_line_error(work, tmp_path):
     wd, env = work
     p = subprocess.run(train_cmd(wd, tmp_path / "o.json", lrr=1), env=env, capture_output=True, text=True)
@@ -119,6 +121,7 @@ def long_job(work, tmp_path) -> tuple[subprocess.Popen, int]:
     return p, server
 
 
+@pytest.mark.slow  # real `python -m subtune train` jobs, through the warm server
 def test_a_signal_to_the_job_reaches_its_child_and_ends_it(work, tmp_path):
     p, server = long_job(work, tmp_path)
     assert len(psutil.Process(server).children()) == 1
@@ -131,6 +134,7 @@ def test_a_signal_to_the_job_reaches_its_child_and_ends_it(work, tmp_path):
     assert not (tmp_path / "o.json").exists()
 
 
+@pytest.mark.slow  # real `python -m subtune train` jobs, through the warm server
 def test_a_killed_client_takes_its_job_with_it(work, tmp_path):
     p, server = long_job(work, tmp_path)
     p.kill()  # SIGKILL: nothing forwarded; the server sees the connection close
@@ -160,15 +164,16 @@ def test_the_key_follows_the_environment_not_pytest_or_the_directory(tmp_path):
 def test_off_under_slurm_and_when_asked(monkeypatch, tmp_path):
     monkeypatch.setenv("SUBTUNE_WARM_DIR", str(tmp_path / "s"))
     monkeypatch.setenv("SLURM_JOB_ID", "7")
-    assert warm.run(["subtune", "train", "--help"]) is None
+    assert warm.run(["subtune", "train", "--help"], main, warm_stages()) is None
     monkeypatch.delenv("SLURM_JOB_ID")
     monkeypatch.setenv("SUBTUNE_WARM", "0")
-    assert warm.run(["subtune", "train", "--help"]) is None
+    assert warm.run(["subtune", "train", "--help"], main, warm_stages()) is None
     monkeypatch.delenv("SUBTUNE_WARM")
-    assert warm.run(["subtune", "decide", "--help"]) is None  # a light stage runs in its own process
+    assert warm.run(["subtune", "decide", "--help"], main, warm_stages()) is None  # a light stage: its own process
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow  # a real `python -m subtune train` job
 def test_a_socket_path_too_long_runs_the_job_in_its_own_process(work, tmp_path):
     wd, env = work
     deep = tmp_path / ("d" * 60) / ("e" * 60)
@@ -179,6 +184,7 @@ def test_a_socket_path_too_long_runs_the_job_in_its_own_process(work, tmp_path):
     assert not list(deep.glob("*.sock")) and not list(deep.glob("*.log"))
 
 
+@pytest.mark.slow  # a real warm server, left to time out
 def test_an_idle_server_exits_and_removes_its_socket(work):
     wd, env = work
     tmp_path = Path(tempfile.mkdtemp(prefix="sw", dir="/tmp"))  # a short path: AF_UNIX names hold 107 bytes

@@ -5,64 +5,23 @@ import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+from helpers.workflow import FMNIST, edit_config, job_stats, smk, workdir
 
-pytestmark = pytest.mark.skipif(
-    not FMNIST.exists(), reason="Fashion-MNIST mirror missing: apt-get install dataset-fashion-mnist (make test does)"
-)
-
-
-def workdir(tmp: Path) -> Path:
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(ROOT / name, tmp / name)
-    for name in ("rules", "schemas", "configs", "references", "report"):
-        shutil.copytree(ROOT / name, tmp / name)
-    return tmp
-
-
-def smk(wd: Path, *args: str, config: str = "configs/test.yaml", check: bool = True, cores: int = 2):
-    cmd = [SNAKEMAKE, "--cores", str(cores), "--configfile", config, *args]
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MLFLOW_", "SUBTUNE_"))}
-    p = subprocess.run(cmd, cwd=wd, capture_output=True, text=True, env=env)
-    if check and p.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
-    return p
-
-
-def job_stats(output: str) -> dict[str, int]:
-    """Parse Snakemake's 'Job stats' table: {rule: count} (empty when nothing would run)."""
-    stats: dict[str, int] = {}
-    lines = output.splitlines()
-    for i, line in enumerate(lines):
-        if line.strip() == "Job stats:":
-            for row in lines[i + 3 :]:
-                m = re.match(r"^(\S+)\s+(\d+)$", row.strip())
-                if not m:
-                    break
-                if m.group(1) not in ("total", "all"):
-                    stats[m.group(1)] = int(m.group(2))
-            break
-    return stats
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(1800),  # the first test builds `finished`: a whole run of the small config
+    pytest.mark.skipif(not FMNIST.exists(),
+                       reason="Fashion-MNIST mirror missing: apt-get install dataset-fashion-mnist (make test does)"),
+]
 
 
 def dry_run(wd: Path, config: str = "configs/test.yaml") -> dict[str, int]:
     p = smk(wd, "--dry-run", config=config)
     return job_stats(p.stdout + p.stderr)
-
-
-def edit_config(wd: Path, name: str, fn) -> str:
-    cfg = yaml.safe_load((wd / "configs/test.yaml").read_text())
-    fn(cfg)
-    (wd / "configs" / name).write_text(yaml.safe_dump(cfg))
-    return f"configs/{name}"
 
 
 @pytest.fixture(scope="module")

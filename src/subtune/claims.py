@@ -6,7 +6,9 @@ as one row per claim and target with both quantities (mean ± sample std over
 seeds, in percent), the mean difference, the test and a verdict, ``holds``,
 ``fails`` or ``inconclusive``, whichever way it falls. The rules and their
 thresholds are the constants below, fixed before any result was seen; they
-are printed under the table so that a reader can check them.
+are printed under the table so that a reader can check them. This module
+decides from data already loaded; :mod:`subtune.report` reads the inputs and
+writes the table (:mod:`subtune.report.tables.claims`).
 
 Paired comparisons (claims 1, 2, 3, 6, 7): the two quantities are paired by
 seed (the same seed, the same data split); the statistic is the mean of the
@@ -59,18 +61,14 @@ on VTAB-1k/FGVC); their rows' notes say how this experiment departs.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from . import SubtuneError
-
-PathLike = str | os.PathLike
 
 TIE_TOL = 1e-9  # points: differences within this are zero (one test image of 2,000 is 0.05 points)
 N_BOOT = 10_000  # bootstrap resamples of the seeds
@@ -94,8 +92,8 @@ COLUMNS = ["experiment", "claim_id", "claim", "source", "target", "quantity_a", 
 
 RULE_GEQ = (f"A − B: holds when the 95% bootstrap interval lies above 0 and the paired t-test's p < {ALPHA:g}, "
             f"fails when it lies below 0 and p < {ALPHA:g}; ≥ {MIN_SEEDS} seeds, the same seeds on both sides")
-_POINTS = f"{CLOSE_MARGIN:g} point{'' if CLOSE_MARGIN == 1 else 's'}"
-RULE_CLOSE = (f"A − B: 95% paired t interval inside ±{_POINTS} holds, entirely outside fails; "
+CLOSE_POINTS = f"{CLOSE_MARGIN:g} point{'' if CLOSE_MARGIN == 1 else 's'}"
+RULE_CLOSE = (f"A − B: 95% paired t interval inside ±{CLOSE_POINTS} holds, entirely outside fails; "
               "fails when A does not train fewer parameters")
 RULE_COUNT = (f"every selection agrees: holds; none: fails; otherwise inconclusive; fewer than {MIN_SEEDS} "
               "distinct selections (of either target): inconclusive")
@@ -529,8 +527,8 @@ def claim_shift_depth(profiles: Sequence[Mapping[str, Any]] | None,
 def claim_multilora(ml: pd.DataFrame | None) -> list[dict[str, Any]]:
     """Multi-LoRA's mean test accuracy over tasks within :data:`CLOSE_MARGIN` points of separate LoRA's (6),
     with fewer trained parameters (every seed); the verdict comes from the paired t interval of the mean
-    difference. ``ml``: :func:`load_multilora`'s rows (the same tasks on both sides of every file)."""
-    claim = f"Multi-LoRA is close to separate LoRA (within {_POINTS}) with fewer trained parameters"
+    difference. ``ml``: :func:`subtune.report.load_multilora`'s rows (the same tasks on both sides of every file)."""
+    claim = f"Multi-LoRA is close to separate LoRA (within {CLOSE_POINTS}) with fewer trained parameters"
     if ml is None or ml.empty:
         return [_not_run("6", claim, SRC_MULTILORA, "no Multi-LoRA comparison in this experiment", RULE_CLOSE)]
     per = ml.groupby(["kind", "seed"], sort=True).agg(acc=("test_acc", "mean"), params=("params_trained", "first"))
@@ -538,7 +536,7 @@ def claim_multilora(ml: pd.DataFrame | None) -> list[dict[str, Any]]:
     prm = {k: {int(s): float(v) for s, v in per.loc[k, "params"].items()} for k in ("multilora", "separate_lora")}
     p = paired(acc["multilora"], acc["separate_lora"], ("Multi-LoRA", "separate LoRA"))
     fewer = all(prm["multilora"][s] < prm["separate_lora"][s] for s in p.seeds)
-    from .report import fmt_params
+    from .report.format import fmt_params  # the tables' format; imported here, as the report imports this module
 
     pm = fmt_params(float(np.mean([prm["multilora"][s] for s in p.seeds])))
     ps = fmt_params(float(np.mean([prm["separate_lora"][s] for s in p.seeds])))
@@ -570,7 +568,8 @@ def claims(runs: pd.DataFrame | None, *, sweep: pd.DataFrame | None = None,
     """Every claim's rows (:data:`COLUMNS`), claims in order; a claim whose results are missing says ``not run``.
 
     ``runs``/``sweep``: :func:`subtune.report.load_runs` of the final runs / the sweep's runs;
-    ``profiles``: :func:`load_profiles`; ``multilora``: :func:`load_multilora`; ``shifts``: target -> shift.
+    ``profiles``: :func:`subtune.report.load_profiles`; ``multilora``: :func:`subtune.report.load_multilora`;
+    ``shifts``: target -> shift.
     """
     rows: list[dict[str, Any]] = []
     for cid, a, b, text, src, note in GEQ_CLAIMS[:2]:
@@ -586,83 +585,7 @@ def claims(runs: pd.DataFrame | None, *, sweep: pd.DataFrame | None = None,
     return df
 
 
-# ---------------------------------------------------------------- loaders
-def load_profiles(score_files: Sequence[PathLike]) -> list[dict[str, Any]]:
-    """Round-1 score files (every shard of every target and selection seed) as profiles, one per target and seed:
-    {target, seed, blocks (network order), scores (block -> val acc fraction, single blocks only), files}.
-
-    Shards are grouped by directory (``select/<target>/seed<S>/``); :func:`subtune.report._load_scores`
-    checks them (kind, round 1, one target and seed, no duplicate block set). Candidates a selection budget
-    (``selection.budget``) stopped early (results with ``dropped_at``) are left out, in ``stopped``: a rung's
-    score is not comparable with full-schedule scores (:func:`subtune.select.decide` never chooses them
-    either), so such a profile lacks those blocks and :func:`complete` calls it unusable.
-    """
-    from .report import _load_scores, _members, _target_seed
-
-    groups: dict[Path, list[Path]] = {}
-    for f in score_files:
-        groups.setdefault(Path(f).parent, []).append(Path(f))
-    out = []
-    for files in groups.values():
-        head, results, blocks = _load_scores(files, ("greedy", "profile"))
-        target, seed = _target_seed(head, files[0])
-        if seed is None:
-            raise SubtuneError(f"{files[0]}: no seed (neither a 'seed' key nor a seed<S> directory)")
-        scores, stopped = {}, []
-        for r in results:
-            mem = _members(r)
-            if len(mem) == 1:
-                if mem[0] not in blocks:
-                    raise SubtuneError(f"{files[0]}: block {mem[0]!r} not among the file's blocks")
-                if "dropped_at" in r:
-                    stopped.append(mem[0])
-                else:
-                    scores[mem[0]] = float(r["score"])
-        out.append({"target": target, "seed": int(seed), "blocks": list(blocks), "scores": scores,
-                    "stopped": stopped, "files": [str(f) for f in files]})
-    keys = [(p["target"], p["seed"]) for p in out]
-    if len(set(keys)) != len(keys):
-        dup = next(k for k in keys if keys.count(k) > 1)
-        raise SubtuneError(f"two fine-tuning profiles of target {dup[0]}, seed {dup[1]}")
-    return out
-
-
-def load_multilora(files: Sequence[PathLike]) -> pd.DataFrame:
-    """``multilora --compare`` results, one row per kind (multilora | separate_lora), seed and task:
-    test_acc (fraction) and params_trained (the kind's, all tasks).
-
-    Both kinds of a file must have the same tasks, and every file the first file's tasks: the claim compares
-    means over tasks, which mean nothing over different tasks (a SubtuneError names the file).
-    """
-    from .report import _frac, _load, _need
-
-    rows, first = [], None
-    for f in [Path(x) for x in files]:
-        d = _load(f)
-        seed = int(_need(d, "seed", f, int))
-        for kind in ("multilora", "separate_lora"):
-            r = d.get(kind)
-            if not isinstance(r, dict) or not isinstance(r.get("per_task"), dict) or not r["per_task"]:
-                raise SubtuneError(f"{f}: no {kind!r} result (run `multilora --compare`)")
-        ml, sep = sorted(map(str, d["multilora"]["per_task"])), sorted(map(str, d["separate_lora"]["per_task"]))
-        if ml != sep:
-            raise SubtuneError(f"{f}: multilora and separate_lora have different tasks ({', '.join(ml)} vs "
-                               f"{', '.join(sep)})")
-        if first is not None and ml != first[1]:
-            raise SubtuneError(f"{f}: tasks {', '.join(ml)} differ from {first[0]}'s ({', '.join(first[1])})")
-        first = first or (f, ml)
-        for kind in ("multilora", "separate_lora"):
-            r = d[kind]
-            for t, v in r["per_task"].items():
-                rows.append({"kind": kind, "seed": seed, "task": str(t), "test_acc": _frac(v, "test_acc", f),
-                             "params_trained": float(_need(r, "params_trained", f))})
-    df = pd.DataFrame(rows, columns=["kind", "seed", "task", "test_acc", "params_trained"])
-    dup = df[df.duplicated(["kind", "seed", "task"], keep=False)]
-    if len(dup):
-        raise SubtuneError(f"two Multi-LoRA results for seed {int(dup['seed'].iloc[0])}")
-    return df
-
-
+# ---------------------------------------------------------------- config
 def parse_shifts(items: Sequence[str], targets: Sequence[str] | None = None) -> dict[str, str]:
     """``target=shift`` items (the config's ``targets.<t>.shift``) as a dict; a bad item is named."""
     out = {}
@@ -674,72 +597,3 @@ def parse_shifts(items: Sequence[str], targets: Sequence[str] | None = None) -> 
             raise SubtuneError(f"--shifts: {t!r} is not one of the targets ({', '.join(targets)})")
         out[t] = s
     return out
-
-
-# ---------------------------------------------------------------- writers
-def _cell(mean: float, std: float) -> str:
-    return "–" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}"
-
-
-def markdown(df: pd.DataFrame) -> str:
-    """The claims table as markdown: one row per claim and target, then the decision rules."""
-    from .report import _md_table
-
-    rows = []
-    for _, r in df.iterrows():
-        q = (lambda label, m, s: "–" if not label else f"{label}: {_cell(m, s)}")  # noqa: E731
-        diff = "–" if math.isnan(r["diff_mean"]) else f"{r['diff_mean']:+.2f}"
-        rows.append([r["claim_id"], r["claim"], r["source"], r["target"], q(r["quantity_a"], r["a_mean"], r["a_std"]),
-                     q(r["quantity_b"], r["b_mean"], r["b_std"]), diff, r["test"] or "–",
-                     f"**{r['verdict']}**", r["note"] or ""])
-    exp = df["experiment"].iloc[0] if len(df) else ""
-    seeds = ", ".join(dict.fromkeys(s for x in df["seeds"] for s in str(x).split(",") if s))
-    counts = ", ".join(f"{v} {k}" for k, v in df["verdict"].value_counts().items())
-    return "\n".join([
-        "# Claims of the papers against this experiment's results",
-        "",
-        f"Experiment `{exp}`; seeds {seeds or 'none'}; verdicts: {counts or 'none'}. A and B: mean ± sample "
-        "standard deviation over seeds (paired claims) or over selections (profile claims); Δ: the mean of the "
-        "per-seed differences A − B.",
-        "",
-        _md_table(["#", "claim", "source", "target", "A", "B", "Δ (A − B)", "test", "verdict", "note"], rows,
-                  ["l", "l", "l", "l", "r", "r", "r", "l", "l", "l"]),
-        "",
-        "## Decision rules (fixed in src/subtune/claims.py before any result)",
-        "",
-        f"- Paired claims (1, 2, 3, 3b, 6, 7): A and B paired by seed; shown: the {CI_LEVEL:.0%} percentile "
-        f"bootstrap interval of the mean difference ({N_BOOT:,} resamples of the seeds, NumPy generator seeded "
-        f"{BOOT_SEED}) and the paired t-test's two-sided p-value (scipy.stats.ttest_rel). Fewer than {MIN_SEEDS} "
-        "paired seeds, or a seed that only one side has (named in the note): inconclusive.",
-        f"- \"A ≥ B\": holds when the bootstrap interval lies above 0 and p < {ALPHA:g}; fails when it lies below 0 "
-        f"and p < {ALPHA:g}; otherwise inconclusive. An exact tie is inconclusive (differences within {TIE_TOL:g} "
-        "points count as 0; constant nonzero differences have t = ±∞, p = 0).",
-        f"- \"Close to\" (6): the {CI_LEVEL:.0%} paired t interval of the mean difference (n − 1 degrees of "
-        f"freedom) inside ±{_POINTS} holds, entirely outside fails, otherwise inconclusive; fails when Multi-LoRA "
-        "does not train fewer parameters in every seed.",
-        "- Profile claims (4, 5): one outcome per selection (per seed with selection.per_seed, else the one "
-        "selection); all agree holds, none fails, otherwise inconclusive. Fewer than "
-        f"{MIN_SEEDS} distinct selections of a target (one, where selection.per_seed does not name it): "
-        "inconclusive; claim 5 pairs a target selected once with each seed of the other for the numbers shown, "
-        "but counts it as one selection. Profiles with a block not scored alone over the full schedule (stopped "
-        "early by a selection budget) are left out. A tie for the best block does not count as the claim's "
-        "outcome; tied best blocks' positions are averaged.",
-        "- With three seeds the bootstrap interval is [smallest, largest] per-seed difference, so a verdict "
-        "needs every seed to agree and, from the t-test, a large t (|t| > 4.30 for p < 0.05 at 2 degrees of "
-        "freedom).",
-        "",
-    ])
-
-
-def write(df: pd.DataFrame, out_csv: PathLike, out_md: PathLike) -> None:
-    """claims.csv (every column of :data:`COLUMNS`, numbers rounded to 4 decimals) and claims.md."""
-    from .io import atomic_path
-
-    csv = df.copy()
-    for c in ("a_mean", "a_std", "b_mean", "b_std", "diff_mean", "ci_low", "ci_high"):
-        csv[c] = pd.to_numeric(csv[c]).round(4)
-    csv["p_value"] = [v if math.isnan(v) else float(f"{v:.4g}") for v in pd.to_numeric(csv["p_value"])]
-    with atomic_path(out_csv) as tmp:
-        csv.to_csv(tmp, index=False, lineterminator="\n")
-    with atomic_path(out_md) as tmp:
-        tmp.write_text(markdown(df))

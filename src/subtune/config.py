@@ -1,4 +1,4 @@
-"""Validation of the workflow config and the values each rule receives.
+"""Validation of the workflow config.
 
 ``validate`` checks a config against ``schemas/config.schema.yaml`` (unknown
 keys, wrong types, missing values) and then against the code's registries
@@ -6,19 +6,10 @@ keys, wrong types, missing values) and then against the code's registries
 a one-line :class:`SubtuneError` naming the key. The Snakefile calls it before
 any job runs.
 
-The ``*_params`` functions compute exactly the config values a rule depends
-on, as canonical JSON strings: the workflow passes them as Snakemake
-``params`` so that changing a value reruns exactly the jobs it affects.
-
-Per-target overrides: ``targets.<t>.methods.<m>`` may set ``train``,
-``params`` and ``grid`` for method ``m`` on target ``t`` only (SSF's scripts
-choose lr, weight decay and drop-path per VTAB task). :func:`method_train`
-and :func:`method_params` merge them key by key over ``methods.<m>`` (itself
-over the top-level ``train``). :func:`method_grid` merges the grids key by
-key, and drops from ``methods.<m>.grid`` every key the target fixes in its
-``train`` or ``params`` (a value fixed for one target is not tuned there; a
-target that wants it tuned names it in its own ``grid``). A target may not
-fix a key and grid it at once.
+The values each rule receives (the merged training configs, parameters and
+grids, the selection's configs, the CLI flags) are :mod:`subtune.plan`'s;
+they are importable from here too. A target may not fix a key
+(``targets.<t>.methods.<m>.train`` or ``params``) and grid it at once.
 
 Training data of the final runs: ``final_data: train+val`` trains the final
 ``train`` jobs on the union of the train and val splits (VTAB-1k's
@@ -35,6 +26,31 @@ from pathlib import Path
 from typing import Any
 
 from . import SubtuneError
+from .plan import (  # noqa: F401  (the values the rules receive: importable from here too)
+    cache_flags,
+    cv_flags,
+    dataset_params,
+    decision_config,
+    dumps,
+    final_flags,
+    method_grid,
+    method_override,
+    method_params,
+    method_train,
+    multilora_ablations,
+    multilora_grid,
+    multilora_train,
+    scoring_config,
+    scoring_flags,
+    selection_budget,
+    selection_epsilons,
+    selection_train,
+    selects_per_seed,
+    target_head,
+    target_shifts,
+    tune_extend,
+)
+from .tune import multilora_grid_points  # noqa: F401  (importable from here too)
 
 
 def _path(err) -> str:
@@ -238,202 +254,9 @@ def _check_data_choices(config: dict[str, Any]) -> None:
             if in_grid:
                 raise SubtuneError(f"final_data is train+val but the grid of {m} on {t} tries epoch_select best_val "
                                    "(no validation split is left to choose the epoch on)")
-            where = (f"targets.{t}.methods.{m}.train" if "epoch_select" in (_override(config, m, t).get("train") or {})
+            over = method_override(config, m, t)
+            where = (f"targets.{t}.methods.{m}.train" if "epoch_select" in (over.get("train") or {})
                      else f"methods.{m}.train" if "epoch_select" in (config["methods"][m].get("train") or {})
                      else "train")
             raise SubtuneError(f"final_data is train+val but {where} has epoch_select best_val (no validation split "
                                "is left to choose the epoch on)")
-
-
-# ------------------------------------------------------------ rule parameters
-def target_head(config: dict[str, Any], target: str) -> str:
-    """``targets.<target>.head``: ``new`` (default) or ``keep`` (the checkpoint's own classifier)."""
-    return (config["targets"].get(target) or {}).get("head", "new")
-
-
-def target_shifts(config: dict[str, Any]) -> dict[str, str]:
-    """``targets.<t>.shift`` of every target that sets it (input | output | domain; the claims table's claim 5)."""
-    return {t: spec["shift"] for t, spec in config["targets"].items() if (spec or {}).get("shift")}
-
-
-def dumps(obj: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces) for params and the CLI."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def _override(config: dict[str, Any], method: str, target: str | None) -> dict[str, Any]:
-    """``targets.<target>.methods.<method>`` ({} when none or no target)."""
-    if target is None:
-        return {}
-    return ((config["targets"].get(target) or {}).get("methods") or {}).get(method) or {}
-
-
-def method_train(config: dict[str, Any], method: str, target: str | None = None) -> dict[str, Any]:
-    """Top-level ``train``, then ``methods.<m>.train``, then ``targets.<t>.methods.<m>.train``."""
-    return {**config["train"], **(config["methods"][method].get("train") or {}),
-            **(_override(config, method, target).get("train") or {})}
-
-
-def method_params(config: dict[str, Any], method: str, target: str | None = None) -> dict[str, Any]:
-    """``methods.<m>.params``, then ``targets.<t>.methods.<m>.params``."""
-    return {**(config["methods"][method].get("params") or {}),
-            **(_override(config, method, target).get("params") or {})}
-
-
-def method_grid(config: dict[str, Any], method: str, target: str | None = None) -> dict[str, list]:
-    """The method's validation grid on ``target`` ({} when none: the configured values are used as they are).
-
-    ``methods.<m>.grid`` less the keys the target fixes (its ``train`` and ``params``), then the target's grid.
-    """
-    over = _override(config, method, target)
-    fixed = set(over.get("train") or {}) | set(over.get("params") or {})
-    grid = {k: v for k, v in (config["methods"][method].get("grid") or {}).items() if k not in fixed}
-    return {**grid, **(over.get("grid") or {})}
-
-
-def multilora_train(config: dict[str, Any]) -> dict[str, Any]:
-    return {**config["train"], **(config["multilora"].get("train") or {})}
-
-
-MULTILORA_GRID_PARAMS = ("alpha", "rank")
-
-
-def multilora_grid_points(grid: dict[str, list] | None) -> list[dict[str, dict[str, Any]]]:
-    """``multilora.grid`` as points ``[{"train": {...}, "params": {...}}, ...]`` (one empty point for no grid).
-
-    Keys: training keys (``lr``, ``weight_decay``, ``epochs``, ...) and
-    ``rank``/``alpha``, tried on both sides of the comparison; the points are
-    the Cartesian product, keys sorted, values in the order given (as
-    :func:`subtune.tune.grid_points`).
-    """
-    import itertools
-
-    from .tune import TRAIN_KEYS
-
-    grid = grid or {}
-    for key, values in grid.items():
-        if key not in TRAIN_KEYS and key not in MULTILORA_GRID_PARAMS:
-            raise SubtuneError(f"multilora.grid: {key!r} is neither a training key nor one of "
-                               f"{', '.join(MULTILORA_GRID_PARAMS)} (allowed: "
-                               f"{', '.join(sorted(TRAIN_KEYS | set(MULTILORA_GRID_PARAMS)))})")
-        if not isinstance(values, list) or not values:
-            raise SubtuneError(f"multilora.grid.{key}: give a non-empty list of values, not {values!r}")
-    keys = sorted(grid)
-    return [{"train": {k: v for k, v in zip(keys, combo) if k in TRAIN_KEYS},
-             "params": {k: v for k, v in zip(keys, combo) if k not in TRAIN_KEYS}}
-            for combo in itertools.product(*(grid[k] for k in keys))]
-
-
-def multilora_grid(config: dict[str, Any]) -> dict[str, list]:
-    """The Multi-LoRA comparison's validation grid ({}: the configured values only).
-
-    ``multilora.grid``; when the section gives none, ``methods.lora.grid`` (the main table's LoRA grid), so
-    that neither side of the comparison (Multi-LoRA, separate LoRA) is tuned less than the main table's LoRA.
-    """
-    ml = config["multilora"]
-    if ml.get("grid"):
-        return dict(ml["grid"])
-    return dict((config["methods"].get("lora") or {}).get("grid") or {})
-
-
-def tune_extend(config: dict[str, Any]) -> int:
-    """``tuning.extend``: how many values ``tune`` tries beyond an edge of a grid the choice sits on (default 0:
-    the grid alone, as the paper configs' authors' grids are; the embedded default sets 2)."""
-    return int((config.get("tuning") or {}).get("extend", 0))
-
-
-def multilora_ablations(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """multilora.ablations as jobs: name -> {"params": the multilora params, "flags": CLI flags}.
-
-    ``train_a`` and ``sequential`` at the configured rank; ``rank<R>`` for each
-    rank other than the configured one (that row is the Multi-LoRA row itself),
-    alpha kept (LoRA's convention: the scaling alpha / r changes with r).
-    """
-    ml = config.get("multilora") or {}
-    ab = ml.get("ablations") or {}
-    params = dict(ml.get("params") or {})
-    out: dict[str, dict[str, Any]] = {}
-    if ab.get("train_a"):
-        out["train_a"] = {"params": params, "flags": "--train-a"}
-    if ab.get("sequential"):
-        out["sequential"] = {"params": params, "flags": "--sequential"}
-    for r in ab.get("ranks") or []:
-        if r != params.get("rank", 8):
-            out[f"rank{r}"] = {"params": {**params, "rank": r}, "flags": ""}
-    return out
-
-
-def selects_per_seed(config: dict[str, Any], target: str) -> bool:
-    """Whether ``target``'s selection runs once per seed: ``selection.per_seed`` is true, or a list naming it
-    (the others select once, with the first seed, and every seed retrains that set)."""
-    per = config["selection"].get("per_seed", False)
-    return target in per if isinstance(per, list) else bool(per)
-
-
-def selection_train(config: dict[str, Any]) -> dict[str, Any]:
-    return {**config["train"], **(config["selection"].get("train") or {})}
-
-
-def scoring_config(config: dict[str, Any]) -> dict[str, Any]:
-    """What scoring a candidate depends on (not epsilon, k or the stop rule)."""
-    s = config["selection"]
-    return {"strategy": s["strategy"], "scoring": s["scoring"], "folds": s.get("folds", 5)}
-
-
-def scoring_flags(config: dict[str, Any]) -> str:
-    """The scoring jobs' fast-path flag (a param: exact, but its floats could differ in the last bits)."""
-    s = config["selection"]
-    return "" if s.get("fast", True) else "--no-fast"
-
-
-def selection_budget(config: dict[str, Any]) -> dict[str, Any] | None:
-    """The greedy rounds' budget (None: exact), as the score jobs read it (subtune.halving.Budget)."""
-    from .halving import Budget
-
-    b = Budget.from_dict(config["selection"].get("budget"))
-    return b.to_dict() if b is not None else None
-
-
-def cv_flags(config: dict[str, Any]) -> str:
-    """The scoring jobs' cross-validation data flag ('' for the default: the training split alone)."""
-    cv = config["selection"].get("cv_data", "train")
-    return "" if cv == "train" else f"--cv-data {cv}"
-
-
-def final_flags(config: dict[str, Any]) -> str:
-    """The final training jobs' data flag ('' for the default: the training split alone)."""
-    return "" if config.get("final_data", "train") == "train" else "--train-splits train,val"
-
-
-def cache_flags(config: dict[str, Any]) -> str:
-    return f"--cache-mb {config['selection'].get('cache_mb', 2048)}"
-
-
-def selection_epsilons(config: dict[str, Any]) -> list[float]:
-    """The epsilon sensitivity analysis's epsilons: selection.epsilons and selection.epsilon, sorted ([]: none)."""
-    s = config["selection"]
-    if not s.get("epsilons"):
-        return []
-    return sorted({float(e) for e in s["epsilons"]} | {float(s["epsilon"])})
-
-
-def decision_config(config: dict[str, Any], walk: bool = True) -> dict[str, Any]:
-    """What the greedy walk's decisions depend on. With selection.epsilons (and ``walk``: the main regime's
-    selections, not the data-size sweep's) the walk runs with the epsilon that walks furthest
-    (:func:`subtune.select.walk_epsilon`); selection.epsilon's set is replayed from it."""
-    from .select import walk_epsilon
-
-    s = config["selection"]
-    d = {k: s[k] for k in ("strategy", "stop_rule", "k", "epsilon", "scoring")} | {"folds": s.get("folds", 5)}
-    eps = selection_epsilons(config)
-    if eps and walk:
-        d["epsilon"] = walk_epsilon(d, eps)
-    return d
-
-
-def dataset_params(config: dict[str, Any], name: str, train_size: Any = "regime") -> dict[str, Any]:
-    spec = config["source"] if name == config.get("source", {}).get("dataset") else config["targets"][name]
-    params = {**(spec.get("params") or {}), "image_size": config["data"]["image_size"]}
-    if train_size != "regime":
-        params["train_size"] = train_size
-    return params

@@ -57,9 +57,7 @@ def read_json(path: str | os.PathLike) -> Any:
         raise SubtuneError(f"{path}: not valid JSON ({exc})") from None
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: str | os.PathLike) -> str:
+    """The file's SHA-256 (hex), read in chunks by :func:`hashlib.file_digest`."""
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()

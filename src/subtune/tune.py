@@ -46,7 +46,7 @@ TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig)) - {"eval_batch_size"
 
 
 def _method_defaults(method: str) -> dict[str, Any]:
-    from .methods import method_class
+    from .methods.base import method_class  # the method registry: tune sits above it, below methods.multilora
 
     return method_class(method).defaults
 
@@ -72,6 +72,31 @@ def grid_points(method: str, grid: dict[str, list] | None) -> list[dict[str, dic
     return points
 
 
+MULTILORA_GRID_PARAMS = ("alpha", "rank")
+
+
+def multilora_grid_points(grid: dict[str, list] | None) -> list[dict[str, dict[str, Any]]]:
+    """``multilora.grid`` as points ``[{"train": {...}, "params": {...}}, ...]`` (one empty point for no grid).
+
+    Keys: training keys (``lr``, ``weight_decay``, ``epochs``, ...) and
+    ``rank``/``alpha``, tried on both sides of the comparison; the points are
+    the Cartesian product, keys sorted, values in the order given (as
+    :func:`grid_points`).
+    """
+    grid = grid or {}
+    for key, values in grid.items():
+        if key not in TRAIN_KEYS and key not in MULTILORA_GRID_PARAMS:
+            raise SubtuneError(f"multilora.grid: {key!r} is neither a training key nor one of "
+                               f"{', '.join(MULTILORA_GRID_PARAMS)} (allowed: "
+                               f"{', '.join(sorted(TRAIN_KEYS | set(MULTILORA_GRID_PARAMS)))})")
+        if not isinstance(values, list) or not values:
+            raise SubtuneError(f"multilora.grid.{key}: give a non-empty list of values, not {values!r}")
+    keys = sorted(grid)
+    return [{"train": {k: v for k, v in zip(keys, combo) if k in TRAIN_KEYS},
+             "params": {k: v for k, v in zip(keys, combo) if k not in TRAIN_KEYS}}
+            for combo in itertools.product(*(grid[k] for k in keys))]
+
+
 def validate_grid(method: str, grid: dict[str, list] | None, train: dict[str, Any], params: dict[str, Any]) -> None:
     """Every point builds a valid training config and method (raises naming the method and the key)."""
     for p in grid_points(method, grid):
@@ -83,7 +108,7 @@ def check_point(method: str, point: dict[str, dict[str, Any]], train: dict[str, 
 
     The edge extension (:func:`tune_grid`) asks this of every value beyond the grid before training it.
     """
-    from .methods import get_method
+    from .methods.base import get_method
 
     TrainConfig.from_dict({**train, **point["train"]}, f"methods.{method}.grid")
     try:

@@ -2,12 +2,16 @@
 
 A workflow job is ``python -m subtune STAGE ...``. Importing torch and timm takes about 3 s on a laptop CPU and
 MLflow 1.5 s more, while a job on the embedded default fits for well under a second: most of a job was start-up
-So ``python -m subtune`` is a thin client for the heavy stages (:data:`STAGES`): it connects to a
+So ``python -m subtune`` is a thin client for the heavy stages (the caller names them): it connects to a
 *warm server* (one per user, Python, installed code and environment), which has imported those libraries once
 and **forks** a child for each job. The child takes over the client's stdin/stdout/stderr (passed over the
-Unix socket with ``SCM_RIGHTS``), working directory, environment, umask and argv, runs the very same
-:func:`subtune.cli.main`, and its exit status becomes the client's. Each job is still one CLI call with
+Unix socket with ``SCM_RIGHTS``), working directory, environment, umask and argv, runs the very same ``main``
+the client would have run, and its exit status becomes the client's. Each job is still one CLI call with
 explicit inputs and outputs; what it computes is identical (a test compares a job run both ways).
+
+This module knows no stage and imports no CLI: :func:`run` receives the CLI's ``main`` and the stages to serve
+from its caller (``python -m subtune``), and hands ``main`` to the server it starts by its import name
+(``module:function``), which the server imports once.
 
 Why hand-written: :mod:`multiprocessing`'s ``forkserver`` preloads modules too, but serves only the process
 that started it, not independent processes started by Snakemake; nailgun-style servers are for the JVM.
@@ -28,8 +32,9 @@ Rules that keep it exact and safe:
   initialises it itself, as its own process would. Python's and NumPy's global RNGs are reseeded from the OS in
   each child, as a fresh process would seed them.
 - Linux only (forking after macOS's frameworks are loaded is unsafe). Off under SLURM (``SLURM_JOB_ID`` set: the
-  scheduler kills whatever a job leaves running, and jobs land on many nodes) and with ``SUBTUNE_WARM=0``; the server exits after ``SUBTUNE_WARM_IDLE`` seconds (default 60)
-  without a job. If a server cannot be started or reached, the job runs in its own process as before.
+  scheduler kills whatever a job leaves running, and jobs land on many nodes) and with ``SUBTUNE_WARM=0``; the
+  server exits after ``SUBTUNE_WARM_IDLE`` seconds (default 60) without a job. If a server cannot be started or
+  reached, the job runs in its own process.
 
 What changes for the user: Snakemake's ``benchmark:`` files keep the wall time ``s`` of each job (what
 ``bench/pipeline.py`` reads), but their CPU and memory columns now count the client only. The server's own
@@ -50,17 +55,17 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 
-# the stages that import torch/timm/MLflow/pandas (the others are light and run in their own process)
-STAGES = frozenset({"prepare", "fetch", "pretrain", "blocks", "score", "train", "tune", "multilora", "report",
-                    "track-init", "log"})  # fmt: skip
+Main = Callable[[list[str]], int]  # a CLI's entry: its arguments (without the program) -> its exit status
+
 # imported once by the server (in this order); a module that fails to import is skipped (the job imports it).
 # peft (and the transformers it imports) takes seconds, paid by every LoRA/AdaLoRA/Multi-LoRA job without it.
 PRELOAD = (
     "torch", "torchvision", "timm", "peft", "safetensors.torch", "numpy", "pandas", "matplotlib", "matplotlib.pyplot",
     "mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store", "sqlalchemy",
-    "subtune.cli", "subtune.train", "subtune.models", "subtune.models.checkpoint", "subtune.methods",
+    "subtune.stages", "subtune.train", "subtune.models", "subtune.models.checkpoint", "subtune.methods",
     "subtune.scoring", "subtune.prefix", "subtune.track", "subtune.report", "subtune.data.targets",
     "subtune.data.prepared", "subtune.augment", "subtune.tune", "subtune.multitask", "subtune.methods.multilora",
 )  # fmt: skip
@@ -80,11 +85,14 @@ def enabled() -> bool:
     return "SLURM_JOB_ID" not in os.environ and sys.platform.startswith("linux") and hasattr(socket, "send_fds")
 
 
-def key(env: dict[str, str] | None = None) -> str:
-    """Digest of everything a server's imported state depends on (see the module docstring)."""
+def key(env: dict[str, str] | None = None, entry: str = "") -> str:
+    """Digest of everything a server's imported state depends on (see the module docstring); ``entry``: the
+    ``module:function`` its children run."""
     env = {k: v for k, v in (os.environ if env is None else env).items() if k not in VOLATILE_ENV}
     h = hashlib.sha256()
     h.update(json.dumps([sys.executable, sys.version, _path_key(), sorted(env.items())]).encode())
+    if entry:
+        h.update(entry.encode())
     pkg = Path(__file__).resolve().parent
     for p in sorted(pkg.rglob("*.py")):
         st = p.stat()
@@ -115,23 +123,47 @@ def socket_dir() -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ client
-def run(argv: list[str]) -> int | None:
-    """Run ``python -m subtune`` with ``argv`` (``sys.argv``) in a warm server's child: its exit status, or None
-    when this job should run in its own process (disabled, a light stage, no server could be started)."""
+def run(argv: list[str], main: Main, stages: Collection[str]) -> int | None:
+    """Run ``main(argv[1:])`` (``argv``: ``sys.argv``) in a warm server's child: its exit status, or None when
+    this job should run in its own process (disabled, not one of ``stages``, no server could be started).
+
+    ``main`` must be importable by its name (a module-level function): the server imports it itself.
+    """
     stage = next((a for a in argv[1:] if not a.startswith("-")), None)
-    if stage not in STAGES or not enabled():
+    if stage not in stages or not enabled():
         return None
+    entry = entry_name(main)
     try:
-        sock_path = socket_dir() / f"{key()}.sock"
+        sock_path = socket_dir() / f"{key(entry=entry)}.sock"
         if len(os.fsencode(sock_path)) > _MAX_SOCKET_PATH:
             raise OSError(f"socket path too long for AF_UNIX: {sock_path} (set SUBTUNE_WARM_DIR to a shorter one)")
-        conn = _connect_or_start(sock_path)
+        conn = _connect_or_start(sock_path, entry)
     except OSError as exc:
         print(f"subtune: warm start unavailable ({exc}); running in this process", file=sys.stderr)
         return None
     if conn is None:
         return None
     return _serve_me(conn, argv)
+
+
+def entry_name(main: Main) -> str:
+    """``module:function`` naming ``main`` for the server process (which imports it: a callable cannot cross
+    ``exec``)."""
+    name = f"{main.__module__}:{main.__qualname__}"
+    if "<" in main.__qualname__ or resolve(name) is not main:
+        raise ValueError(f"{name}: the warm server runs a module-level function it can import, not this one")
+    return name
+
+
+def resolve(entry: str) -> Main:
+    """The function ``module:qualname`` names (:func:`entry_name`'s inverse)."""
+    import importlib
+
+    module, _, qualname = entry.partition(":")
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _try_connect(path: Path) -> socket.socket | None:
@@ -144,7 +176,7 @@ def _try_connect(path: Path) -> socket.socket | None:
         return None
 
 
-def _connect_or_start(path: Path) -> socket.socket | None:
+def _connect_or_start(path: Path, entry: str) -> socket.socket | None:
     conn = _try_connect(path)
     if conn is not None:
         return conn
@@ -156,7 +188,7 @@ def _connect_or_start(path: Path) -> socket.socket | None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a dead server's socket
         logf = open(path.with_suffix(".log"), "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "subtune.warm", str(path)], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "subtune.warm", str(path), entry], stdin=subprocess.DEVNULL,
                                 stdout=logf, stderr=logf, start_new_session=True, close_fds=True)  # fmt: skip
         logf.close()
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -217,8 +249,9 @@ def _umask() -> int:
 
 
 # ------------------------------------------------------------------------------------------------ server
-def serve(path: Path, idle_s: float | None = None) -> None:
-    """Preload :data:`PRELOAD`, listen on ``path``, fork a child per request until idle for ``idle_s``."""
+def serve(path: Path, main: Main, idle_s: float | None = None) -> None:
+    """Preload :data:`PRELOAD`, listen on ``path``, fork a child per request (which runs ``main``) until idle for
+    ``idle_s``."""
     idle_s = float(os.environ.get("SUBTUNE_WARM_IDLE", DEFAULT_IDLE_S)) if idle_s is None else idle_s
     start = time.monotonic()
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -252,7 +285,7 @@ def serve(path: Path, idle_s: float | None = None) -> None:
             for k, _ in sel.select(timeout=0.1):
                 if k.data is None:
                     conn, _ = lsock.accept()
-                    pid = _spawn(conn, lsock, sel)
+                    pid = _spawn(conn, lsock, sel, main)
                     if pid is None:
                         conn.close()
                         continue
@@ -299,7 +332,7 @@ def _is(path: Path, ino: int) -> bool:
         return False
 
 
-def _spawn(conn: socket.socket, lsock: socket.socket, sel: selectors.BaseSelector) -> int | None:
+def _spawn(conn: socket.socket, lsock: socket.socket, sel: selectors.BaseSelector, main: Main) -> int | None:
     """Read one request from ``conn`` and fork its child; the child never returns."""
     conn.settimeout(10)
     try:
@@ -333,7 +366,7 @@ def _spawn(conn: socket.socket, lsock: socket.socket, sel: selectors.BaseSelecto
                     k.fileobj.close()
             sel.close()
             lsock.close()
-            code = _child(req, fds, conn)
+            code = _child(req, fds, conn, main)
         except BaseException:  # noqa: BLE001 - whatever happens, never return into the server loop
             code = 1
         os._exit(code)
@@ -344,7 +377,7 @@ def _spawn(conn: socket.socket, lsock: socket.socket, sel: selectors.BaseSelecto
     return pid
 
 
-def _child(req: dict, fds: list[int], conn: socket.socket) -> int:
+def _child(req: dict, fds: list[int], conn: socket.socket, main: Main) -> int:
     import atexit
     import io
     import traceback
@@ -370,8 +403,6 @@ def _child(req: dict, fds: list[int], conn: socket.socket) -> int:
     sys.path[:] = req["path"]
     code = 1
     try:
-        from .cli import main
-
         code = main(sys.argv[1:])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -404,4 +435,4 @@ def _reseed() -> None:
 
 
 if __name__ == "__main__":
-    serve(Path(sys.argv[1]))
+    serve(Path(sys.argv[1]), resolve(sys.argv[2]))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from collections.abc import Mapping
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import SubtuneError
+from ..io import sha256_file
 from .download import Digests, verify
 
 
@@ -35,11 +35,7 @@ def checked(raw_dir: str | os.PathLike, files: Mapping[str, Digests], dataset: s
             raise SubtuneError(f"{path}: does not match the pinned digest ({reason}); download it again")
         sha = digests[0]
         if sha is None:
-            h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                while block := fh.read(1 << 20):
-                    h.update(block)
-            sha = h.hexdigest()
+            sha = sha256_file(path)
         inputs[filename] = sha
     return inputs
 

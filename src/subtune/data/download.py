@@ -57,8 +57,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import importlib
 import logging
 import os
+import pkgutil
 import socket
 import sys
 import time
@@ -68,6 +70,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import SubtuneError
@@ -118,11 +121,8 @@ def _archive_problem(path: Path) -> str | None:
 
 
 def _gunzip_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with gzip.open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _is_gzip(path: Path) -> bool:
@@ -131,11 +131,8 @@ def _is_gzip(path: Path) -> bool:
 
 
 def _md5_file(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def verify(
@@ -383,6 +380,44 @@ def fetch_all(
     }
 
 
+# ------------------------------------------------------------------ raw datasets
+# The records :func:`.registry.register_raw` makes (the registry re-exports them): they live here, below the
+# registry, because :func:`download_dataset` reads them and the registry imports this module.
+@dataclass(frozen=True)
+class RawDataset:
+    """A raw dataset: ``data/raw/<name>``'s files, their digests and mirrors (see :mod:`.registry`)."""
+
+    name: str
+    files: Callable[[], Mapping[str, Digests]]
+    mirrors: Callable[[], list[str]]
+    check: Check | None = None
+
+    def download(self, dest_dir: str | os.PathLike, mirrors: list[str] | None = None) -> dict[str, Path]:
+        """Fetch every file into ``dest_dir`` (``$SUBTUNE_MIRRORS``, then ``mirrors``, then the built-in ones)."""
+        return fetch_all(self.files(), [*(mirrors or []), *self.mirrors()], dest_dir, check=self.check)
+
+
+#: raw dataset name -> record
+RAW: dict[str, RawDataset] = {}
+
+
+def register_raw(name: str, *, files: Callable[[], Mapping[str, Digests]], mirrors: Callable[[], list[str]],
+                 check: Check | None = None) -> RawDataset:
+    """Register raw dataset ``name`` (see :mod:`.registry`); returns its record."""
+    if name in RAW:
+        raise SubtuneError(f"raw dataset {name!r} is registered twice")
+    RAW[name] = RawDataset(name, files, mirrors, check)
+    return RAW[name]
+
+
+def discover() -> None:
+    """Import every dataset module of this package (each registers its entries; importing twice is a no-op)."""
+    package = importlib.import_module(__package__)
+    for m in pkgutil.iter_modules(package.__path__):
+        if not m.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{m.name}")
+
+
 def download_dataset(name: str, dest_dir: str | os.PathLike, mirrors: list[str] | None = None) -> dict[str, Path]:
     """Download raw dataset ``name`` into ``dest_dir`` and write ``dest_dir/MANIFEST.json``.
 
@@ -390,8 +425,6 @@ def download_dataset(name: str, dest_dir: str | os.PathLike, mirrors: list[str] 
     The manifest (the ``download`` rule's output, written last and atomically)
     lists each file with its SHA-256 and size.
     """
-    from .registry import RAW, discover
-
     discover()
     if name not in RAW:
         raise SubtuneError(f"unknown raw dataset {name!r} (known: {', '.join(sorted(RAW))})")

@@ -18,7 +18,10 @@ is adding its module, listed nowhere else:
 :func:`discover` imports every module of this package whose name does not
 start with ``_`` (each registers its entries on import); :mod:`.targets`
 (``build``, ``validate``) and :func:`.download.download_dataset` read the
-registry through it. Dataset modules import without torch (config
+registry through it. The raw datasets' half (:func:`register_raw`,
+:data:`RAW`, :class:`RawDataset`) and :func:`discover` are defined in
+:mod:`.download`, which reads them and which this module imports; they are
+importable from here. Dataset modules import without torch (config
 validation reads the registry). The split helpers every builder uses
 (:func:`carve`, :func:`cut`, :func:`stratified_order`, :func:`subset`, ...)
 are here too; :mod:`.targets` documents the datasets' split protocols.
@@ -26,9 +29,6 @@ are here too; :mod:`.targets` documents the datasets' split protocols.
 
 from __future__ import annotations
 
-import importlib
-import os
-import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,40 +37,12 @@ from typing import Any
 import numpy as np
 
 from .. import SubtuneError
-from .download import Check, Digests, fetch_all
+from .download import RAW, RawDataset, discover, register_raw  # noqa: F401  (the raw datasets' records)
 from .images import resize
 from .rgb import resize_rgb
 
 COMMON = {"image_size": 32, "train_size": None, "val_size": 200, "test_size": None}
 MIN_TEST = 1000  # the test-set size below which a manifest carries a note
-
-
-# ------------------------------------------------------------------ raw datasets
-@dataclass(frozen=True)
-class RawDataset:
-    """A raw dataset: ``data/raw/<name>``'s files, their digests and mirrors (see the module docstring)."""
-
-    name: str
-    files: Callable[[], Mapping[str, Digests]]
-    mirrors: Callable[[], list[str]]
-    check: Check | None = None
-
-    def download(self, dest_dir: str | os.PathLike, mirrors: list[str] | None = None) -> dict[str, Path]:
-        """Fetch every file into ``dest_dir`` (``$SUBTUNE_MIRRORS``, then ``mirrors``, then the built-in ones)."""
-        return fetch_all(self.files(), [*(mirrors or []), *self.mirrors()], dest_dir, check=self.check)
-
-
-#: raw dataset name -> record
-RAW: dict[str, RawDataset] = {}
-
-
-def register_raw(name: str, *, files: Callable[[], Mapping[str, Digests]], mirrors: Callable[[], list[str]],
-                 check: Check | None = None) -> RawDataset:
-    """Register raw dataset ``name`` (see the module docstring); returns its record."""
-    if name in RAW:
-        raise SubtuneError(f"raw dataset {name!r} is registered twice")
-    RAW[name] = RawDataset(name, files, mirrors, check)
-    return RAW[name]
 
 
 # ---------------------------------------------------------------------- targets
@@ -132,14 +104,6 @@ def register(
         return fn
 
     return deco
-
-
-def discover() -> None:
-    """Import every dataset module of this package (each registers its entries; importing twice is a no-op)."""
-    package = importlib.import_module(__package__)
-    for m in pkgutil.iter_modules(package.__path__):
-        if not m.name.startswith("_"):
-            importlib.import_module(f"{__package__}.{m.name}")
 
 
 # -------------------------------------------------------------------- helpers

@@ -8,11 +8,24 @@ mirror (set ``data.mirrors`` or ``$SUBTUNE_MIRRORS`` to
 ``$HF_ENDPOINT/datasets/XiN0919/VTAB-1k/resolve/main/``), and in the format
 most PETL code reads. Its layout: ``vtab-1k/<task>/`` with ``images/...`` and
 the lists ``train800.txt``, ``val200.txt``, ``train800val200.txt``,
-``test.txt``, one ``images/<split>/<file> <label>`` line per image. The
-splits are VTAB-1k's own, as NOAH exported them from TFDS: train800 =
-train[:800], val200 = validation[:200] (their union train800val200 is the
-1,000-image training set), test = the full test split. The JPEGs are
-re-encoded, so pixels differ slightly from TFDS's.
+``test.txt``, one ``images/<split>/<file> <label>`` line per image.
+
+What the builders take: the images ``train800.txt`` lists as the train
+split, those ``val200.txt`` lists as the val split and those ``test.txt``
+lists as the test split (all of them, or a seeded subset when the config sets
+``train_size``/``val_size``/``test_size``). ``train800val200.txt`` is only
+checked, when present, to hold the labels of the other two lists; a final run
+on ``train+val`` trains on the union of our train and val splits. Which
+source images the lists name is NOAH's export of VTAB-1k from TFDS, not
+anything this module decides: train800 is the first 800 images of VTAB's
+train split, val200 the first 200 of VTAB's validation split (TFDS
+``validation[:200]`` where the dataset has a validation split, e.g. DMLab;
+otherwise VTAB carves validation out of TFDS's train split, e.g. Oxford-IIIT
+Pet's ``train[n:n+200]`` with n 80 % of that split), test the full test
+split. The JPEGs are re-encoded, so pixels differ slightly from TFDS's. Each
+image is decoded to RGB and resized to ``image_size`` x ``image_size``
+whatever its aspect ratio (antialiased bilinear, :func:`.rgb.decode`), once,
+when the data is prepared.
 
 Checksum: no SHA-256 of this zip is published that we could cite, so none is
 pinned (``FILES`` has ``None``; pin it once you have a trusted copy). The

@@ -4,9 +4,10 @@ Every module of this package whose name does not start with ``_`` is
 imported here (:func:`discover`), and the classes it decorates with
 ``@register`` make up :data:`REGISTRY`: adding a method is adding its module,
 listed nowhere else. The modules import without torch, timm or peft (the
-workflow and the config check read the registry). Two modules register no
-method: :mod:`.base` (the interface) and :mod:`.multilora` (Multi-LoRA's
-multi-task trainer, a function that imports torch, not a single-task method).
+workflow and the config check read the registry). Three modules register no
+method: :mod:`.base` (the interface), :mod:`.multilora` (Multi-LoRA's
+multi-task trainer, a function that imports torch, not a single-task method)
+and :mod:`.multilora_compare` (Multi-LoRA against separate LoRA runs).
 
 peft provides LoRA/DoRA/PiSSA (:mod:`.lora`, also used by SubTuning+LoRA)
 and AdaLoRA (:mod:`.adalora`, whose penalty and rank allocation run through
@@ -38,7 +39,7 @@ from .base import (
 )
 
 #: modules of this package that register no method (see above)
-NOT_METHODS = frozenset({"base", "multilora"})
+NOT_METHODS = frozenset({"base", "multilora", "multilora_compare"})
 
 
 def discover() -> None:

@@ -10,11 +10,12 @@ functions or small callable objects holding module references, so
 """
 
 from __future__ import annotations
+
+from .. import SubtuneError
 from .._lazy import lazy
 
 torch = lazy("torch")
 nn = lazy("torch.nn")
-
 
 
 def channel_view(v: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -47,3 +48,21 @@ def scale_rows(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 def scale_cols(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """W diag(s) for a Linear/Conv weight whose dim 1 is the input channel."""
     return w * s.view(1, -1, *([1] * (w.ndim - 2)))
+
+
+def channel_dim(module: nn.Module) -> int:
+    """Where a module's output keeps its channels: 1 for NCHW (convolutions, timm's LayerNorm2d, BatchNorm),
+    -1 for channels-last (Linear, LayerNorm)."""
+    from timm.layers import LayerNorm2d
+
+    if isinstance(module, (LayerNorm2d, nn.Conv2d, nn.modules.batchnorm._BatchNorm)):
+        return 1
+    if isinstance(module, (nn.Linear, nn.LayerNorm)):
+        return -1
+    raise SubtuneError(f"no channel dimension known for {type(module).__name__}")
+
+
+def patch_embed_target(model: nn.Module) -> str:
+    """Where a scale on a ViT's timm PatchEmbed output merges: its norm if it has one, else its projection."""
+    norm = model.patch_embed.norm
+    return "patch_embed.norm" if any(True for _ in norm.parameters()) else "patch_embed.proj"

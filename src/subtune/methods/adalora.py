@@ -59,7 +59,7 @@ Parameters (``init_r``, ``target_r``, ``deltaT``, ``beta1``, ``beta2``,
   the final ranks for a large part of the rest) and ``orth_reg_weight 0.1``
   (the paper's gamma; peft's default 0.5).
 - Targets (``target``): as LoRA's (:func:`subtune.methods.lora.lora_targets`):
-  default the backbone family record's ``lora_targets`` (ViT: ``attn.qkv``,
+  default LoRA's per-family table (:data:`subtune.methods.lora.LORA_TARGETS`; ViT: ``attn.qkv``,
   ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``; ResNet/WideResNet: the blocks'
   3x3 convolutions; ConvNeXt: ``mlp.fc1``/``mlp.fc2``). peft's ``SVDConv2d``
   has no grouped convolutions (its update has ``in_channels * k * k``
@@ -94,7 +94,7 @@ from .. import SubtuneError
 from ..models.blocks import head_names
 from ..trainable import StepHooks
 from .base import Method, Param, Trainable, is_names, is_positive_int, register
-from .lora import _is_peft, lora_targets, merge_peft
+from .lora import LORA_TARGETS, _is_peft, lora_targets, merge_peft
 from .._lazy import lazy
 
 torch = lazy("torch")
@@ -169,6 +169,7 @@ class AdaLoRA(Method):
     name = "adalora"
     label = "AdaLoRA"
     order = 75
+    per_family = LORA_TARGETS  # LoRA's default targets
     parameters = {
         "init_r": Param(12, "a positive integer", is_positive_int),
         "target_r": Param(8, "a positive integer", is_positive_int),
@@ -195,7 +196,7 @@ class AdaLoRA(Method):
                                f"{p['tinit']} + {p['tfinal']}")
 
     def targets(self, model: nn.Module) -> list[str]:
-        return lora_targets(model, self.params["target"], who=self.name)
+        return lora_targets(model, self.params["target"], who=self.name, table=self.per_family)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         from peft import AdaLoraConfig, get_peft_model

@@ -35,6 +35,16 @@ module), because the Snakefile and the config check read them:
   its check with ``"<name>: <key> must be <kind>, not <value>"``; the config
   check, the grids and ``--method-params`` all go through this.
 
+A method that needs per-backbone knowledge (the positions SSF scales, SAN's
+wiring, LoRA's default targets, Surgical's groups) keeps it in its own
+module, as ``per_family``: a table keyed by backbone family name
+(:mod:`subtune.models.families`; peft keeps its LoRA target modules per model
+type the same way). :meth:`Method.for_family` (or :func:`family_entry` for a
+module-level table) returns a model's entry, and a family the table has no
+entry for is a one-line error naming the method and the family. The family
+records hold only structure (blocks, stem, tail), so such a method, like any
+other, is one file.
+
 The registry (:data:`REGISTRY`, name -> class) is checked on registration:
 a duplicate name, a missing label, or a ``needs`` without its parameter is
 an error at import.
@@ -85,10 +95,10 @@ import functools
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from .. import SubtuneError
-from ..models.blocks import head_names, module_params
+from ..models.blocks import family, head_names, module_params
 from ..trainable import Trainable
 from .._lazy import lazy
 
@@ -102,8 +112,18 @@ NEEDS = (None, "selection", "surgical")
 #: the parameter through which the workflow passes what a method needs (see :attr:`Method.needs`)
 NEEDS_PARAM = {"selection": "blocks", "surgical": "group"}
 
-__all__ = ["REGISTRY", "Method", "Param", "Trainable", "fit_phases", "get_method", "method_class", "method_label",
-           "method_needs", "method_order", "register"]
+__all__ = ["REGISTRY", "Method", "Param", "Trainable", "family_entry", "fit_phases", "get_method", "method_class",
+           "method_label", "method_needs", "method_order", "register"]
+
+
+def family_entry(who: str, table: Mapping[str, Any], model: nn.Module) -> Any:
+    """``table``'s entry for the backbone family of ``model`` (a per-family table of method ``who``); a family it
+    has no entry for is an error naming both, since the table, not the family record, is where it would go."""
+    name = family(model).name
+    if name not in table:
+        known = ", ".join(sorted(table)) or "none"
+        raise SubtuneError(f"{who}: no entry for backbone family {name!r} (it has entries for: {known})")
+    return table[name]
 
 
 @dataclass(frozen=True)
@@ -160,6 +180,8 @@ class Method:
     parameters: ClassVar[dict[str, Param]] = {}
     #: key -> default, derived from :attr:`parameters`
     defaults: ClassVar[dict[str, Any]] = {}
+    #: its per-backbone knowledge: family name -> entry (what an entry is, is the method's; see the module docstring)
+    per_family: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, head: str = "new", **params: Any):
         unknown = sorted(set(params) - set(self.defaults))
@@ -239,6 +261,10 @@ class Method:
         """The (wrapped, trained) model as a state dict of the plain timm architecture."""
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+    def for_family(self, model: nn.Module) -> Any:
+        """This method's :attr:`per_family` entry for ``model``'s backbone family (:func:`family_entry`)."""
+        return family_entry(self.name, self.per_family, model)
+
     @staticmethod
     def modules(model: nn.Module, names: list[str], head: bool = True) -> Trainable:
         """Train the named modules or parameters (ViT ``cls_token``, ``pos_embed``) and, if ``head``, the head.
@@ -285,6 +311,8 @@ def register(cls: type[Method]) -> type[Method]:
     bad = [k for k, p in cls.parameters.items() if not isinstance(p, Param)]
     if bad:
         raise SubtuneError(f"{where}: parameter {bad[0]!r} is not a Param")
+    if not isinstance(cls.per_family, Mapping) or not all(isinstance(k, str) and k for k in cls.per_family):
+        raise SubtuneError(f"{where}: per_family must map backbone family names to entries")
     REGISTRY[name] = cls
     return cls
 

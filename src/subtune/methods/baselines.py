@@ -47,11 +47,10 @@ class FT(Method):
     def trainable(self, model: nn.Module) -> Trainable:
         if not self.params["freeze_stem"]:
             return Trainable.everything(model)
-        from ..models.blocks import head_names
-        from ..models.split import Staged
+        from ..models.blocks import family, head_names
 
         heads = set(head_names(model))
-        frozen = set(Staged(model).stem_names) | ({"norm"} - heads)
+        frozen = set(family(model).stem_of(model)) | ({"norm"} - heads)
         tops = [n for n, _ in model.named_children() if n not in frozen]
         params = [(n, p) for n, p in model.named_parameters() if n.split(".")[0] not in frozen]
         return Trainable(params, tops, {"frozen": sorted(f for f in frozen if _has(model, f))})

@@ -7,7 +7,7 @@ iteration."
 
 Exact form: one run (one optimizer, one learning-rate schedule over all its epochs), its epochs in stages.
 The backbone's units, in network order, are ``U_0 ... U_{G-1}``: with ``unit: group`` (the default)
-Surgical's groups (:func:`subtune.methods.surgical.surgical_groups`: the family record's ``groups``, the
+Surgical's groups (:func:`subtune.methods.surgical.surgical_groups`: Surgical's per-family groups, the
 stem in front of group 0: 4 on ResNet/ViT/ConvNeXt, 3 on the WRN), with ``unit: block`` every block of the
 record (the stem with block 0, a transition with the block it precedes). Stage ``k`` (``k = 0 ... G``)
 starts at epoch ``k * epochs_per_stage`` (0-based) and trains the head and the top ``k`` units ``U_{G-k}

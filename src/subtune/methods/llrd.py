@@ -52,7 +52,7 @@ def layer_ordinals(model: nn.Module) -> dict[str, float]:
     fam = family(model)
     blocks = fam.blocks(model)
     trans = fam.transitions(model)
-    places: list[tuple[str, float]] = [(s, 0.0) for s in fam.stem]
+    places: list[tuple[str, float]] = [(s, 0.0) for s in fam.stem_of(model)]
     for i, b in enumerate(blocks):
         places.append((b, float(i + 1)))
         if b in trans:

@@ -22,15 +22,17 @@ channels with the layer's stride and padding, ``B`` a ``1 x 1`` convolution).
   the merged model starts equal to the checkpoint). peft has no PiSSA for
   convolutions: ``pissa`` on a ResNet target is rejected.
 - Targets (``target``: module names relative to a block, matched as the full
-  relative name or its last components). Default (``target: null``): the
-  backbone family record's ``lora_targets`` (:mod:`subtune.models.families`;
-  each record's docstring says which layers and why). ViT: ``attn.qkv``
-  (timm's fused q/k/v Linear, one adapter for the three), ``attn.proj``,
-  ``mlp.fc1``, ``mlp.fc2`` of every block; convolutional families: the
-  layers their record names (ResNet and WideResNet: every 3x3 convolution
-  inside the blocks; ConvNeXt: the pointwise ``mlp.fc1``/``mlp.fc2``). The
-  stem, any layer outside the blocks and the head are not adapted unless
-  ``target`` names them.
+  relative name or its last components). Default (``target: null``):
+  :data:`LORA_TARGETS`, this module's table keyed by backbone family (as
+  peft's ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``; an entry is
+  names relative to a block, or a predicate ``(relative name, module) ->
+  bool``). ViT: ``attn.qkv`` (timm's fused q/k/v Linear, one adapter for the
+  three), ``attn.proj``, ``mlp.fc1``, ``mlp.fc2`` of every block;
+  convolutional families: ResNet and WideResNet every 3x3 convolution inside
+  the blocks (:func:`conv3x3`); ConvNeXt the pointwise ``mlp.fc1``/``mlp.fc2``
+  (:data:`CONVNEXT`); EfficientNet the pointwise convolutions
+  (:func:`pointwise`). The stem, any layer outside the blocks and the head
+  are not adapted unless ``target`` names them.
 - Scaling: peft's ``scaling = lora_alpha / r`` (``use_rslora`` off);
   ``alpha`` is ``lora_alpha``.
 - ``rank_factors`` (default ``{}``): a target entry -> an integer factor:
@@ -49,7 +51,7 @@ channels with the layer's stride and padding, ``B`` a ``1 x 1`` convolution).
   :mod:`.base`). Everything else is frozen, and frozen modules stay in eval
   mode: BatchNorm statistics do not move. Train mode is set on the adapted
   layers (for LoRA dropout), the ``train_modules`` and the head only.
-- Initialisation draws from the global torch RNG (``cmd_train`` seeds it with
+- Initialisation draws from the global torch RNG (the ``train`` stage (:func:`subtune.stages.train.fit_method`) seeds it with
   the run's seed before :meth:`LoRA.wrap`).
 - :meth:`LoRA.merge`: peft's ``merge_and_unload`` on a copy, giving a plain
   timm state dict (``W + scaling * B A``; DoRA's re-normalised weight).
@@ -88,11 +90,11 @@ from __future__ import annotations
 import re
 
 import copy
-from typing import Any
+from typing import Any, Callable, Mapping, Union
 
 from .. import SubtuneError
-from ..models.blocks import block_names, family, head_names
-from .base import Method, Param, Trainable, is_names, is_positive_int, register
+from ..models.blocks import block_names, head_names
+from .base import Method, Param, Trainable, family_entry, is_names, is_positive_int, register
 from .._lazy import lazy
 
 torch = lazy("torch")
@@ -101,15 +103,49 @@ nn = lazy("torch.nn")
 VARIANTS = ("lora", "dora", "pissa")
 
 
+# ------------------------------------------------------------------ default targets, per family
+def conv3x3(rel: str, module: nn.Module) -> bool:
+    """ResNet and the WideResNet: every 3x3 convolution inside the blocks (ResNet BasicBlock ``conv1``/``conv2``,
+    Bottleneck ``conv2``; WideResNet ``conv1``/``conv2``); not the stem, not the 1x1 convolutions (ResNet
+    ``downsample.0``, WideResNet ``convShortcut``)."""
+    return isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (3, 3)
+
+
+def pointwise(rel: str, module: nn.Module) -> bool:
+    """EfficientNet (ours): the pointwise 1x1, ungrouped convolutions of every block (``conv_pw``, ``conv_pwl``,
+    ``conv_exp`` when 1x1, ``conv``), not the depthwise ones (a rank-r adapter on a depthwise kxk kernel has more
+    parameters than the kernel, and peft's LoRA for grouped convolutions is limited) and not the
+    squeeze-and-excitation convolutions. They hold almost all of a block's weights, as the MLP does in a ConvNeXt
+    or ViT block."""
+    return (isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1) and module.groups == 1
+            and not rel.startswith("se.") and ".se." not in rel)
+
+
+#: ViT: ``attn.qkv`` (timm's fused q/k/v Linear, one adapter), ``attn.proj``, ``mlp.fc1``, ``mlp.fc2`` of every
+#: block (the SubTuning paper's LoRA baseline adapts qkv and proj)
+VIT = ("qkv", "proj", "fc1", "fc2")
+#: ConvNeXt: ``mlp.fc1`` and ``mlp.fc2`` of every block (Linear, or 1x1 Conv2d with ``conv_mlp``). The pointwise
+#: MLP holds almost all of a block's weights (8 C^2 against 49 C for the depthwise conv), the counterpart of the
+#: ViT MLP; a rank-r adapter on the depthwise 7x7 conv would have more parameters than the layer itself (and peft's
+#: LoRA for grouped convolutions is limited). The stem, downsample convolutions and head are not adapted.
+CONVNEXT = ("mlp.fc1", "mlp.fc2")
+
+#: family name -> LoRA's default targets: names relative to a block, or a predicate (relative name, module) -> bool
+LORA_TARGETS: dict[str, Union[tuple[str, ...], Callable[[str, Any], bool]]] = {
+    "convnext": CONVNEXT, "efficientnet": pointwise, "resnet": conv3x3, "vit": VIT, "wrn": conv3x3,
+}
+
+
 def _matches(rel: str, entry: str) -> bool:
     return rel == entry or rel.endswith("." + entry)
 
 
 def lora_targets(model: nn.Module, target: list[str] | None = None, blocks: list[str] | None = None,
-                 who: str = "lora") -> list[str]:
+                 who: str = "lora", table: Mapping[str, Any] = LORA_TARGETS) -> list[str]:
     """Full module names of the layers to adapt (see the module docstring), in network order.
 
-    ``target=None``: the family record's ``lora_targets`` (:mod:`subtune.models.families`).
+    ``target=None``: the family's entry in ``table`` (default :data:`LORA_TARGETS`; a family without one is an
+    error naming ``who``).
 
     ``blocks`` restricts them to those blocks (default: every block).
     """
@@ -120,7 +156,7 @@ def lora_targets(model: nn.Module, target: list[str] | None = None, blocks: list
             raise SubtuneError(f"{who}: {b!r} is not a block of this model (blocks: {', '.join(known)})")
     rule = None  # the family's default, when it is a predicate rather than names
     if target is None:
-        default = family(model).lora_targets
+        default = family_entry(who, table, model)
         if callable(default):
             rule = default
         else:
@@ -227,12 +263,13 @@ class LoRA(Method):
     label = "LoRA"
     order = 70
     parameters = LORA_PARAMETERS
+    per_family = LORA_TARGETS
 
     def adapted_blocks(self, model: nn.Module) -> list[str]:
         return block_names(model)
 
     def targets(self, model: nn.Module) -> list[str]:
-        return lora_targets(model, self.params["target"], who=self.name)
+        return lora_targets(model, self.params["target"], who=self.name, table=self.per_family)
 
     def full_modules(self, model: nn.Module, targets: list[str] | None = None) -> list[str]:
         """The ``train_modules`` of the adapted blocks, as full names in the (unwrapped) timm model."""
@@ -315,7 +352,8 @@ class SubTuningLoRA(LoRA):
         return list(self.params["blocks"])
 
     def targets(self, model: nn.Module) -> list[str]:
-        return lora_targets(model, self.params["target"], self.adapted_blocks(model), who=self.name)
+        return lora_targets(model, self.params["target"], self.adapted_blocks(model), who=self.name,
+                            table=self.per_family)
 
     def trainable(self, model: nn.Module) -> Trainable:
         t = super().trainable(model)

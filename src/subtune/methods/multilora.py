@@ -43,7 +43,7 @@ separate LoRA runs (:func:`train_separate_lora`, ``fit`` per task):
   like ``fit``'s, so they are the ones its separate run sees. The counted
   steps are in the result (``optimizer_steps`` per task).
 - **Same grid, chosen on validation.** ``grid`` (training keys, ``rank``,
-  ``alpha``; see :func:`subtune.config.multilora_grid_points`) is tried on
+  ``alpha``; see :func:`subtune.tune.multilora_grid_points`) is tried on
   both sides: Multi-LoRA takes the point with the best mean final-epoch
   validation accuracy over tasks, each separate LoRA run the point with the
   best final-epoch validation accuracy on its own task (ties: the earliest
@@ -345,8 +345,8 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
                  progress: bool | None = False, desc: str = "multilora", sequential: bool = False) -> dict[str, Any]:
     """Train the K tasks together: each step one batch per task, one optimizer and schedule per task.
 
-    Built from ``fit``'s parts (its optimizer, schedule, augmentation and
-    ``evaluate``); validation after every epoch, no test split. Returns
+    Built from ``fit``'s parts (its optimizer, schedule, augmentation, training
+    step and ``evaluate``); validation after every epoch, no test split. Returns
     ``history``, ``per_task`` (final ``val_acc``/``val_loss``),
     ``mean_val_acc``, ``optimizer_steps`` (per task, counted),
     ``trainable_params``, ``wall_time_s``, ``device``.
@@ -362,21 +362,24 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
     task only; ``per_task`` is evaluated after the last stage (a task
     trained early sees the A the later stages left).
     """
+    from functools import partial
+
     from tqdm.auto import tqdm
 
-    from ..train import _optimizer, augment_batch, evaluate, lr_scheduler, pick_device, set_modes, steps_per_epoch
+    from ..loop import Optimization, train_step
+    from ..train import evaluate, pick_device, set_modes, steps_per_epoch
 
     check_train(cfg)
     device = pick_device(device if isinstance(device, str) or device is None else str(device))
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    bs, k = cfg.batch_size, len(tasks)
+    k = len(tasks)
     sizes = [len(t.train[0]) for t in tasks]
     for t, n in zip(tasks, sizes):
         if n == 0:
             raise SubtuneError(f"multilora: task {t.name} has an empty training set")
     steps = [steps_per_epoch(n, cfg) for n in sizes]
-    used = [s * bs if cfg.drop_last else n for s, n in zip(steps, sizes)]  # images trained on per epoch
+    used = [s * cfg.batch_size if cfg.drop_last else n for s, n in zip(steps, sizes)]  # images trained on per epoch
     gens = [torch.Generator().manual_seed(seed) for _ in tasks]  # each task's order and augmentation: fit's
     if pre is not None:
         pre = pre.to(device)
@@ -384,22 +387,18 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
         p.requires_grad_(False)
     model.to(device)
     model_to_layout(model)
-    opts, scheds = [], []
+    optims = []  # one per task: its B in every layer and its head
     for t in range(k):
         params = model.task_params(t)
         for p in params:
             p.requires_grad_(True)
-        opt = _optimizer(params, cfg)
-        opts.append(opt)
-        scheds.append(lr_scheduler(opt, cfg, steps[t]))
+        optims.append(Optimization.build(params, cfg, steps[t]))
     shared = model.shared_params() if model.train_a else []
     for p in shared:
         p.requires_grad_(True)
-    counts = [0] * k
     history: list[dict[str, Any]] = []
     if progress is None:
         progress = sys.stderr.isatty()
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def validate(row: dict[str, Any], which: list[int]) -> None:
         for t in which:
@@ -410,8 +409,7 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
     stages = [[t] for t in range(k)] if sequential else [list(range(k))]
     for si, stage in enumerate(stages):
         per_epoch = max(steps[t] for t in stage)
-        a_opt = _optimizer(shared, cfg) if shared else None
-        a_sched = lr_scheduler(a_opt, cfg, per_epoch) if a_opt is not None else None
+        a_optim = [Optimization.build(shared, cfg, per_epoch)] if shared else []  # the shared A's, fresh per stage
         for epoch in tqdm(range(cfg.total_epochs), desc=desc + (f" stage {si + 1}" if sequential else ""),
                           disable=not progress, leave=False):
             set_modes(model, ["heads"])
@@ -419,42 +417,17 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
             losses = {t: torch.zeros((), device=device) for t in stage}
             for i in range(per_epoch):
                 active = [t for t in stage if i < steps[t]]
-                xs, ys, ns = [], [], []
-                for t in active:
-                    idx = orders[t][i * bs:(i + 1) * bs]
-                    xs.append(augment_batch(tasks[t].train[0][idx], cfg.augment, gens[t]))
-                    ys.append(tasks[t].train[1][idx])
-                    ns.append(len(idx))
-                xb = torch.cat(xs).to(device, non_blocking=True)
-                yb = torch.cat(ys).to(device)
-                task = torch.cat([torch.full((n,), t, dtype=torch.long) for t, n in zip(active, ns)]).to(device)
-                with torch.autocast(**autocast):
-                    feats = model.features(to_layout(pre(xb) if pre is not None else xb), task)
-                loss = torch.zeros((), device=device)
-                lo = 0
-                for t, n in zip(active, ns):
-                    with torch.autocast(**autocast):
-                        logits = model.heads[t](feats[lo:lo + n])
-                    lt = F.cross_entropy(logits.float(), yb[lo:lo + n], label_smoothing=cfg.label_smoothing)
-                    loss = loss + lt  # the sum of the tasks' own mean losses: each task's gradient is its own
-                    losses[t] += lt.detach() * n
-                    lo += n
-                for opt in opts:
-                    opt.zero_grad(set_to_none=True)
-                if a_opt is not None:
-                    a_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for t in active:
-                    opts[t].step()
-                    scheds[t].step()
-                    counts[t] += 1
-                if a_opt is not None:
-                    a_opt.step()
-                    a_sched.step()
+                xb, yb, task, ns = _together_batch(tasks, active, orders, i, cfg, gens, device)
+                # the loss is the sum of the tasks' own mean losses: each task's gradient is its own
+                _, parts = train_step(partial(_heads_logits, model, pre, xb, task, active, ns), yb.split(ns),
+                                      [optims[t] for t in active] + a_optim, cfg.label_smoothing, device.type,
+                                      zero=optims + a_optim)
+                for t, part, n in zip(active, parts, ns):
+                    losses[t] += part * n
             row: dict[str, Any] = {"epoch": epoch + 1, **({"stage": si + 1} if sequential else {})}
             for t in stage:
                 row.update({f"{tasks[t].name}_train_loss": float(losses[t]) / used[t],
-                            f"{tasks[t].name}_lr": opts[t].param_groups[0]["lr"]})
+                            f"{tasks[t].name}_lr": optims[t].lr})
             validate(row, stage)
             history.append(row)
     for p in model.parameters():
@@ -465,9 +438,36 @@ def fit_together(model: MultiLoRAModel, tasks: Sequence[Task], pre, cfg, seed: i
         validate(last, list(range(k)))
     per_task = {t.name: {"val_acc": last[f"{t.name}_val_acc"], "val_loss": last[f"{t.name}_val_loss"]} for t in tasks}
     return {"history": history, "per_task": per_task, "mean_val_acc": last["mean_val_acc"],
-            "optimizer_steps": {t.name: c for t, c in zip(tasks, counts)},
+            "optimizer_steps": {t.name: o.steps for t, o in zip(tasks, optims)},
             "trainable_params": model.trainable().num_params, "wall_time_s": time.perf_counter() - t0,
             "device": str(device)}
+
+
+def _together_batch(tasks: Sequence[Task], active: list[int], orders: dict[int, torch.Tensor], i: int, cfg,
+                    gens: list[torch.Generator], device: torch.device):
+    """Step ``i``'s batch: each active task's ``i``-th batch of its own order, augmented with its own generator,
+    concatenated in task order. Returns images, labels, each image's task id and each task's batch size."""
+    from ..train import augment_batch
+
+    bs = cfg.batch_size
+    xs, ys, ns = [], [], []
+    for t in active:
+        idx = orders[t][i * bs:(i + 1) * bs]
+        xs.append(augment_batch(tasks[t].train[0][idx], cfg.augment, gens[t]))
+        ys.append(tasks[t].train[1][idx])
+        ns.append(len(idx))
+    xb = torch.cat(xs).to(device, non_blocking=True)
+    yb = torch.cat(ys).to(device)
+    task = torch.cat([torch.full((n,), t, dtype=torch.long) for t, n in zip(active, ns)]).to(device)
+    return xb, yb, task, ns
+
+
+def _heads_logits(model: MultiLoRAModel, pre, xb: torch.Tensor, task: torch.Tensor, active: list[int],
+                  ns: list[int]) -> list[torch.Tensor]:
+    """One forward of the shared backbone over every active task's images, then each task's slice through its
+    own head (its own classes only): one logits tensor per active task."""
+    feats = model.features(to_layout(pre(xb) if pre is not None else xb), task)
+    return [model.heads[t](f) for t, f in zip(active, feats.split(ns))]
 
 
 def _point_cfg(cfg, point: dict[str, Any]):
@@ -499,9 +499,8 @@ def train_multilora(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: 
     (the chosen :class:`MultiLoRAModel`; drop it before writing JSON).
     ``train_a``, ``sequential``: the ablations (:func:`fit_together`).
     """
-    from ..config import multilora_grid_points
     from ..train import evaluate, pick_device
-    from ..tune import choose, point_label
+    from ..tune import choose, multilora_grid_points, point_label
 
     _check_tasks(tasks, cfg)
     points = multilora_grid_points(grid)
@@ -546,119 +545,3 @@ def train_multilora(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: 
 
 def _flat_counts(c: dict[str, Any]) -> dict[str, Any]:
     return {**c["multilora"], "heads": c["heads"], "layers": c["layers"], "separate_lora_expected": c["separate_lora"]}
-
-
-def train_separate_lora(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: int = 0, rank: int = 8,
-                        alpha: float = 8, target: list[str] | None = None, device=None,
-                        progress: bool | None = False, grid: dict[str, list] | None = None,
-                        task_grids: dict[str, dict[str, list]] | None = None) -> dict[str, Any]:
-    """The baseline: K separate peft-LoRA runs (method ``lora``, ``fit``), each choosing its own grid point.
-
-    Every task trains at every grid point from its own copy of ``backbone``
-    and keeps the point with the best final-epoch validation accuracy on its
-    own validation split (ties: the earliest); only that model reads the
-    task's test split. ``optimizer_steps`` are counted (every optimizer step
-    taken inside the task's chosen ``fit``). ``task_grids``: a task's own grid
-    in place of ``grid`` (the point it chose on the tuning seed: :func:`compare`'s ``tuned``).
-    """
-    from ..config import multilora_grid_points
-    from ..train import evaluate, fit, pick_device
-    from ..tune import choose, point_label
-    from .base import get_method
-
-    _check_tasks(tasks, cfg)
-    grids = {t.name: (task_grids or {}).get(t.name, grid) for t in tasks}
-    task_points = {n: multilora_grid_points(g) for n, g in grids.items()}
-    task_cfgs = {n: [_point_cfg(cfg, p) for p in pts] for n, pts in task_points.items()}  # all checked first
-    for n, cfgs in task_cfgs.items():
-        _check_cfgs(cfgs, grids[n])  # the baseline refuses what Multi-LoRA refuses: both sides train alike
-    dev = pick_device(device if isinstance(device, str) or device is None else str(device))
-    per_task: dict[str, dict[str, Any]] = {}
-    grid_results: dict[str, list[dict[str, Any]]] = {}
-    adapter = heads = 0
-    wall = wall_chosen = 0.0
-    for i, task in enumerate(tasks):
-        points, cfgs = task_points[task.name], task_cfgs[task.name]
-        results: list[dict[str, Any]] = []
-        best_model = best_tr = None
-        for point, pcfg in zip(points, cfgs):
-            model = copy.deepcopy(backbone)
-            with torch.random.fork_rng():
-                torch.manual_seed(seed + i)
-                model.reset_classifier(task.num_classes)
-                method = get_method("lora", rank=int(point["params"].get("rank", rank)),
-                                    alpha=point["params"].get("alpha", alpha), target=target)
-                model = method.wrap(model)
-            tr = method.trainable(model)
-            label = point_label(point)
-            with _counting_steps() as n:
-                m = fit(model, tr, pre, task.train, {"val": task.val}, pcfg, seed, device, progress=progress,
-                        desc=f"lora {task.name} [{label}]")
-            results.append({**point, "label": label, "val_acc": m["val_acc"], "val_loss": m["val_loss"],
-                            "optimizer_steps": n[0], "wall_time_s": m["wall_time_s"],
-                            "trainable_params": m["trainable_params"], "history": m["history"]})
-            if best_model is None or m["val_acc"] > max(x["val_acc"] for x in results[:-1]):
-                best_model, best_tr = model, tr
-            del model
-        best = choose(results)
-        r = results[best]
-        per_task[task.name] = {"val_acc": r["val_acc"], "val_loss": r["val_loss"],
-                               "optimizer_steps": r["optimizer_steps"], "chosen": r["label"],
-                               "chosen_index": best, "train": cfgs[best].to_dict(), "params": points[best]["params"]}
-        if task.test is not None:  # read once, by the chosen model only
-            e = evaluate(best_model, pre, *task.test, cfg.eval_batch_size, dev)
-            per_task[task.name].update(test_acc=e["acc"], test_loss=e["loss"])
-        head = sum(p.numel() for n_, p in best_tr.params if ".modules_to_save." in n_)
-        heads += head
-        adapter += r["trainable_params"] - head
-        wall += sum(x["wall_time_s"] for x in results)
-        wall_chosen += r["wall_time_s"]
-        grid_results[task.name] = results
-        del best_model, best_tr
-    has_test = all("test_acc" in v for v in per_task.values())
-    return {"method": "separate_lora", "rank": rank, "alpha": alpha, "per_task": per_task,
-            "mean_val_acc": _mean(v["val_acc"] for v in per_task.values()),
-            **({"mean_test_acc": _mean(v["test_acc"] for v in per_task.values())} if has_test else {}),
-            "optimizer_steps": {t: v["optimizer_steps"] for t, v in per_task.items()}, "grid_results": grid_results,
-            "heads": heads, "adapter_trained": adapter, "adapter_stored": adapter,
-            "params_trained": adapter + heads, "params_stored": adapter + heads,
-            "wall_time_s": wall, "wall_time_chosen_s": wall_chosen}
-
-
-def _point_grid(point: dict[str, Any], keys) -> dict[str, list]:
-    """A chosen grid point as a grid of one value per key (``keys``: the tuning grid's)."""
-    values = {**point.get("train", {}), **point.get("params", {})}
-    return {k: [values[k]] for k in keys if k in values}
-
-
-def tuned_grids(tuned: dict[str, Any], tasks: Sequence[Task]) -> tuple[dict[str, list], dict[str, dict[str, list]]]:
-    """From a :func:`compare` result on the tuning seed: Multi-LoRA's chosen point and each separate LoRA
-    run's own chosen point, as one-point grids (the main table's protocol: tune on one seed, train the rest at
-    the chosen values)."""
-    keys = list((tuned.get("grid") or {}))
-    names = [t.name for t in tasks]
-    if list(tuned.get("tasks") or []) != names:
-        raise SubtuneError(f"the tuned comparison's tasks {tuned.get('tasks')} differ from {names}")
-    ml = _point_grid(tuned["multilora"]["chosen"], keys)
-    sep = {n: _point_grid({"train": {k: v for k, v in tuned["separate_lora"]["per_task"][n]["train"].items()
-                                     if k in keys},
-                           "params": tuned["separate_lora"]["per_task"][n].get("params") or {}}, keys)
-           for n in names}
-    return ml, sep
-
-
-def compare(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: int = 0, rank: int = 8, alpha: float = 8,
-            target: list[str] | None = None, device=None, progress: bool | None = False,
-            grid: dict[str, list] | None = None, tuned: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Multi-LoRA against K separate LoRA runs: same backbone, data, training config, rank and grid.
-
-    ``tuned``: the comparison's result on the tuning seed; then each side trains only at the point it chose
-    there (Multi-LoRA its point, each separate run its own), as every method of the main table does.
-    """
-    ml_grid, sep_grids = tuned_grids(tuned, tasks) if tuned else (grid, None)
-    sep = train_separate_lora(backbone, tasks, pre, cfg, seed, rank, alpha, target, device, progress,
-                              grid if not tuned else None, sep_grids)
-    ml = train_multilora(backbone, tasks, pre, cfg, seed, rank, alpha, target, device, progress, ml_grid)
-    ml.pop("model")
-    return {"multilora": ml, "separate_lora": sep, "tasks": [t.name for t in tasks], "grid": dict(grid or {}),
-            **({"tuned_on_seed": int(tuned["seed"])} if tuned and "seed" in tuned else {})}

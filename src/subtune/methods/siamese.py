@@ -46,7 +46,7 @@ the selected set ``K`` (``blocks``, from SubTuning's greedy selection) and
   the frozen modules of the branch run in eval mode.
 - The head is a new ``nn.Linear(2d, C)`` (torch's default initialisation,
   what timm's ``reset_classifier`` gives the other methods' new heads),
-  drawn from the global RNG at :meth:`SiameseSubTuning.wrap` (``cmd_train``
+  drawn from the global RNG at :meth:`SiameseSubTuning.wrap` (the ``train`` stage (:func:`subtune.stages.train.fit_method`)
   seeds it with the run's seed); the backbone's own classifier is removed.
 - With no block selected ``f_sub = f_orig`` and it is the linear probe on the
   features twice.

@@ -9,9 +9,10 @@ BasicBlock of the CIFAR WideResNet (:mod:`.wrn`: ``block1.layer.0`` …
 SubTuning paper. The head (timm's classifier: ``fc``, ``head`` or ``head.fc``)
 is separate and always trainable.
 
-What a family's blocks, stem, tail and adapted positions are is its record in
-:mod:`.families` (one module per family); this module answers the questions
-the rest of the package asks about a model, through that record.
+What a family's blocks, stem and tail are is its record in :mod:`.families`
+(one module per family; what a method adapts on it is the method's own
+per-family table); this module answers the questions the rest of the package
+asks about a model's structure, through that record.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def block_names(model: nn.Module) -> list[str]:
 
 def stem_names(model: nn.Module) -> list[str]:
     """The family's stem entries that exist in ``model`` and hold parameters (modules or parameters)."""
-    return [n for n in family(model).stem if has_params(model, n)]
+    return [n for n in family(model).stem_of(model) if has_params(model, n)]
 
 
 def enumerate_blocks(model: nn.Module) -> list[Block]:

@@ -27,7 +27,7 @@ class Staged:
         fam = family(model)
         self.family = fam.name
         self._stem_forward, self._tail_forward = fam.stem_forward, fam.tail_forward
-        self.stem_names = list(fam.stem)
+        self.stem_names = list(fam.stem_of(model))
         self.tail_names = list(fam.tail)
         self.block_names = block_names(model)
         self.blocks = [model.get_submodule(n) for n in self.block_names]

@@ -1,18 +1,27 @@
 """Backbone families: one :class:`Family` record per family, one module per record.
 
 Every module of this package (``resnet.py``, ``vit.py``, ``wrn.py``,
-``convnext.py``, ...) defines ``FAMILY``, a :class:`Family`, and everything
-the package needs to know about that family is in it: which model classes it
-matches, its blocks, stem, transitions and tail (the prefix/suffix split,
-:mod:`subtune.models.split`, and the multi-task model,
-:mod:`subtune.multitask`, run the network from them), the layers LoRA adapts,
-the positions SSF and SAN adapt, Surgical's groups, and a tiny instance for
-tests. Methods and the split read these fields; none of them branches on a
-family's name. Adding a family is adding one module here: :func:`families`
-imports every module of the package on first use (they import timm, which
-takes seconds; config validation needs none of this), and the contract tests
-parametrise over :func:`families`, so a new family is tested without being
-listed anywhere.
+``convnext.py``, ...) defines ``FAMILY``, a :class:`Family`, which says what a
+family's network *is*: which model classes it matches, its blocks, stem,
+transitions and tail (the prefix/suffix split, :mod:`subtune.models.split`,
+and the multi-task model, :mod:`subtune.multitask`, run the network from
+them), and a tiny instance for tests. Blocks and stem come from timm's own
+``group_matcher`` (the layer map timm's layer decay reads) unless a record
+names them, which it does only where timm's map does not answer (its
+docstring says why).
+
+What a *method* does on a family (the layers LoRA adapts, the positions SSF
+and SAN adapt, Surgical's groups) is the method's: each such method module
+keeps a table keyed by family name (:attr:`subtune.methods.base.Method.per_family`,
+as peft keeps its LoRA target modules per model type), so a new method with
+per-backbone knowledge is one file, and a method asked about a family it has
+no entry for says so, naming both.
+
+Adding a family is adding one module here (plus an entry in each such
+method's table): :func:`families` imports every module of the package on
+first use (they import timm, which takes seconds; config validation needs
+none of this), and the contract tests parametrise over :func:`families`, so
+a new family is tested without being listed anywhere.
 
 The forward through a family's model, as the split computes it::
 
@@ -29,33 +38,64 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 from ... import SubtuneError
 from ..._lazy import lazy
 
 nn = lazy("torch.nn")
 
-#: (module whose output is scaled, channel dim of that output, module the scale/shift merges into)
-SSFPosition = tuple[str, int, str]
-#: (adapted module, channel dim of its output, anterior module or None, module the scale merges into)
-SANWire = tuple[str, int, Union[str, None], str]
-
 
 def _no_transitions(model: "nn.Module") -> dict[str, str]:
     return {}
+
+
+# ------------------------------------------------------------------ timm's layer map
+def _matcher(model: "nn.Module") -> dict:
+    """timm's fine-grained layer map of ``model`` (``group_matcher(coarse=False)``)."""
+    gm = getattr(model, "group_matcher", None)
+    if not callable(gm):
+        raise SubtuneError(f"{type(model).__name__} has no timm group_matcher: its family record must name its "
+                           "blocks and stem")
+    return gm(coarse=False)
+
+
+def matcher_blocks(model: "nn.Module") -> list[str]:
+    """The blocks of timm's layer map: the modules its per-block patterns (those without a fixed ordinal;
+    the fixed ones are a final norm or a stage's downsample) match in full, in the map's order."""
+    spec = _matcher(model)["blocks"]
+    patterns = [re.compile(p) for p, fixed in ([(spec, None)] if isinstance(spec, str) else spec) if fixed is None]
+    found: dict[str, tuple[int, ...]] = {}
+    for name, _ in model.named_modules():
+        for rx in patterns:
+            m = rx.match(name)
+            if m is not None and m.end() == len(name):
+                found[name] = tuple(int(g) for g in m.groups())
+                break
+    return sorted(found, key=found.__getitem__)
+
+
+def matcher_stem(model: "nn.Module") -> list[str]:
+    """The stem of timm's layer map: the top-level parameters and modules its ``stem`` pattern matches (timm
+    matches it at the start of parameter names), parameters first, each in the model's own order."""
+    rx = re.compile(_matcher(model)["stem"])
+    tops = [n for n, _ in model.named_parameters(recurse=False)] + [n for n, _ in model.named_children()]
+    return [n for n in tops if rx.match(n)]
 
 
 @dataclass(frozen=True)
 class Family:
     """One backbone family (see the package docstring for how the fields compose).
 
-    - ``name``: the family's name (``st.family``, test ids).
+    - ``name``: the family's name (``st.family``, test ids, the methods' per-family tables).
     - ``classes``: the model classes it matches (``isinstance``).
-    - ``blocks(model)``: the candidate block names (SubTuning's unit), in network order.
-    - ``stem``: top-level modules or parameters the stem uses (before the first block);
-      Surgical's group 0 starts with those that hold parameters, in this order.
+    - ``blocks(model)``: the candidate block names (SubTuning's unit), in network order; default:
+      timm's layer map (:func:`matcher_blocks`).
+    - ``stem``: top-level modules or parameters the stem uses (before the first block); default
+      (empty): those timm's layer map puts in its stem (:func:`matcher_stem`). Read it through
+      :meth:`stem_of`. Surgical's group 0 starts with those that hold parameters, in this order.
     - ``stem_forward(model, x)``: the stem's computation.
     - ``transitions(model)``: ``{block: module}``, a frozen module that runs right before
       that block and belongs to no block (ConvNeXt's per-stage downsample); default none.
@@ -63,13 +103,6 @@ class Family:
       classifier (final norms); a trainable parameter there counts as head-side for the
       prefix cache.
     - ``tail_forward(model, h)``: their computation; ``model.forward_head`` follows.
-    - ``groups(model, blocks)``: Surgical's groups of module names, in network order
-      (:func:`subtune.methods.surgical.surgical_groups` puts the stem in front of group 0).
-    - ``lora_targets``: LoRA's default targets (``target: null``): module names relative to
-      a block (a tuple, matched as the full relative name or its last components), or a
-      predicate ``(relative name, module) -> bool``.
-    - ``ssf_positions(model)``: SSF's positions, :data:`SSFPosition` tuples.
-    - ``san_wiring(model)``: SAN's adapted layers, :data:`SANWire` tuples.
     - ``tiny``: ``(timm name, kwargs, input size)`` of a small representative instance, for
       tests and smoke runs.
     - ``shrink``: size-reducing ``timm.create_model`` kwargs for any architecture of the
@@ -78,41 +111,21 @@ class Family:
 
     name: str
     classes: tuple[type, ...]
-    blocks: Callable[[Any], list[str]]
-    stem: tuple[str, ...]
     stem_forward: Callable[[Any, Any], Any]
     tail: tuple[str, ...]
     tail_forward: Callable[[Any, Any], Any]
-    groups: Callable[[Any, list[str]], list[list[str]]]
-    lora_targets: Union[tuple[str, ...], Callable[[str, Any], bool]]
-    ssf_positions: Callable[[Any], list[SSFPosition]]
-    san_wiring: Callable[[Any], list[SANWire]]
     tiny: tuple[str, dict, int]
+    blocks: Callable[[Any], list[str]] = matcher_blocks
+    stem: tuple[str, ...] = ()
     shrink: dict = field(default_factory=dict)
     transitions: Callable[[Any], dict[str, str]] = _no_transitions
 
     def matches(self, model: "nn.Module") -> bool:
         return isinstance(model, self.classes)
 
-
-# ------------------------------------------------------------------ shared helpers for records
-def by_stage(model: "nn.Module", blocks: list[str]) -> list[list[str]]:
-    """One group per stage: blocks whose names share everything but the last component, in order."""
-    stages: dict[str, list[str]] = {}
-    for b in blocks:
-        stages.setdefault(b.rsplit(".", 1)[0], []).append(b)
-    return list(stages.values())
-
-
-def in_four(model: "nn.Module", blocks: list[str]) -> list[list[str]]:
-    """Four groups of consecutive blocks (the last may be shorter)."""
-    size = -(-len(blocks) // 4)
-    return [blocks[i : i + size] for i in range(0, len(blocks), size)]
-
-
-def conv3x3(rel: str, module: "nn.Module") -> bool:
-    """LoRA's default on convolutional residual blocks: every 3x3 convolution."""
-    return isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (3, 3)
+    def stem_of(self, model: "nn.Module") -> list[str]:
+        """The stem's top-level names for ``model``: the record's, or timm's layer map's."""
+        return list(self.stem) if self.stem else matcher_stem(model)
 
 
 def has_params(model: "nn.Module", name: str) -> bool:
@@ -124,39 +137,6 @@ def has_params(model: "nn.Module", name: str) -> bool:
         except AttributeError:
             return False
     return isinstance(obj, nn.Parameter) or (isinstance(obj, nn.Module) and any(True for _ in obj.parameters()))
-
-
-def batchnorm_outputs(model: "nn.Module") -> list[SSFPosition]:
-    """SSF on a convolutional network: after every BatchNorm (channel dim 1), merged into the BatchNorm."""
-    return [(n, 1, n) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def conv_chain(model: "nn.Module") -> list[SANWire]:
-    """SAN on a convolutional residual network: every convolution, the scale on its output (channel dim 1);
-    inside a block ``conv2`` is fed by ``conv1`` and ``conv3`` by ``conv2``; nothing crosses blocks."""
-    blocks = family(model).blocks(model)
-    out: list[SANWire] = []
-    for n, m in model.named_modules():
-        if not isinstance(m, nn.Conv2d):
-            continue
-        anterior = None
-        for b in blocks:
-            if n.startswith(b + ".") and n[len(b) + 1:] in ("conv2", "conv3"):
-                anterior = f"{b}.conv{int(n[-1]) - 1}"
-        out.append((n, 1, anterior, n))
-    return out
-
-
-def channel_dim(module: "nn.Module") -> int:
-    """Where a module's output keeps its channels: 1 for NCHW (convolutions, timm's LayerNorm2d, BatchNorm),
-    -1 for channels-last (Linear, LayerNorm)."""
-    from timm.layers import LayerNorm2d
-
-    if isinstance(module, (LayerNorm2d, nn.Conv2d, nn.modules.batchnorm._BatchNorm)):
-        return 1
-    if isinstance(module, (nn.Linear, nn.LayerNorm)):
-        return -1
-    raise SubtuneError(f"no channel dimension known for {type(module).__name__}")
 
 
 # ------------------------------------------------------------------ the registry
@@ -214,5 +194,5 @@ def family_for_arch(arch: str, **kwargs: Any) -> Family:
     return family(model)
 
 
-__all__ = ["Family", "SANWire", "SSFPosition", "batchnorm_outputs", "by_stage", "channel_dim", "conv3x3", "conv_chain",
-           "families", "family", "family_for_arch", "has_params", "in_four", "register_family"]
+__all__ = ["Family", "families", "family", "family_for_arch", "has_params", "matcher_blocks", "matcher_stem",
+           "register_family"]

@@ -6,14 +6,9 @@ Source: :mod:`subtune.models.wrn` (``forward_features``: ``conv1`` -> ``block1``
 
 - Blocks: every pre-activation BasicBlock ``block1.layer.0`` ... ``block3.layer.N``.
 - Stem: ``conv1``; tail: the final ``bn1`` and ``relu``.
-- Surgical groups, the authors' (``main.py``: ``first_two_block``, ``second_block``, ``third_block``):
-  ``conv1`` + ``block1``, then ``block2``, ``block3``; the final ``bn1`` is in no group.
-- LoRA (``target: null``): each block's 3x3 ``conv1`` and ``conv2``; not the stem ``conv1``, not the 1x1
-  ``convShortcut``.
-- SSF (ours, the ResNet rule): after every BatchNorm: each block's ``bn1`` (on the block input) and
-  ``bn2``, and the final ``bn1``, before the ReLU.
-- SAN (ours, the ResNet rule): every convolution (stem ``conv1``, each block's ``conv1``/``conv2``,
-  each ``convShortcut``), the scale on its output; ``conv1``'s scale feeds ``conv2``.
+
+The record names its blocks and stem itself: the class is ours, not timm's, and defines no timm
+``group_matcher`` for the layer map to come from.
 """
 
 from __future__ import annotations
@@ -21,7 +16,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..wrn import WideResNet
-from . import Family, batchnorm_outputs, by_stage, conv3x3, conv_chain
+from . import Family
 
 
 def blocks(model: nn.Module) -> list[str]:
@@ -36,10 +31,6 @@ FAMILY = Family(
     stem_forward=lambda m, x: m.conv1(x),
     tail=("bn1",),
     tail_forward=lambda m, h: m.relu(m.bn1(h)),
-    groups=by_stage,
-    lora_targets=conv3x3,
-    ssf_positions=batchnorm_outputs,
-    san_wiring=conv_chain,
     tiny=("wrn28_10_cifar", {"depth": 10, "widen_factor": 1}, 32),
     shrink={"depth": 10, "widen_factor": 1},
 )

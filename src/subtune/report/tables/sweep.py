@@ -1,0 +1,69 @@
+"""The data-size sweep (``subtune report sweep``): accuracy against training-set size (SubTuning Fig. 4)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+
+from ...methods import method_label, method_order
+from ..format import LP_LABEL, PathLike, figure, save_png, write_csv
+from ..load import load_runs
+from ..published import attach_published, load_references
+from ..registry import table
+from ..summary import summarize
+
+
+@table("sweep")
+def sweep(run_files: Sequence[PathLike], out_csv: PathLike, out_png: PathLike,
+          references: Sequence[PathLike] | None = None, backbone: str | None = None) -> pd.DataFrame:
+    """Test accuracy against training-set size, per method (mean ± sample std over seeds).
+
+    CSV: method, target, train_size, n_seeds, seeds, test_acc_mean, test_acc_std,
+    val_acc_mean, val_acc_std, trainable_params, ..., blocks (the distinct
+    block sets the runs fine-tuned, SubTuning: selected at that size; empty for
+    other methods) (percent). PNG: error bars, log x axis, one line per method
+    (per method and target when there are several), each SubTuning point
+    annotated with its blocks.
+    """
+    runs = load_runs(run_files, need_train_size=True)
+    summ = summarize(runs, ["method", "target", "train_size"])
+    got = (runs.dropna(subset=["blocks"]).groupby(["method", "target", "train_size"], sort=False)["blocks"]
+               .agg(lambda s: " | ".join(dict.fromkeys(b or LP_LABEL for b in s))))
+    summ["blocks"] = [got.get(k, "") for k in zip(summ["method"], summ["target"], summ["train_size"])]
+    targets = list(dict.fromkeys(runs["target"]))
+    morder = {m: i for i, m in enumerate(method_order(summ["method"]))}
+    summ = (summ.assign(_m=summ["method"].map(morder), _t=summ["target"].map(targets.index))
+                .sort_values(["_m", "_t", "train_size"]).drop(columns=["_m", "_t"]).reset_index(drop=True))
+    summ["train_size"] = summ["train_size"].astype(int)
+    summ = attach_published(summ, load_references(references), backbone)
+    write_csv(summ, out_csv)
+
+    fig = figure(6.0, 4.2)
+    ax = fig.add_subplot()
+    for (m, t), g in summ.groupby(["method", "target"], sort=False):
+        label = method_label(m) + (f" ({t})" if len(targets) > 1 else "")
+        line = ax.errorbar(g["train_size"], g["test_acc_mean"], yerr=g["test_acc_std"], marker="o", capsize=3,
+                           label=label)
+        for n, acc, b in zip(g["train_size"], g["test_acc_mean"], g["blocks"]):
+            if b:  # the blocks selected at this size
+                ax.annotate(b.replace("+", ", "), (n, acc), xytext=(4, -10), textcoords="offset points", fontsize=6,
+                            color=line[0].get_color())
+        pub = g.dropna(subset=["published"])
+        if len(pub):
+            ax.plot(pub["train_size"], pub["published"], linestyle="none", marker="x", markersize=8,
+                    color=line[0].get_color(), label=f"{label}, published")
+    ax.set_xscale("log")
+    sizes = sorted(set(summ["train_size"]))
+    if len(sizes) <= 12:
+        from matplotlib.ticker import NullFormatter
+
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training examples")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy against training-set size" + (f": {targets[0]}" if len(targets) == 1 else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    save_png(fig, out_png)
+    return summ

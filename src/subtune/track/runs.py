@@ -1,0 +1,241 @@
+"""What a run logs (params, per-epoch and final metrics, tags, the metrics file) and logging it, once."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from .. import SubtuneError, __version__
+from .retry import _budget, _one_line, _Retrier
+from .server import SERVER_WAIT_S, _http_limits, check_server, is_server
+from .store import _BAD_NAME, TrackingError, _store_lock, open_experiment, resolve_uri
+
+KEY_TAG = "subtune.metrics_sha256"
+HISTORY_KEYS = ("val_acc", "val_loss", "train_loss", "lr")
+FINAL_KEYS = (
+    "val_acc", "val_loss", "test_acc", "test_loss", "trainable_params", "total_params",
+    "wall_time_s", "train_size", "epochs",
+)
+# MLflow's limits (mlflow.utils.validation): entities per log_batch call, param length.
+_MAX_BATCH = 1000
+_MAX_PARAMS_TAGS = 100
+_MAX_PARAM_LEN = 6000
+
+
+def _flatten(d: Mapping[str, Any], prefix: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = _param_value(v)
+    return out
+
+
+def _param_value(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        s = ",".join(_param_value(x) for x in v)
+    elif v is None:
+        s = "None"
+    else:
+        s = str(v)
+    return s[:_MAX_PARAM_LEN]
+
+
+def _name(key: str) -> str:
+    """A valid MLflow param/metric/tag name (letters, digits, _ - . space / :)."""
+    return _BAD_NAME.sub("_", str(key))[:250]
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f
+
+
+def run_params(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """The params of a run: method, target, seed, blocks, train.*, method_params.*."""
+    params: dict[str, str] = {}
+    for k in ("method", "target", "seed"):
+        if metrics.get(k) is not None:
+            params[k] = _param_value(metrics[k])
+    mp = metrics.get("method_params") or {}
+    if isinstance(mp, Mapping) and "blocks" in mp:
+        params["blocks"] = _param_value(mp["blocks"] or [])
+    if isinstance(metrics.get("train"), Mapping):
+        params.update(_flatten(metrics["train"], "train"))
+    if isinstance(mp, Mapping):
+        params.update(_flatten(mp, "method_params"))
+    for k in ("device", "checkpoint"):
+        if metrics.get(k) is not None:
+            params[k] = _param_value(metrics[k])
+    return {_name(k): v for k, v in params.items()}
+
+
+def run_metrics(metrics: Mapping[str, Any], timestamp_ms: int) -> list:
+    """Per-epoch history (step = epoch) and final values (at the last epoch's step, later timestamp)."""
+    from mlflow.entities import Metric
+
+    out: list = []
+    seen: dict[tuple[str, int], float] = {}
+    last_step = 0
+    for i, row in enumerate(metrics.get("history") or []):
+        if not isinstance(row, Mapping):
+            continue
+        step = int(row.get("epoch", i + 1))
+        last_step = max(last_step, step)
+        for k in HISTORY_KEYS:
+            v = _number(row.get(k))
+            if v is not None:
+                out.append(Metric(k, v, timestamp_ms, step))
+                seen[(k, step)] = v
+    for k in FINAL_KEYS:
+        v = _number(metrics.get(k))
+        if v is None or seen.get((k, last_step)) == v:
+            continue  # the final value is the last epoch's: already logged
+        out.append(Metric(k, v, timestamp_ms + 1, last_step))
+    # Scoring jobs: one score per candidate block set ("" / "(lp)" = linear probe).
+    for key, v in (metrics.get("candidate_scores") or {}).items():
+        v = _number(v)
+        if v is not None:
+            label = key.strip("()") or "lp"
+            out.append(Metric(_name(f"score/{label}"), v, timestamp_ms, 0))
+    return out
+
+
+def _chunks(params: list, metrics: list, tags: list) -> Iterator[tuple[list, list, list]]:
+    """Split into log_batch calls within MLflow's limits (each call is one transaction)."""
+    params, metrics, tags = list(params), list(metrics), list(tags)
+    while params or metrics or tags:
+        p, params = params[:_MAX_PARAMS_TAGS], params[_MAX_PARAMS_TAGS:]
+        t, tags = tags[:_MAX_PARAMS_TAGS], tags[_MAX_PARAMS_TAGS:]
+        n = _MAX_BATCH - len(p) - len(t)
+        m, metrics = metrics[:n], metrics[n:]
+        yield p, m, t
+
+
+def run_key(metrics: Mapping[str, Any], artifact: Path | str | None = None) -> str:
+    """A run's identity: the SHA-256 of its metrics file (else of its metrics, as canonical JSON).
+
+    Logged as the tag ``subtune.metrics_sha256``: a file that is already logged is not logged again.
+    """
+    if artifact is not None:
+        with open(artifact, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    text = json.dumps(metrics, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _existing_runs(client, exp_id: str, key: str) -> list:
+    from mlflow.entities import ViewType
+
+    return list(client.search_runs([exp_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'",
+                                   run_view_type=ViewType.ACTIVE_ONLY, max_results=100))
+
+
+def log_run(
+    metrics: Mapping[str, Any],
+    *,
+    tracking_uri: str | None = None,
+    experiment: str = "subtune",
+    tags: Mapping[str, str] | None = None,
+    artifact: Path | str | None = None,
+    run_name: str | None = None,
+    retry_s: float | None = None,
+    key: str | None = None,
+) -> str:
+    """Log one training job as one MLflow run; return its run id.
+
+    Params: method, target, seed, blocks (comma-joined), ``train.*`` and
+    ``method_params.*`` (flattened), device, checkpoint. Metrics: per-epoch
+    ``val_acc``/``val_loss``/``train_loss``/``lr`` (step = epoch) and the final
+    ``val_acc``, ``test_acc``, losses, ``trainable_params``, ``total_params``,
+    ``wall_time_s``, ``train_size``. Tags: ``tags`` plus ``subtune.version``
+    and ``subtune.metrics_sha256`` (``key``, default :func:`run_key`). The
+    metrics JSON (``artifact``) is attached as an artifact.
+
+    Idempotent: if the experiment already has a finished run with the same
+    key, its id is returned and nothing is logged; unfinished runs with the
+    key (an attempt that died half-way) are deleted first.
+
+    Transient SQLite failures ("database is locked" and other operational
+    errors) are retried with jittered backoff for up to ``retry_s`` seconds
+    (after waiting for the store's file lock); a tracking server is waited
+    for at most ``min(retry_s, 10 s)``; then :class:`TrackingError` is raised
+    (the metrics file is kept).
+    """
+    return _log_run(metrics, tracking_uri=tracking_uri, experiment=experiment, tags=tags, artifact=artifact,
+                    run_name=run_name, retry_s=retry_s, key=key)[0]
+
+
+def _log_run(
+    metrics: Mapping[str, Any],
+    *,
+    tracking_uri: str | None,
+    experiment: str,
+    tags: Mapping[str, str] | None,
+    artifact: Path | str | None,
+    run_name: str | None,
+    retry_s: float | None,
+    key: str | None,
+) -> tuple[str, bool]:
+    """:func:`log_run`, also saying whether the run was already logged (``(run_id, True)``)."""
+    from mlflow.entities import Param, RunTag
+
+    uri = resolve_uri(tracking_uri)
+    if artifact is not None and not Path(artifact).is_file():
+        raise SubtuneError(f"missing artifact file: {artifact}")
+    budget = _budget(retry_s)
+    retry = _Retrier(0)
+    key = key or run_key(metrics, artifact)
+    now_ms = int(time.time() * 1000)
+    params = [Param(k, v) for k, v in run_params(metrics).items()]
+    mets = run_metrics(metrics, now_ms)
+    all_tags = {**{_name(k): str(v) for k, v in (tags or {}).items()}, "subtune.version": __version__,
+                KEY_TAG: key}
+    tag_list = [RunTag(k, v) for k, v in all_tags.items()]
+    if run_name is None:
+        parts = [str(metrics[k]) for k in ("method", "target") if metrics.get(k) is not None]
+        if metrics.get("seed") is not None:
+            parts.append(f"seed{metrics['seed']}")
+        run_name = "-".join(parts) or None
+    where = f" ({artifact})" if artifact is not None else ""
+    run_id: str | None = None
+    client = None
+    try:
+        with _http_limits(uri), _store_lock(uri, budget):
+            if is_server(uri):
+                check_server(uri, min(budget, SERVER_WAIT_S))
+            retry = _Retrier(budget)
+            client, exp_id = open_experiment(uri, experiment, retry)
+            for old in retry(lambda: _existing_runs(client, exp_id, key), "find run"):
+                if old.info.status == "FINISHED":
+                    return old.info.run_id, True
+                retry(lambda old=old: client.delete_run(old.info.run_id), "delete unfinished run")
+            run = retry(lambda: client.create_run(exp_id, start_time=now_ms, run_name=run_name), "create run")
+            run_id = run.info.run_id
+            for p, m, t in _chunks(params, mets, tag_list):
+                retry(lambda p=p, m=m, t=t: client.log_batch(run_id, metrics=m, params=p, tags=t), "log batch")
+            if artifact is not None:
+                retry(lambda: client.log_artifact(run_id, str(artifact)), "log artifact")
+            retry(lambda: client.set_terminated(run_id, "FINISHED"), "finish run")
+        return run_id, False
+    except Exception as exc:
+        if run_id is not None and client is not None:
+            with contextlib.suppress(Exception), _http_limits(uri):
+                client.set_terminated(run_id, "FAILED")
+        raise TrackingError(
+            f"MLflow logging to {uri} failed after {retry.retries} retries ({_one_line(exc)}); "
+            f"the metrics file is kept{where}"
+        ) from exc
+
+

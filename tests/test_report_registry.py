@@ -1,0 +1,157 @@
+"""The report's table registry: every table is registered under the name the report stage calls it by, documented
+and runnable on a minimal input; a new table module is picked up without being listed anywhere."""
+
+from __future__ import annotations
+
+import ast
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from subtune import SubtuneError, report
+from subtune.report import registry, tables
+
+from helpers.reports import greedy_state, run_json, scored, tune_json, write_json
+
+SRC = Path(report.__file__).resolve().parent
+# `subtune report NAME`: the tables the workflow's report rules ask for
+STAGE_TABLES = {"main", "rounds", "profile", "pairs", "sweep", "epsilon", "grid", "selection", "claims", "multilora"}
+BLOCKS = ["layer1.0", "layer2.0"]
+
+
+def _runs(tmp_path: Path, **extra) -> list[Path]:
+    return [write_json(tmp_path / "runs" / f"{m}{s}.json",
+                       run_json(m, "fmnist", s, 0.8 + s / 100 + i / 10, 100, **extra))
+            for i, m in enumerate(("ft", "subtuning")) for s in range(3)]
+
+
+def _scores(tmp_path: Path, kind: str, sets: list[list[str]]) -> list[Path]:
+    head = {"kind": kind, "target": "fmnist", "seed": 0, "blocks": BLOCKS, "round": 1}
+    return [write_json(tmp_path / "select" / "fmnist" / "seed0" / f"{kind}.json",
+                       {**head, "results": [scored(b, 0.5 + len(b) / 10, 10) for b in sets]})]
+
+
+def _state(tmp_path: Path) -> Path:
+    walk = greedy_state({"layer1.0": 0.05})
+    for r in walk["rounds"]:
+        r["cost"] = {"wall_time_s": 1.0, "ft_equiv": 0.1}
+    return write_json(tmp_path / "select" / "fmnist" / "seed0" / "selected.json", walk)
+
+
+def _multilora(tmp_path: Path) -> list[Path]:
+    d = {"seed": 0}
+    for kind, acc in (("multilora", 0.8), ("separate_lora", 0.82)):
+        d[kind] = {"per_task": {t: {"val_acc": acc, "test_acc": acc} for t in "ab"}, "params_trained": 300,
+                   "params_stored": 400, "rank": 4}
+    return [write_json(tmp_path / "ml.json", d)]
+
+
+# name -> how to call it on a minimal input (in tmp_path, outputs named o.*)
+MINIMAL = {
+    "main": lambda p: report.main_table(_runs(p), p / "o.csv", p / "o.md"),
+    "rounds": lambda p: report.rounds([_state(p)], p / "o.csv"),
+    "profile": lambda p: report.profile(_scores(p, "profile", [[], ["layer1.0"], ["layer2.0"]]), p / "o.csv",
+                                        p / "o.png"),
+    "pairs": lambda p: report.pairs(_scores(p, "pairs", [["layer1.0"], ["layer1.0", "layer2.0"]]), p / "o.csv",
+                                    p / "o.png"),
+    "sweep": lambda p: report.sweep(_runs(p), p / "o.csv", p / "o.png"),
+    "epsilon": lambda p: report.epsilon(
+        [_state(p)], [write_json(p / "eps.json", run_json("subtuning", "fmnist", 0, 0.9, 10,
+                                                          method_params={"blocks": ["layer1.0"]}))],
+        [0.01], 0.01, p / "o.csv", p / "o.md"),
+    "grid": lambda p: report.grid_table(
+        [write_json(p / "tune.json", tune_json("lp", "fmnist", [(0.01, 0.5, "grid"), (0.1, 0.6, "grid")], 1))],
+        p / "o.csv", p / "o.md", p / "o.png"),
+    "selection": lambda p: report.selection_table([_state(p)], p / "o.csv", p / "o.md"),
+    "claims": lambda p: report.claims_table(_runs(p), p / "o.csv", p / "o.md"),
+    "multilora": lambda p: report.multilora(_multilora(p), p / "o.csv", p / "o.md"),
+}
+
+
+# ---------------------------------------------------------------- contract
+def test_every_report_stage_table_is_registered_under_its_name():
+    assert STAGE_TABLES <= set(report.TABLES)
+    assert report.get_table("main") is report.main_table and report.get_table("grid") is report.grid_table
+    with pytest.raises(SubtuneError, match="unknown report table 'nope'"):
+        report.get_table("nope")
+
+
+def test_every_table_module_registers_a_table():
+    modules = {fn.__module__.rsplit(".", 1)[-1] for fn in report.TABLES.values()}
+    assert set(tables.discover()) <= modules
+
+
+@pytest.mark.parametrize("name", sorted(report.TABLES))
+def test_every_table_is_documented_and_runs_on_a_minimal_input(name, tmp_path):
+    fn = report.get_table(name)
+    assert fn.__module__.startswith("subtune.report.tables.") and (fn.__doc__ or "").strip(), name
+    if name not in MINIMAL:  # a table this test does not know: its own tests run it
+        return
+    out = MINIMAL[name](tmp_path)
+    assert isinstance(out, pd.DataFrame) and len(out)
+    written = {p.name: p.stat().st_size for p in tmp_path.glob("o.*")}
+    assert "o.csv" in written and all(written.values()), written
+
+
+def test_the_report_package_stays_small_and_below_the_cli():
+    """No module over 600 lines, no function over 120, and nothing in the report imports the CLI."""
+    for f in sorted(SRC.rglob("*.py")):
+        text = f.read_text()
+        assert len(text.splitlines()) <= 600, f
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno + 1 <= 120, f"{f}: {node.name}"
+            if isinstance(node, ast.ImportFrom):
+                assert "cli" not in (node.module or "").split("."), f"{f} imports {node.module}"
+
+
+# ---------------------------------------------------------------- a new table is one file
+PROBE = '''
+"""A throwaway table of the registry test."""
+
+from subtune.report.format import write_text
+from subtune.report.registry import table
+
+import pandas as pd
+
+
+@table("zz_probe")
+def zz_probe(out_md):
+    """One line of Markdown."""
+    write_text("# probe\\n", out_md)
+    return pd.DataFrame({"x": [1]})
+'''
+
+
+def test_a_new_table_module_is_picked_up_without_being_listed(tmp_path, monkeypatch):
+    (tmp_path / "zz_probe.py").write_text(textwrap.dedent(PROBE))
+    monkeypatch.setattr(tables, "__path__", [*tables.__path__, str(tmp_path)])
+    try:
+        assert "zz_probe" in tables.discover()
+        fn = report.get_table("zz_probe")
+        assert fn.__module__ == "subtune.report.tables.zz_probe" and fn.__doc__
+        assert fn(tmp_path / "p.md")["x"].tolist() == [1] and (tmp_path / "p.md").read_text() == "# probe\n"
+        tables.discover()  # a second discovery imports nothing twice and registers nothing twice
+        assert list(report.TABLES).count("zz_probe") == 1
+    finally:
+        report.TABLES.pop("zz_probe", None)
+        sys.modules.pop("subtune.report.tables.zz_probe", None)
+
+
+def test_the_registry_refuses_a_second_table_of_the_same_name():
+    def other(out_csv):
+        """Another table."""
+
+    with pytest.raises(SubtuneError, match="'main' is already registered by subtune.report.tables.main"):
+        registry.table("main")(other)
+    with pytest.raises(SubtuneError, match="not an identifier"):
+        registry.table("two words")
+    try:
+        assert registry.table("zz_api")(other) is other and report.get_table("zz_api") is other
+        assert registry.table("zz_api")(other) is other  # the same function again: no error
+    finally:
+        report.TABLES.pop("zz_api", None)
