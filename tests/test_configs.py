@@ -7,7 +7,6 @@ every file in configs/ but those tests/helpers/configs.py names as not a paper's
 
 import contextlib
 import re
-from pathlib import Path
 
 import pytest
 import yaml

@@ -1,7 +1,6 @@
 """Selection budget: successive halving inside a greedy round (pure logic, and exact against full training)."""
 
 import pytest
-import torch
 
 from subtune import SubtuneError
 from subtune.config import validate

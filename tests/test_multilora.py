@@ -15,7 +15,7 @@ import subtune.train
 from subtune import SubtuneError
 from subtune.config import multilora_grid_points
 from subtune.methods.multilora import Task, train_multilora
-from subtune.methods.multilora_compare import compare, train_separate_lora
+from subtune.methods.multilora_compare import compare, train_separate_lora, tuned_grid
 from subtune.report import multilora as multilora_table
 from subtune.train import Preprocess, TrainConfig
 
@@ -167,6 +167,13 @@ def test_other_seeds_train_each_side_at_the_point_it_chose_on_the_tuning_seed():
     bad = {**first, "tasks": ["b", "a"]}
     with pytest.raises(SubtuneError, match="tuned comparison's tasks"):
         compare(small(), tasks(), PRE, TrainConfig(epochs=1, batch_size=8), seed=1, grid=grid, tuned=bad)
+    with pytest.raises(SubtuneError, match="tuned on the grid"):
+        compare(small(), tasks(), PRE, TrainConfig(epochs=1, batch_size=8), seed=1, grid={"lr": [1e-4]},
+                tuned=first)
+    alone = {k: v for k, v in first.items() if k != "separate_lora"}  # an ablation's output: Multi-LoRA alone
+    with pytest.raises(SubtuneError, match="not a multilora --compare result"):
+        compare(small(), tasks(), PRE, TrainConfig(epochs=1, batch_size=8), seed=1, grid=grid, tuned=alone)
+    assert tuned_grid(alone) == {"lr": [3e-2], "rank": [2]}
 
 
 def test_grid_keys_are_checked():

@@ -198,6 +198,8 @@ def test_multilora_jobs_and_ablations(plan):
     assert plan.ablation_ranks() == "2 4"
     # the grid is tried on the first seed; the others train at the point it chose
     assert plan.multilora_tuned("0") == [] and plan.multilora_tuned(1) == [f"{RES}/multilora/seed0.json"]
+    assert plan.multilora_tuned(0, "rank4") == [] and plan.multilora_tuned(2, "rank4") == [
+        f"{RES}/multilora/rank4/seed0.json"]
     files = plan.multilora_inputs()
     assert files["data"] == [f"data/prepared/test/{t}/1k.safetensors" for t in ("fmnist-new", "digits")]
     assert plan.multilora_tasks(files["data"], files["manifests"]) == (

@@ -1,5 +1,6 @@
 """The report's table registry: every table is registered under the name the report stage calls it by, documented
-and runnable on a minimal input; a new table module is picked up without being listed anywhere."""
+and runnable on a minimal input, with its command line; a new table module is picked up, and runs as
+``subtune report NAME``, without being listed anywhere."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pandas as pd
 import pytest
 
 from subtune import SubtuneError, report
+from subtune.cli import main
 from subtune.report import registry, tables
+from subtune.stages import report as report_stage
 
 from helpers.reports import greedy_state, run_json, scored, tune_json, write_json
 
@@ -84,6 +87,18 @@ def test_every_table_module_registers_a_table():
     assert set(tables.discover()) <= modules
 
 
+def test_the_report_stage_lists_every_table_with_its_command_line_and_help():
+    """The stage reads the names and help lines from the files; the registry's, from the imported modules."""
+    listed = report_stage.tables()
+    assert STAGE_TABLES <= set(listed) == set(registry.CLIS)  # every table module declares its command line
+    for name, help_line in listed.items():
+        assert help_line and help_line == registry.get_cli(name).help, name
+        parser = registry.table_parser(name)
+        assert parser.prog == f"subtune report {name}" and help_line in " ".join(parser.format_help().split())
+    with pytest.raises(SubtuneError, match="report table 'nope' has no command line"):
+        registry.get_cli("nope")
+
+
 @pytest.mark.parametrize("name", sorted(report.TABLES))
 def test_every_table_is_documented_and_runs_on_a_minimal_input(name, tmp_path):
     fn = report.get_table(name)
@@ -119,27 +134,61 @@ from subtune.report.registry import table
 import pandas as pd
 
 
-@table("zz_probe")
-def zz_probe(out_md):
+def add_arguments(p):
+    p.add_argument("--title", default="probe")
+    p.add_argument("--out-md", dest="out_md", required=True)
+
+
+@table("zz_probe", arguments=add_arguments)  # no run adapter: the options are its keyword arguments
+def zz_probe(out_md, title="probe"):
     """One line of Markdown."""
-    write_text("# probe\\n", out_md)
+    write_text(f"# {title}\\n", out_md)
     return pd.DataFrame({"x": [1]})
 '''
 
 
-def test_a_new_table_module_is_picked_up_without_being_listed(tmp_path, monkeypatch):
-    (tmp_path / "zz_probe.py").write_text(textwrap.dedent(PROBE))
-    monkeypatch.setattr(tables, "__path__", [*tables.__path__, str(tmp_path)])
+@pytest.fixture
+def probe_table(tmp_path, monkeypatch):
+    """The module of table ``zz_probe`` in a directory of the tables package, nothing else changed."""
+    d = tmp_path / "tables"
+    d.mkdir()
+    (d / "zz_probe.py").write_text(textwrap.dedent(PROBE))
+    monkeypatch.setattr(tables, "__path__", [*tables.__path__, str(d)])
     try:
-        assert "zz_probe" in tables.discover()
-        fn = report.get_table("zz_probe")
-        assert fn.__module__ == "subtune.report.tables.zz_probe" and fn.__doc__
-        assert fn(tmp_path / "p.md")["x"].tolist() == [1] and (tmp_path / "p.md").read_text() == "# probe\n"
-        tables.discover()  # a second discovery imports nothing twice and registers nothing twice
-        assert list(report.TABLES).count("zz_probe") == 1
+        yield "zz_probe"
     finally:
         report.TABLES.pop("zz_probe", None)
+        registry.CLIS.pop("zz_probe", None)
         sys.modules.pop("subtune.report.tables.zz_probe", None)
+
+
+def test_a_new_table_module_runs_as_a_report_stage_table(probe_table, tmp_path, capsys):
+    out = tmp_path / "o" / "p.md"
+    assert main(["report", probe_table, "--out-md", str(out), "--title", "hello"]) == 0
+    assert out.read_text() == "# hello\n" and f"report zz_probe: {out}\n" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # the stage lists it, with its docstring's first line
+        main(["report", "--help"])
+    help_text = capsys.readouterr().out
+    assert exc.value.code == 0 and "zz_probe   A throwaway table of the registry test." in help_text
+    with pytest.raises(SystemExit) as exc:  # its own options
+        main(["report", probe_table, "--help"])
+    assert exc.value.code == 0 and "--title TITLE" in capsys.readouterr().out
+    for argv in ([probe_table], [probe_table, "--out-md", str(out), "--nope"], ["zz_missing"]):
+        with pytest.raises(SystemExit) as exc:  # argparse's own errors
+            main(["report", *argv])
+        assert exc.value.code == 2, argv
+    err = capsys.readouterr().err
+    assert "subtune report zz_probe: error: the following arguments are required: --out-md" in err
+    assert "unrecognized arguments: --nope" in err and "invalid choice: 'zz_missing'" in err
+
+
+def test_a_new_table_module_is_picked_up_without_being_listed(probe_table, tmp_path):
+    assert "zz_probe" in tables.discover()
+    fn = report.get_table("zz_probe")
+    assert fn.__module__ == "subtune.report.tables.zz_probe" and fn.__doc__
+    assert fn(tmp_path / "p.md")["x"].tolist() == [1] and (tmp_path / "p.md").read_text() == "# probe\n"
+    tables.discover()  # a second discovery imports nothing twice and registers nothing twice
+    assert list(report.TABLES).count("zz_probe") == 1
 
 
 def test_the_registry_refuses_a_second_table_of_the_same_name():

@@ -17,6 +17,17 @@ train800val200), with no per-epoch validation; ``tune`` and the selection keep
 train/val, and the data-size sweep keeps train (its x axis is the training-set
 size; its per-size selection needs val). ``selection.cv_data: train+val`` runs
 ``scoring: cv``'s folds over the union (SubTuning's 5-fold CV over the 1,000).
+
+The schema's typed parts come from the Python declarations, composed at validation time
+(:func:`config_schema`): ``$defs.train`` from :class:`~subtune.train_config.TrainConfig`'s fields,
+``$defs.method_params`` from each registered method's :attr:`~subtune.methods.base.Method.parameters`
+(``methods.<m>.params`` and ``targets.<t>.methods.<m>.params``), ``$defs.multilora_params`` from LoRA's
+rank, alpha and target. The YAML file holds everything else and a ``generated`` placeholder for each.
+Composed at run time rather than written into the file by a generator: the method registry is open (a
+method is one module dropped into :mod:`subtune.methods`, listed nowhere else), so a generated file would
+need regenerating for every new method and could disagree with the code in between; composed, it cannot.
+``python -m subtune.config`` prints the whole schema (for an editor or another validator). An error inside
+a method's ``params`` is reported with the method's own message (the check reads the same fragment).
 """
 
 from __future__ import annotations
@@ -53,13 +64,22 @@ from .plan import (  # noqa: F401  (the values the rules receive: importable fro
 from .tune import multilora_grid_points  # noqa: F401  (importable from here too)
 
 
+#: the keys of ``multilora.params``: LoRA's parameters that Multi-LoRA takes
+MULTILORA_PARAMS = ("rank", "alpha", "target")
+#: how the ``$comment`` of each placeholder in the YAML file starts (the ``$defs`` :func:`config_schema` fills in)
+GENERATED = "generated"
+
+
 def _path(err) -> str:
     return ".".join(str(p) for p in err.absolute_path) or "(top level)"
 
 
-def _schema_error(err) -> str:
+def _schema_error(err, config: dict[str, Any]) -> str:
     import jsonschema
 
+    params_message = _method_params_error(list(err.absolute_path), config)
+    if params_message:
+        return params_message
     if err.validator == "additionalProperties":
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         where = _path(err)
@@ -74,10 +94,64 @@ def _schema_error(err) -> str:
     return f"bad config value {_path(best)}: {best.message}"
 
 
+def _method_params_error(path: list, config: dict[str, Any]) -> str | None:
+    """For a schema error inside ``methods.<m>.params`` or ``targets.<t>.methods.<m>.params``: the method's own
+    message (as the registry check would give it), else None."""
+    from .methods import REGISTRY
+
+    if path[:1] == ["methods"] and len(path) >= 3 and path[2] == "params":
+        name, section = path[1], config["methods"].get(path[1])
+    elif path[:1] == ["targets"] and len(path) >= 5 and path[2] == "methods" and path[4] == "params":
+        name, section = path[3], ((config["targets"].get(path[1]) or {}).get("methods") or {}).get(path[3])
+    else:
+        return None
+    where = ".".join(str(p) for p in path[:3 if path[0] == "methods" else 5])
+    params = (section or {}).get("params")
+    if name not in REGISTRY or not isinstance(params, dict):
+        return None
+    try:
+        _check_method_params(name, params, where)
+    except SubtuneError as e:
+        return str(e) if path[0] == "methods" or str(e).startswith(where) else f"{where}: {e}"
+    return None
+
+
+def _check_method_params(name: str, params: dict[str, Any], where: str) -> None:
+    """A method's ``params`` (at ``where``): no head (set per target) and the method's typed parameters."""
+    from .methods import get_method
+
+    if "head" in params:
+        raise SubtuneError(f"{where}: head is set per target (targets.<name>.head: new | keep)")
+    get_method(name, **params)  # raises naming the method and the parameter
+
+
 def load_schema(path: str | Path) -> dict:
     import yaml
 
     return yaml.safe_load(Path(path).read_text())
+
+
+def config_schema(path: str | Path) -> dict:
+    """The schema at ``path`` with its generated ``$defs`` filled in from the Python declarations (see above)."""
+    from .methods import REGISTRY, method_order
+    from .train_config import TrainConfig
+
+    schema = load_schema(path)
+    lora = REGISTRY["lora"].parameters
+    generated = {
+        "train": TrainConfig.json_schema(),
+        "method_params": {"type": "object", "properties": {
+            m: {"properties": {"params": REGISTRY[m].params_schema()}} for m in method_order(REGISTRY)}},
+        "multilora_params": {"type": "object", "additionalProperties": False,
+                             "properties": {k: lora[k].json_schema() for k in MULTILORA_PARAMS}},
+    }
+    defs = schema.get("$defs") or {}
+    for name, part in generated.items():
+        if not str((defs.get(name) or {}).get("$comment", "")).startswith(GENERATED):
+            raise SubtuneError(f"{path}: $defs.{name} must be the placeholder {{$comment: {GENERATED} ...}} "
+                               "(subtune.config fills it in)")
+        defs[name] = json.loads(json.dumps(part))  # a copy: the declarations' fragments are shared
+    return schema
 
 
 def validate(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
@@ -88,7 +162,7 @@ def validate(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
     """
     import jsonschema
 
-    schema = load_schema(schema_path)
+    schema = config_schema(schema_path)
     validator_cls = jsonschema.validators.validator_for(schema)
     set_defaults = validator_cls.VALIDATORS["properties"]
 
@@ -101,7 +175,7 @@ def validate(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
     Validator = jsonschema.validators.extend(validator_cls, {"properties": with_defaults})
     errors = sorted(Validator(schema).iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
     if errors:
-        raise SubtuneError(_schema_error(errors[0]))
+        raise SubtuneError(_schema_error(errors[0], config))
     _check_registries(config)
     return config
 
@@ -119,9 +193,7 @@ def _check_registries(config: dict[str, Any]) -> None:
         if name not in REGISTRY:
             raise SubtuneError(f"unknown method methods.{name} (known: {', '.join(sorted(REGISTRY))})")
         params = spec.get("params") or {}
-        if "head" in params:
-            raise SubtuneError(f"methods.{name}.params: head is set per target (targets.<name>.head: new | keep)")
-        get_method(name, **params)  # raises naming the method and the parameter
+        _check_method_params(name, params, f"methods.{name}.params")
         TrainConfig.from_dict(method_train(config, name), f"methods.{name}.train")
         validate_grid(name, spec.get("grid"), method_train(config, name), params)
     for name, spec in config["targets"].items():
@@ -205,7 +277,8 @@ def _check_budget(config: dict[str, Any]) -> None:
         if s["scoring"] != "val":
             raise SubtuneError("selection.budget: halving needs selection.scoring: val")
         if s.get("shards", 1) != 1:
-            raise SubtuneError("selection.budget: halving needs selection.shards: 1 (a round's candidates compete in one job)")
+            raise SubtuneError("selection.budget: halving needs selection.shards: 1 "
+                               "(a round's candidates compete in one job)")
         if not s.get("fast", True):
             raise SubtuneError("selection.budget: halving needs selection.fast: true (candidates trained together)")
         if s.get("profile", True):
@@ -260,3 +333,16 @@ def _check_data_choices(config: dict[str, Any]) -> None:
                      else "train")
             raise SubtuneError(f"final_data is train+val but {where} has epoch_select best_val (no validation split "
                                "is left to choose the epoch on)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m subtune.config [SCHEMA]``: print the composed schema as JSON (default: the workflow's)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m subtune.config", description=main.__doc__)
+    p.add_argument("schema", nargs="?", default="schemas/config.schema.yaml", help="the YAML schema file")
+    print(json.dumps(config_schema(p.parse_args(argv).schema), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -129,7 +129,8 @@ class Halving:
         missing = [i for i in self.active if i not in scores]
         if missing:
             raise SubtuneError(f"halving: no score after epoch {epoch} for candidate(s) {missing}")
-        keep = {self.active[j] for j in survivors([scores[i] for i in self.active], keep_count(len(self.active), self.eta))}
+        ranked = survivors([scores[i] for i in self.active], keep_count(len(self.active), self.eta))
+        keep = {self.active[j] for j in ranked}
         stop = [i for i in self.active if i not in keep]
         for i in stop:
             self.dropped[i] = epoch

@@ -394,9 +394,12 @@ class Plan:
     def multilora_tasks(self, data: list[str], manifests: list[str]) -> str:
         return " ".join(f"--task {t} {d} {m}" for t, d, m in zip(self.config["multilora"]["targets"], data, manifests))
 
-    def multilora_tuned(self, seed: int | str) -> list[str]:
-        """The grid is tried on the first seed; the other seeds train each side at the point it chose there."""
-        return [] if int(seed) == self.sel_seed else [f"{self.res}/multilora/seed{self.sel_seed}.json"]
+    def multilora_tuned(self, seed: int | str, ablation: str | None = None) -> list[str]:
+        """The grid is tried on the first seed; the other seeds train each side at the point it chose there (an
+        ablation: at the point the ablation's own first-seed run chose)."""
+        if int(seed) == self.sel_seed:
+            return []
+        return [f"{self.res}/multilora/{ablation + '/' if ablation else ''}seed{self.sel_seed}.json"]
 
     def multilora_runs(self) -> list[str]:
         return [f"{self.res}/multilora/seed{seed}.json" for seed in self.seeds]

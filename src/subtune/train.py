@@ -233,7 +233,6 @@ def has_randomness(model: nn.Module) -> bool:
     return bool(getattr(model, "drop_rate", 0))
 
 
-
 @counted
 def fit_group(
     runs: list[Run],

@@ -93,7 +93,7 @@ from typing import Any
 from .. import SubtuneError
 from ..models.blocks import head_names
 from ..trainable import StepHooks
-from .base import Method, Param, Trainable, is_names, is_positive_int, register
+from .base import FRACTION, NAMES_OR_NULL, POSITIVE_INT, POSITIVE_NUMBER, Method, Param, Trainable, register
 from .lora import LORA_TARGETS, _is_peft, lora_targets, merge_peft
 from .._lazy import lazy
 
@@ -103,12 +103,8 @@ nn = lazy("torch.nn")
 ADAPTER = "default"  # peft's adapter name
 
 
-def _fraction(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
-
-
-def _open_unit(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+#: in (0, 1)
+_OPEN_UNIT = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
 
 
 def orth_regularizer(model: nn.Module, adapter: str = ADAPTER) -> torch.Tensor:
@@ -171,19 +167,17 @@ class AdaLoRA(Method):
     order = 75
     per_family = LORA_TARGETS  # LoRA's default targets
     parameters = {
-        "init_r": Param(12, "a positive integer", is_positive_int),
-        "target_r": Param(8, "a positive integer", is_positive_int),
-        "alpha": Param(8, "a positive number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-                       and v > 0),
-        "dropout": Param(0.0, "in [0, 1)", _fraction),
-        "target": Param(None, "null or a non-empty list of module names", lambda v: v is None or (is_names(v) and v)),
-        "tinit": Param(0.1, "a fraction in [0, 1)", _fraction),
-        "tfinal": Param(0.3, "a fraction in [0, 1)", _fraction),
-        "deltaT": Param(10, "a positive integer", is_positive_int),
-        "beta1": Param(0.85, "in (0, 1)", _open_unit),
-        "beta2": Param(0.85, "in (0, 1)", _open_unit),
-        "orth_reg_weight": Param(0.1, "a non-negative number", lambda v: isinstance(v, (int, float))
-                                 and not isinstance(v, bool) and v >= 0),
+        "init_r": Param(12, "a positive integer", POSITIVE_INT),
+        "target_r": Param(8, "a positive integer", POSITIVE_INT),
+        "alpha": Param(8, "a positive number", POSITIVE_NUMBER),
+        "dropout": Param(0.0, "in [0, 1)", FRACTION),
+        "target": Param(None, "null or a non-empty list of module names", NAMES_OR_NULL),
+        "tinit": Param(0.1, "a fraction in [0, 1)", FRACTION),
+        "tfinal": Param(0.3, "a fraction in [0, 1)", FRACTION),
+        "deltaT": Param(10, "a positive integer", POSITIVE_INT),
+        "beta1": Param(0.85, "in (0, 1)", _OPEN_UNIT),
+        "beta2": Param(0.85, "in (0, 1)", _OPEN_UNIT),
+        "orth_reg_weight": Param(0.1, "a non-negative number", {"type": "number", "minimum": 0}),
     }
 
     def __init__(self, head: str = "new", **params: Any):

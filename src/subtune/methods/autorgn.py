@@ -39,7 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..trainable import StepHooks
-from .base import Method, Param, Trainable, register
+from .base import BOOLEAN, Method, Param, Trainable, register
 from .._lazy import lazy
 
 torch = lazy("torch")
@@ -102,7 +102,7 @@ class AutoRGN(Method):
     label = "Auto-RGN"
     order = 45
     own_head = True  # every tensor trains, the classifier too (the authors' "all")
-    parameters = {"train_bn": Param(False, "true or false", lambda v: isinstance(v, bool))}
+    parameters = {"train_bn": Param(False, "true or false", BOOLEAN)}
 
     def trainable(self, model: nn.Module) -> Trainable:
         if self.params["train_bn"]:

@@ -30,7 +30,9 @@ module), because the Snakefile and the config check read them:
   True); False for a method whose trained model is not a timm architecture
   (Siamese SubTuning's two feature paths), whose ``merge`` raises;
 - ``parameters``: its typed structural hyperparameters, ``{key: Param(default,
-  kind, check)}``; ``defaults`` is derived from them. Anything else passed to
+  kind, schema)}`` (``schema`` a JSON-schema fragment, the one statement of
+  the constraint: the check and the config schema's ``params`` read it);
+  ``defaults`` is derived from them. Anything else passed to
   it is rejected with the method's and the key's names, and a value failing
   its check with ``"<name>: <key> must be <kind>, not <value>"``; the config
   check, the grids and ``--method-params`` all go through this.
@@ -98,6 +100,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from .. import SubtuneError
+from ..train_config import check_keywords, conforms
 from ..models.blocks import family, head_names, module_params
 from ..trainable import Trainable
 from .._lazy import lazy
@@ -128,35 +131,61 @@ def family_entry(who: str, table: Mapping[str, Any], model: nn.Module) -> Any:
 
 @dataclass(frozen=True)
 class Param:
-    """A method's typed parameter: its default, what a valid value is (``kind``, read in errors and the CLI's
-    help: "a positive integer") and ``check`` (True for a valid value; ``None``: checked against the model when
-    the method runs, e.g. block names)."""
+    """A method's typed parameter: its default, what a valid value is in words (``kind``, read in errors and the
+    CLI's help: "a positive integer") and in a JSON-schema fragment (``schema``, e.g. :data:`POSITIVE_INT`).
+
+    The fragment is the one statement of the constraint: :meth:`validate` checks values against it
+    (:func:`subtune.train_config.conforms`) and the config schema's ``$defs.method_params`` embeds it
+    (:meth:`Method.params_schema`). For a check no fragment expresses, ``schema`` may be a callable (True for a
+    valid value); the config schema then leaves the key unconstrained and the check runs when the method is
+    built. ``None``: checked against the model when the method runs (e.g. block names)."""
 
     default: Any
     kind: str
-    check: Callable[[Any], bool] | None = None
+    schema: Mapping[str, Any] | Callable[[Any], bool] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.schema, Mapping):
+            check_keywords(self.schema, f"Param({self.kind!r})")
+
+    @property
+    def check(self) -> Callable[[Any], bool] | None:
+        """True for a valid value (``None``: no check here)."""
+        if self.schema is None or callable(self.schema):
+            return self.schema
+        return functools.partial(conforms, self.schema)
+
+    def json_schema(self) -> dict[str, Any]:
+        """The fragment with the kind and the default as its description (no ``default`` keyword: the config
+        check fills schema defaults in, and a ``params`` section's missing key must stay missing)."""
+        own = dict(self.schema) if isinstance(self.schema, Mapping) else {}
+        return {**own, "description": f"{self.kind}; default {json.dumps(self.default)}"}
 
     def validate(self, method: str, key: str, value: Any) -> None:
-        if self.check is not None and not self.check(value):
+        check = self.check
+        if check is not None and not check(value):
             raise SubtuneError(f"{method}: {key} must be {self.kind}, not {value!r}")
 
 
-# checks shared by the methods' parameters
+# fragments shared by the methods' parameters
+POSITIVE_INT = {"type": "integer", "minimum": 1}
+POSITIVE_NUMBER = {"type": "number", "exclusiveMinimum": 0}
+BOOLEAN = {"type": "boolean"}
+#: in [0, 1)
+FRACTION = {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
+#: a list of non-empty strings (module or block names)
+NAMES = {"type": "array", "items": {"type": "string", "minLength": 1}}
+#: null or a non-empty list of non-empty strings
+NAMES_OR_NULL = {"type": ["array", "null"], "items": {"type": "string", "minLength": 1}, "minItems": 1}
+
+
+# checks for a parameter given as a callable (a custom method's), and the registration's own
 def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return conforms({"type": "integer"}, v)
 
 
 def is_positive_int(v: Any) -> bool:
-    return is_int(v) and v >= 1
-
-
-def is_positive_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-
-
-def is_names(v: Any) -> bool:
-    """A list of non-empty strings (module or block names)."""
-    return isinstance(v, list) and all(isinstance(e, str) and e for e in v)
+    return conforms(POSITIVE_INT, v)
 
 
 class Method:
@@ -197,6 +226,12 @@ class Method:
         for key, spec in self.parameters.items():
             spec.validate(self.name, key, self.params[key])
 
+    @classmethod
+    def params_schema(cls) -> dict[str, Any]:
+        """The JSON schema of this method's ``params`` (the config schema's ``$defs.method_params.<name>``)."""
+        return {"type": "object", "additionalProperties": False,
+                "properties": {k: p.json_schema() for k, p in cls.parameters.items()}}
+
     @property
     def trains_head(self) -> bool:
         """Whether the classifier is among the trained parameters (see the module docstring)."""
@@ -206,7 +241,7 @@ class Method:
         super().__init_subclass__(**kwargs)
         if "defaults" in cls.__dict__:
             raise TypeError(f"{cls.__qualname__}: declare typed parameters (parameters = {{key: Param(default, kind, "
-                            f"check)}}); defaults is derived from them")
+                            f"schema)}}); defaults is derived from them")
         cls.defaults = {k: p.default for k, p in cls.parameters.items()}
         if "trainable" in cls.__dict__:
             fn = cls.__dict__["trainable"]

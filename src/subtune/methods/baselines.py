@@ -12,7 +12,7 @@ every other parameter trains and every other top-level module is in train mode.
 from __future__ import annotations
 
 
-from .base import Method, Param, Trainable, register
+from .base import BOOLEAN, Method, Param, Trainable, register
 from .._lazy import lazy
 
 nn = lazy("torch.nn")
@@ -42,7 +42,7 @@ class FT(Method):
     label = "FT"
     order = 20
     own_head = True
-    parameters = {"freeze_stem": Param(False, "true or false", lambda v: isinstance(v, bool))}
+    parameters = {"freeze_stem": Param(False, "true or false", BOOLEAN)}
 
     def trainable(self, model: nn.Module) -> Trainable:
         if not self.params["freeze_stem"]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from .. import SubtuneError
 from ..models.blocks import family, has_params, stem_names
-from .base import Method, Param, Trainable, is_positive_int, register
+from .base import POSITIVE_INT, Method, Param, Trainable, register
 from .surgical import surgical_groups
 from ..trainable import Stage
 from .._lazy import lazy
@@ -63,8 +63,8 @@ class Gradual(Method):
     order = 34
     own_head = True  # it ends as full fine-tuning: the head trains with head keep too
     parameters = {
-        "epochs_per_stage": Param(1, "a positive integer", is_positive_int),
-        "unit": Param("group", "group or block", lambda v: v in UNITS),
+        "epochs_per_stage": Param(1, "a positive integer", POSITIVE_INT),
+        "unit": Param("group", "group or block", {"enum": list(UNITS)}),
     }
 
     def stages(self, model: nn.Module) -> list[Stage]:

@@ -31,7 +31,6 @@ the final norm in the head's layer.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from .. import SubtuneError
 from ..models.blocks import family, head_names
@@ -99,17 +98,13 @@ def layer_scales(model: nn.Module, decay: float) -> dict[str, float]:
     return out
 
 
-def _decay(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
-
-
 @register
 class LLRD(Method):
     name = "llrd"
     label = "FT+LLRD"
     order = 22
     own_head = True  # full fine-tuning: the head trains with head keep too
-    parameters = {"decay": Param(0.75, "a number in (0, 1]", _decay)}
+    parameters = {"decay": Param(0.75, "a number in (0, 1]", {"type": "number", "exclusiveMinimum": 0, "maximum": 1})}
 
     def trainable(self, model: nn.Module) -> Trainable:
         t = Trainable.everything(model)

@@ -51,8 +51,8 @@ channels with the layer's stride and padding, ``B`` a ``1 x 1`` convolution).
   :mod:`.base`). Everything else is frozen, and frozen modules stay in eval
   mode: BatchNorm statistics do not move. Train mode is set on the adapted
   layers (for LoRA dropout), the ``train_modules`` and the head only.
-- Initialisation draws from the global torch RNG (the ``train`` stage (:func:`subtune.stages.train.fit_method`) seeds it with
-  the run's seed before :meth:`LoRA.wrap`).
+- Initialisation draws from the global torch RNG, which
+  :func:`subtune.stages.train.fit_method` seeds with the run's seed before :meth:`LoRA.wrap`.
 - :meth:`LoRA.merge`: peft's ``merge_and_unload`` on a copy, giving a plain
   timm state dict (``W + scaling * B A``; DoRA's re-normalised weight).
 - ``fit`` makes the model channels_last (every device), which breaks peft's DoRA for
@@ -94,7 +94,8 @@ from typing import Any, Callable, Mapping, Union
 
 from .. import SubtuneError
 from ..models.blocks import block_names, head_names
-from .base import Method, Param, Trainable, family_entry, is_names, is_positive_int, register
+from .base import (FRACTION, NAMES, NAMES_OR_NULL, POSITIVE_INT, POSITIVE_NUMBER, Method, Param, Trainable,
+                   family_entry, register)
 from .._lazy import lazy
 
 torch = lazy("torch")
@@ -182,20 +183,18 @@ def lora_targets(model: nn.Module, target: list[str] | None = None, blocks: list
     return out
 
 
-def _rank_factors_ok(rf: Any) -> bool:
-    return isinstance(rf, dict) and all(isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool)
-                                        and v >= 1 for k, v in rf.items())
-
 
 #: LoRA's typed parameters (SubTuning+LoRA adds ``blocks``)
 LORA_PARAMETERS = {
-    "rank": Param(8, "a positive integer", is_positive_int),
-    "alpha": Param(8, "a positive number", lambda v: isinstance(v, (int, float)) and v > 0),
-    "dropout": Param(0.0, "in [0, 1)", lambda v: isinstance(v, (int, float)) and 0 <= v < 1),
-    "variant": Param("lora", f"one of {', '.join(VARIANTS)}", lambda v: v in VARIANTS),
-    "target": Param(None, "null or a non-empty list of module names", lambda v: v is None or (is_names(v) and v)),
-    "train_modules": Param([], "a list of module names (relative to a block)", is_names),
-    "rank_factors": Param({}, "a mapping of target names to positive integers", _rank_factors_ok),
+    "rank": Param(8, "a positive integer", POSITIVE_INT),
+    "alpha": Param(8, "a positive number", POSITIVE_NUMBER),
+    "dropout": Param(0.0, "in [0, 1)", FRACTION),
+    "variant": Param("lora", f"one of {', '.join(VARIANTS)}", {"enum": list(VARIANTS)}),
+    "target": Param(None, "null or a non-empty list of module names", NAMES_OR_NULL),
+    "train_modules": Param([], "a list of module names (relative to a block)", NAMES),
+    "rank_factors": Param({}, "a mapping of target names to positive integers",
+                          {"type": "object", "propertyNames": {"type": "string", "minLength": 1},
+                           "additionalProperties": POSITIVE_INT}),
 }
 
 
@@ -346,7 +345,7 @@ class SubTuningLoRA(LoRA):
     label = "SubTuning+LoRA"
     order = 80
     needs = "selection"  # the greedily selected blocks (``blocks`` receives them)
-    parameters = {**LORA_PARAMETERS, "blocks": Param([], "a list of block names", is_names)}
+    parameters = {**LORA_PARAMETERS, "blocks": Param([], "a list of block names", NAMES)}
 
     def adapted_blocks(self, model: nn.Module) -> list[str]:
         return list(self.params["blocks"])

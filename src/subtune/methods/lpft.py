@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Method, Param, Trainable, is_positive_int, is_positive_number, register
+from .base import POSITIVE_NUMBER, Method, Param, Trainable, register
 from .._lazy import lazy
 
 nn = lazy("torch.nn")
@@ -31,8 +31,8 @@ class LPFT(Method):
     order = 30
     own_head = True
     parameters = {
-        "lp_epochs": Param(None, "a positive integer or null", lambda v: v is None or is_positive_int(v)),
-        "lp_lr": Param(0.01, "a positive number", is_positive_number),
+        "lp_epochs": Param(None, "a positive integer or null", {"type": ["integer", "null"], "minimum": 1}),
+        "lp_lr": Param(0.01, "a positive number", POSITIVE_NUMBER),
     }
 
     def trainable(self, model: nn.Module) -> Trainable:

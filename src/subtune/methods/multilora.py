@@ -20,7 +20,7 @@ classes at ``[o_t, o_t + C_t)``) with the other tasks' classes set to
 ``-inf``.
 
 Training (:func:`train_multilora`), built to be compared one to one with K
-separate LoRA runs (:func:`train_separate_lora`, ``fit`` per task):
+separate LoRA runs (:func:`subtune.methods.multilora_compare.train_separate_lora`, ``fit`` per task):
 
 - **Same updates per task.** Each step draws one batch of ``batch_size``
   from every task (K x batch images in one forward through the shared
@@ -47,7 +47,10 @@ separate LoRA runs (:func:`train_separate_lora`, ``fit`` per task):
   both sides: Multi-LoRA takes the point with the best mean final-epoch
   validation accuracy over tasks, each separate LoRA run the point with the
   best final-epoch validation accuracy on its own task (ties: the earliest
-  point). Test splits are read once, by the chosen models only.
+  point). Test splits are read once, by the chosen models only. The
+  workflow tries the grid on the first seed only; the other seeds train each
+  side at the point it chose there (``tuned``:
+  :func:`subtune.methods.multilora_compare.compare`).
 - Wall time: ``wall_time_s`` is the whole grid's training (with the
   per-epoch validation), ``wall_time_chosen_s`` the chosen point's (for the
   separate side the sum over tasks of each task's chosen run).

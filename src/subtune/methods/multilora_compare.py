@@ -101,20 +101,36 @@ def _point_grid(point: dict[str, Any], keys) -> dict[str, list]:
     return {k: [values[k]] for k in keys if k in values}
 
 
+def check_tuned(tuned: Any, tasks: Sequence[Task], grid: dict[str, list] | None, compared: bool,
+                where: str = "--tuned") -> None:
+    """A tuning seed's result fits this job: the same tasks and grid, and both sides when ``compared``."""
+    if not isinstance(tuned, dict) or not isinstance((tuned.get("multilora") or {}).get("chosen"), dict):
+        raise SubtuneError(f"{where}: not a multilora result (no multilora.chosen)")
+    if compared and not isinstance((tuned.get("separate_lora") or {}).get("per_task"), dict):
+        raise SubtuneError(f"{where}: not a multilora --compare result (no separate_lora)")
+    names = [t.name for t in tasks]
+    if list(tuned.get("tasks") or []) != names:
+        raise SubtuneError(f"{where}: the tuned comparison's tasks {tuned.get('tasks')} differ from {names}")
+    if dict(tuned.get("grid") or {}) != dict(grid or {}):
+        raise SubtuneError(f"{where}: tuned on the grid {tuned.get('grid')}, not on this job's {dict(grid or {})}")
+
+
 def tuned_grids(tuned: dict[str, Any], tasks: Sequence[Task]) -> tuple[dict[str, list], dict[str, dict[str, list]]]:
     """From a :func:`compare` result on the tuning seed: Multi-LoRA's chosen point and each separate LoRA
     run's own chosen point, as one-point grids (the main table's protocol: tune on one seed, train the rest at
     the chosen values)."""
     keys = list((tuned.get("grid") or {}))
-    names = [t.name for t in tasks]
-    if list(tuned.get("tasks") or []) != names:
-        raise SubtuneError(f"the tuned comparison's tasks {tuned.get('tasks')} differ from {names}")
     ml = _point_grid(tuned["multilora"]["chosen"], keys)
     sep = {n: _point_grid({"train": {k: v for k, v in tuned["separate_lora"]["per_task"][n]["train"].items()
                                      if k in keys},
                            "params": tuned["separate_lora"]["per_task"][n].get("params") or {}}, keys)
-           for n in names}
+           for n in (t.name for t in tasks)}
     return ml, sep
+
+
+def tuned_grid(tuned: dict[str, Any]) -> dict[str, list]:
+    """Multi-LoRA's chosen point on the tuning seed as a one-point grid (Multi-LoRA alone: the ablations)."""
+    return _point_grid(tuned["multilora"]["chosen"], list(tuned.get("grid") or {}))
 
 
 def compare(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: int = 0, rank: int = 8, alpha: float = 8,
@@ -125,6 +141,8 @@ def compare(backbone: nn.Module, tasks: Sequence[Task], pre, cfg, seed: int = 0,
     ``tuned``: the comparison's result on the tuning seed; then each side trains only at the point it chose
     there (Multi-LoRA its point, each separate run its own), as every method of the main table does.
     """
+    if tuned:
+        check_tuned(tuned, tasks, grid, compared=True)
     ml_grid, sep_grids = tuned_grids(tuned, tasks) if tuned else (grid, None)
     sep = train_separate_lora(backbone, tasks, pre, cfg, seed, rank, alpha, target, device, progress,
                               grid if not tuned else None, sep_grids)

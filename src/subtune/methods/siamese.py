@@ -46,8 +46,8 @@ the selected set ``K`` (``blocks``, from SubTuning's greedy selection) and
   the frozen modules of the branch run in eval mode.
 - The head is a new ``nn.Linear(2d, C)`` (torch's default initialisation,
   what timm's ``reset_classifier`` gives the other methods' new heads),
-  drawn from the global RNG at :meth:`SiameseSubTuning.wrap` (the ``train`` stage (:func:`subtune.stages.train.fit_method`)
-  seeds it with the run's seed); the backbone's own classifier is removed.
+  drawn from the global RNG at :meth:`SiameseSubTuning.wrap`
+  (:func:`subtune.stages.train.fit_method` seeds it with the run's seed); the backbone's own classifier is removed.
 - With no block selected ``f_sub = f_orig`` and it is the linear probe on the
   features twice.
 - The blocks are SubTuning's greedily selected ones (``needs: selection``,
@@ -73,10 +73,6 @@ from .._lazy import lazy
 
 torch = lazy("torch")
 nn = lazy("torch.nn")
-
-
-def _blocks_ok(v) -> bool:
-    return isinstance(v, (list, tuple)) and all(isinstance(b, str) for b in v)
 
 
 def _siamese_model_class():
@@ -138,7 +134,7 @@ class SiameseSubTuning(Method):
     needs = "selection"  # the greedily selected blocks (``blocks`` receives them)
     heads = ("new",)
     mergeable = False
-    parameters = {"blocks": Param([], "a list of block names", _blocks_ok)}
+    parameters = {"blocks": Param([], "a list of block names", {"type": "array", "items": {"type": "string"}})}
 
     def wrap(self, model: nn.Module) -> nn.Module:
         if isinstance(model, siamese_model_class()):

@@ -18,8 +18,8 @@ is set on the head only.
 
 Initialisation: with the ``seed`` parameter (an integer) from a dedicated
 ``torch.Generator`` seeded with it; with ``seed: null`` (the default) from
-the global torch RNG, which the ``train`` stage (:func:`subtune.stages.train.fit_method`) seeds with the run's seed before
-:meth:`SSF.wrap`.
+the global torch RNG, which :func:`subtune.stages.train.fit_method` seeds with the run's seed
+before :meth:`SSF.wrap`.
 
 Merge (the paper's re-parameterisation into the preceding linear operation):
 ``W' = diag(gamma) W``, ``b' = gamma * b + beta``. Linear/conv positions merge
@@ -40,7 +40,7 @@ from typing import Any, Callable
 from .. import SubtuneError
 from ..models.blocks import block_names, family, has_params, head_names
 from ._channels import channel_dim, channel_view, out_channels, patch_embed_target, scale_rows
-from .base import Method, Param, Trainable, family_entry, is_int, register
+from .base import Method, Param, Trainable, family_entry, register
 from .._lazy import lazy
 
 torch = lazy("torch")
@@ -139,7 +139,7 @@ class SSF(Method):
     name = "ssf"
     label = "SSF"
     order = 90
-    parameters = {"seed": Param(None, "an integer or null", lambda v: v is None or is_int(v))}
+    parameters = {"seed": Param(None, "an integer or null", {"type": ["integer", "null"]})}
     per_family = SSF_POSITIONS
 
     def positions(self, model: nn.Module) -> list[SSFPosition]:

@@ -23,8 +23,7 @@ class SubTuning(Method):
     label = "SubTuning"
     order = 50
     needs = "selection"  # the greedily selected blocks (``blocks`` receives them)
-    parameters = {"blocks": Param([], "a list of block names", lambda v: isinstance(v, (list, tuple))
-                                  and all(isinstance(b, str) for b in v))}
+    parameters = {"blocks": Param([], "a list of block names", {"type": "array", "items": {"type": "string"}})}
 
     def trainable(self, model: nn.Module) -> Trainable:
         blocks = list(self.params["blocks"])

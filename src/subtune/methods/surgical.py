@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 from .. import SubtuneError
 from ..models.blocks import block_names, has_params, stem_names
-from .base import Method, Param, Trainable, family_entry, is_int, register
+from .base import Method, Param, Trainable, family_entry, register
 from .._lazy import lazy
 
 nn = lazy("torch.nn")
@@ -85,7 +85,7 @@ class Surgical(Method):
     order = 40
     needs = "surgical"  # the group is chosen on validation (``group`` receives it)
     # the range is the model's (checked when it trains)
-    parameters = {"group": Param(0, "a group index (0 = the first group)", is_int)}
+    parameters = {"group": Param(0, "a group index (0 = the first group)", {"type": "integer"})}
     per_family = SURGICAL_GROUPS
 
     def trainable(self, model: nn.Module) -> Trainable:

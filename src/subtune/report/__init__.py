@@ -28,8 +28,11 @@ report stage knows it by, and :data:`TABLES` holds them all:
   (:func:`selection_table`), ``claims`` (:func:`claims_table`) and
   ``multilora`` (:func:`multilora`): see each.
 
-A new table is one module in :mod:`.tables`: importing this package imports
-every module there (:func:`.tables.discover`), listed nowhere else.
+A new table is one module in :mod:`.tables`, named as the table: importing
+this package imports every module there (:func:`.tables.discover`), listed
+nowhere else. Its command line (``subtune report NAME``) is declared beside
+its function, ``@table("name", arguments=..., run=...)``, and its help line
+is the first line of the module's docstring (:class:`.registry.TableCLI`).
 
 Runs trained on train+val (``train_data: "train+val"``, ``final_data``) have
 no validation accuracy: none is shown for them (a validation accuracy of a
@@ -44,7 +47,7 @@ from .cost import COST_COLUMNS, cost_plot
 from .format import EDGE_MARKS, GRID_MARKERS, LP_LABEL, PathLike, fmt_params
 from .load import RUN_COLUMNS, load_multilora, load_profiles, load_runs
 from .published import REFERENCE_COLUMNS, attach_published, load_references
-from .registry import TABLES, get_table, table
+from .registry import CLIS, TABLES, TableCLI, get_table, table
 from .vtab import VTAB_GROUP_OF, VTAB_GROUPS, VTAB_MEAN_GROUPS, VTAB_MEAN_TASKS, vtab_means
 
 tables.discover()
@@ -63,11 +66,11 @@ from .tables.selection import (  # noqa: E402
 from .tables.sweep import sweep  # noqa: E402
 
 __all__ = [
-    "COST_COLUMNS", "EDGE_MARKS", "GRID_MARKERS", "LP_LABEL", "MULTILORA_KINDS", "PathLike", "REFERENCE_COLUMNS",
-    "RUN_COLUMNS", "SELECTION_COLUMNS", "TABLES", "VTAB_GROUPS", "VTAB_GROUP_OF", "VTAB_MEAN_GROUPS",
-    "VTAB_MEAN_TASKS", "attach_published", "claims_table", "cost_plot", "epsilon", "fmt_params", "get_table",
-    "grid_plot", "grid_rows", "grid_table", "jaccard", "load_multilora", "load_profiles", "load_references",
-    "load_runs", "main_metrics", "main_table", "method_label", "method_needs", "method_order", "multilora", "pairs",
-    "profile", "rounds", "selection_agreement", "selection_rows", "selection_table", "sweep", "table", "tables",
-    "vtab_means",
+    "CLIS", "COST_COLUMNS", "EDGE_MARKS", "GRID_MARKERS", "LP_LABEL", "MULTILORA_KINDS", "PathLike",
+    "REFERENCE_COLUMNS", "RUN_COLUMNS", "SELECTION_COLUMNS", "TABLES", "TableCLI", "VTAB_GROUPS", "VTAB_GROUP_OF",
+    "VTAB_MEAN_GROUPS", "VTAB_MEAN_TASKS", "attach_published", "claims_table", "cost_plot", "epsilon", "fmt_params",
+    "get_table", "grid_plot", "grid_rows", "grid_table", "jaccard", "load_multilora", "load_profiles",
+    "load_references", "load_runs", "main_metrics", "main_table", "method_label", "method_needs", "method_order",
+    "multilora", "pairs", "profile", "rounds", "selection_agreement", "selection_rows", "selection_table", "sweep",
+    "table", "tables", "vtab_means",
 ]

@@ -19,8 +19,8 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--params", type=json_arg, default={}, help="rank, alpha, target as JSON")
     s.add_argument("--compare", action="store_true", help="also train K separate peft-LoRA runs and compare")
-    s.add_argument("--tuned", help="the --compare output of the tuning seed: each side trains only at the point "
-                                   "it chose there (Multi-LoRA its point, each separate LoRA run its own)")
+    s.add_argument("--tuned", help="this job's output on the tuning seed: each side trains only at the point it "
+                                   "chose there (Multi-LoRA its point, each separate LoRA run its own)")
     s.add_argument("--train-a", action="store_true", help="ablation: train the shared A (every task's loss)")
     s.add_argument("--sequential", action="store_true",
                    help="ablation: train the tasks one after another (each its whole schedule), A shared")
@@ -34,11 +34,11 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
 
 def run(a: argparse.Namespace) -> None:
     """K tasks trained together with Multi-LoRA (shared frozen A, a B and a head per task); optionally compared."""
-    from ..config import multilora_grid_points
+    from ..tune import multilora_grid_points
     from ..data.prepared import load_manifest, load_prepared
     from ..io import read_json, write_json
     from ..methods.multilora import Task, train_multilora
-    from ..methods.multilora_compare import compare
+    from ..methods.multilora_compare import check_tuned, compare, tuned_grid
     from ..models.checkpoint import build_model
     from ..train import Preprocess, TrainConfig
 
@@ -64,13 +64,17 @@ def run(a: argparse.Namespace) -> None:
               target=params.get("target"), device=a.device, progress=None, grid=a.grid)
     if a.compare and (a.train_a or a.sequential):
         raise SubtuneError("--train-a and --sequential are Multi-LoRA ablations: not with --compare")
-    if a.tuned and not a.compare:
-        raise SubtuneError("--tuned reads a --compare result: give --compare too")
+    tuned = read_json(existing(a.tuned)) if a.tuned else None
+    if tuned is not None:
+        check_tuned(tuned, tasks, a.grid, compared=a.compare, where=f"--tuned {a.tuned}")
     if a.compare:
-        out = compare(backbone, tasks, pre, cfg, **kw, tuned=read_json(existing(a.tuned)) if a.tuned else None)
+        out = compare(backbone, tasks, pre, cfg, **kw, tuned=tuned)
     else:
+        if tuned is not None:  # Multi-LoRA alone at the point its tuning seed chose
+            kw["grid"] = tuned_grid(tuned)
         out = {"multilora": train_multilora(backbone, tasks, pre, cfg, **kw, train_a=a.train_a,
-                                            sequential=a.sequential), "tasks": [t.name for t in tasks]}
+                                            sequential=a.sequential), "tasks": [t.name for t in tasks],
+               **({"tuned_on_seed": int(tuned["seed"])} if tuned and "seed" in tuned else {})}
         out["multilora"].pop("model")
     out.update(seed=a.seed, train=cfg.to_dict(), params=params, grid=a.grid or {}, checkpoint=str(a.checkpoint),
                **({"ablation": a.ablation} if a.ablation else {}))

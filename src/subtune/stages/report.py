@@ -1,105 +1,85 @@
-"""``report TABLE``: results aggregated into tables (CSV, Markdown) and plots (:mod:`subtune.report`)."""
+"""``report TABLE``: results aggregated into tables (CSV, Markdown) and plots (:mod:`subtune.report`).
+
+Each table declares its own options next to its function (``@table(name, arguments=..., run=...)``,
+:mod:`subtune.report.registry`), in its module of :mod:`subtune.report.tables`, whose name is the table's name.
+This stage lists the tables by those modules' names and takes the table's options unparsed: building the CLI
+(every call of ``python -m subtune``, and the warm-start client) must not import the table modules, which import
+pandas and matplotlib. When the stage runs, it imports the table and parses the options with the table's parser.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
+import os
+import pkgutil
+import sys
+import tokenize
 
 from . import Stage
 
-
-def _references(r: argparse.ArgumentParser) -> None:
-    r.add_argument("--references", nargs="*", default=[], help="published numbers (references/*.csv)")
-    r.add_argument("--backbone", help="the backbone's timm name, to match published numbers")
+TABLES_PACKAGE = "subtune.report.tables"
 
 
-def _outputs(r: argparse.ArgumentParser, *kinds: str) -> None:
-    for kind in kinds:
-        r.add_argument(f"--out-{kind}", required=True)
+def _table_paths() -> list[str]:
+    """The directories of the tables package: its ``__path__`` once imported (it may have been extended), else
+    found from ``subtune.report``'s spec (finding it imports ``subtune`` alone; ``subtune.report`` imports pandas)."""
+    pkg = sys.modules.get(TABLES_PACKAGE)
+    if pkg is not None:
+        return list(pkg.__path__)
+    spec = importlib.util.find_spec(TABLES_PACKAGE.rpartition(".")[0])
+    return [os.path.join(p, "tables") for p in (spec.submodule_search_locations or [])] if spec else []
+
+
+def _summary(path: str) -> str:
+    """The first line of a module's docstring, read from its file (tokenized up to the docstring, not imported,
+    so listing the tables costs a few file reads rather than pandas' import); empty when there is none."""
+    try:
+        with open(path, "rb") as f:
+            for tok in tokenize.tokenize(f.readline):
+                if tok.type in (tokenize.ENCODING, tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE):
+                    continue
+                doc = ast.literal_eval(tok.string).strip() if tok.type == tokenize.STRING else ""
+                return doc.splitlines()[0].replace("``", "") if isinstance(doc, str) and doc else ""
+    except (OSError, SyntaxError, ValueError, tokenize.TokenError):
+        pass
+    return ""
+
+
+def tables() -> dict[str, str]:
+    """Every table the stage runs, by name (its module's name), with its one-line help, in name order.
+
+    The help is the first line of the module's docstring (what :class:`subtune.report.registry.TableCLI` shows
+    as the table's description too): one source for both, readable without importing the module."""
+    found: dict[str, str] = {}
+    for path in _table_paths():
+        for m in pkgutil.iter_modules([path]):
+            if m.name.startswith("_") or m.name in found:  # the first directory holding a name wins, as on import
+                continue
+            found[m.name] = _summary(os.path.join(path, m.name, "__init__.py") if m.ispkg
+                                     else os.path.join(path, f"{m.name}.py"))  # fmt: skip
+    return dict(sorted(found.items()))
 
 
 def add_arguments(s: argparse.ArgumentParser) -> None:
-    rsub = s.add_subparsers(dest="what", metavar="TABLE", required=True)
-    r = rsub.add_parser("main", help="method x target test accuracy (mean ± std over seeds), parameters")
-    r.add_argument("--runs", nargs="+", required=True)
-    r.add_argument("--checkpoint", help="checkpoint sidecar JSON (source accuracy)")
-    r.add_argument("--selected", nargs="*", help="final selection states")
-    r.add_argument("--surgical", nargs="*", help="Surgical's group scores (select/<target>/seed<S>/surgical.json)")
-    r.add_argument("--out-cost-png", help="also the plot of accuracy against total cost, a panel per target")
-    _references(r)
-    _outputs(r, "csv", "md")
-    r.add_argument("--out-json", help="also the table as JSON, method -> target -> numbers (DVC metrics)")
-    r = rsub.add_parser("rounds", help="greedy rounds: chosen block and gain per round")
-    r.add_argument("--states", nargs="*", default=[], help="final selection states (none: an empty table)")
-    _outputs(r, "csv")
-    for name, what in (("profile", "fine-tuning profile (round 1)"), ("pairs", "pair grid heatmap")):
-        r = rsub.add_parser(name, help=what)
-        r.add_argument("--scores", nargs="+", required=True, help="score files (all shards)")
-        _outputs(r, "csv", "png")
-    r = rsub.add_parser("sweep", help="data-size sweep: test accuracy against training-set size")
-    r.add_argument("--runs", nargs="+", required=True)
-    _references(r)
-    _outputs(r, "csv", "png")
-    r = rsub.add_parser("grid", help="validation curves of the tuned grids: every point tried, the choice, edges")
-    r.add_argument("--tunes", nargs="+", required=True, help="tune result files (tune/<target>/<method>.json)")
-    _outputs(r, "csv", "md", "png")
-    r = rsub.add_parser("selection", help="the block set each seed's selection picked, and how often they agree")
-    r.add_argument("--states", nargs="*", default=[], help="final selection states (none: an empty table)")
-    _outputs(r, "csv", "md")
-    r = rsub.add_parser("epsilon", help="epsilon sensitivity: the set each epsilon selects, its accuracy")
-    r.add_argument("--states", nargs="+", required=True, help="final states of the greedy walks")
-    r.add_argument("--runs", nargs="+", required=True, help="final runs of every epsilon's set (SubTuning)")
-    r.add_argument("--epsilons", nargs="+", type=float, required=True)
-    r.add_argument("--selection-epsilon", type=float, required=True, help="the main selection's epsilon")
-    _outputs(r, "csv", "md")
-    r = rsub.add_parser("claims", help="the papers' claims against the results: paired tests and verdicts")
-    r.add_argument("--runs", nargs="*", default=[], help="final runs (runs/<target>/<method>/seed<S>.json)")
-    r.add_argument("--sweep", nargs="*", default=[], help="the data-size sweep's runs")
-    r.add_argument("--profiles", nargs="*", default=[], help="round-1 score files of every target and selection seed")
-    r.add_argument("--multilora", nargs="*", default=[], help="multilora --compare outputs (one per seed)")
-    r.add_argument("--shifts", nargs="*", default=[], help="TARGET=input|output|domain (targets.<t>.shift)")
-    r.add_argument("--experiment", default="", help="the experiment's name (a column of claims.csv)")
-    _outputs(r, "csv", "md")
-    r = rsub.add_parser("multilora", help="Multi-LoRA against K separate LoRA runs: accuracy per task, parameters")
-    r.add_argument("--runs", nargs="+", required=True, help="multilora --compare outputs (one per seed)")
-    r.add_argument("--ablations", nargs="*", default=[], help="multilora --ablation outputs (one per seed each)")
-    r.add_argument("--ranks", nargs="*", type=int, default=[],
-                   help="the ranks ablation's ranks (the configured rank's row is the Multi-LoRA row)")
-    r.add_argument("--out-ablations-csv", help="the ablations' rows as CSV")
-    _references(r)
-    _outputs(r, "csv", "md")
+    found = tables()
+    width = max(map(len, found), default=0)
+    s.formatter_class = argparse.RawDescriptionHelpFormatter  # the table list below, line by line
+    s.epilog = "tables:\n" + "".join(f"  {n:<{width}}  {h}\n" for n, h in found.items()) + (
+        "\n'python -m subtune report TABLE --help' shows the table's own options.")
+    s.add_argument("what", metavar="TABLE", choices=list(found), help="the table to write (listed below)")
+    s.add_argument("options", nargs=argparse.REMAINDER, metavar="...", help="the table's options")
 
 
 def run(a: argparse.Namespace) -> None:
-    from ..report import (claims_table, epsilon, grid_table, main_table, multilora, pairs, profile, rounds,
-                          selection_table, sweep)  # fmt: skip
+    importlib.import_module(f"{TABLES_PACKAGE}.{a.what}")  # registers the table (and imports subtune.report)
+    from ..report.registry import run_table
 
-    if a.what == "main":
-        main_table(a.runs, a.out_csv, a.out_md, out_json=a.out_json, checkpoint_json=a.checkpoint,
-                   selected_files=a.selected, references=a.references, backbone=a.backbone,
-                   surgical_files=a.surgical, out_cost_png=a.out_cost_png)
-    elif a.what == "rounds":
-        rounds(a.states, a.out_csv)
-    elif a.what == "profile":
-        profile(a.scores, a.out_csv, a.out_png)
-    elif a.what == "pairs":
-        pairs(a.scores, a.out_csv, a.out_png)
-    elif a.what == "sweep":
-        sweep(a.runs, a.out_csv, a.out_png, references=a.references, backbone=a.backbone)
-    elif a.what == "epsilon":
-        epsilon(a.states, a.runs, a.epsilons, a.selection_epsilon, a.out_csv, a.out_md)
-    elif a.what == "grid":
-        grid_table(a.tunes, a.out_csv, a.out_md, a.out_png)
-    elif a.what == "selection":
-        selection_table(a.states, a.out_csv, a.out_md)
-    elif a.what == "claims":
-        from ..claims import parse_shifts
-
-        claims_table(a.runs, a.out_csv, a.out_md, sweep_files=a.sweep, profile_files=a.profiles,
-                     multilora_files=a.multilora, shifts=parse_shifts(a.shifts), experiment=a.experiment)
-    elif a.what == "multilora":
-        multilora(a.runs, a.out_csv, a.out_md, references=a.references, backbone=a.backbone,
-                  ablation_files=a.ablations, ranks=a.ranks, out_ablations_csv=a.out_ablations_csv)
-    print(f"report {a.what}: {a.out_csv}" + (f", {a.out_png}" if getattr(a, "out_png", None) else ""))
+    args = run_table(a.what, a.options)
+    written = [v for k in ("out_csv", "out_png") if (v := getattr(args, k, None))]
+    written = written or [v for k, v in vars(args).items() if k.startswith("out_") and v]
+    print(f"report {a.what}: " + ", ".join(map(str, written)))
 
 
 STAGE = Stage("report", "aggregate results into tables (csv, markdown) and plots", add_arguments, run, order=140)

@@ -15,6 +15,7 @@ from .server import SERVER_WAIT_S, _http_limits, check_server, is_server
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _BAD_NAME = re.compile(r"[^\w\-. /:]")
 
+
 class TrackingError(SubtuneError):
     """MLflow logging failed (after retries); the metrics file on disk is intact."""
 
@@ -58,7 +59,8 @@ def _store_lock(uri: str, timeout_s: float) -> Iterator[None]:
     from filelock import FileLock
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock: FileLock | None = FileLock(f"{path}.lock", timeout=max(0.0, timeout_s), fallback_to_soft=False)
+    lock: FileLock | None = FileLock(f"{path}.lock", timeout=max(0.0, timeout_s), mode=0o666,
+                                      fallback_to_soft=False)
     try:
         lock.acquire()
     except (OSError, NotImplementedError):  # filelock.Timeout is a TimeoutError; ENOLCK, ENOSYS: no locks here

@@ -2,6 +2,10 @@
 
 Every module of this package whose name does not start with ``_`` is imported by :func:`discover` (when
 :mod:`subtune.report` is imported): adding a table is adding its module here, listed nowhere else.
+
+A module is named as the table it registers, which declares its command line too (``@table(name,
+arguments=add_arguments, run=run)``): ``subtune report NAME`` finds it by that name. The first line of the
+module's docstring is the table's help line; the report stage reads it from the file, without importing the module.
 """
 
 from __future__ import annotations

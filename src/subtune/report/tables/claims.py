@@ -1,10 +1,11 @@
-"""The claims table (``subtune report claims``): which of the papers' claims this experiment's results support.
+"""The papers' claims against this experiment's results: paired tests and verdicts.
 
 The verdicts and their rules are :mod:`subtune.claims`'s; this module reads the inputs and writes the table.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 from typing import Sequence
 
@@ -15,10 +16,25 @@ from ...claims import ALPHA, BOOT_SEED, CI_LEVEL, CLOSE_POINTS, MIN_SEEDS, N_BOO
 from ...io import atomic_path
 from ..format import PathLike, md_table
 from ..load import load_multilora, load_profiles, load_runs
-from ..registry import table
+from ..registry import add_outputs, table
 
 
-@table("claims")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", nargs="*", default=[], help="final runs (runs/<target>/<method>/seed<S>.json)")
+    p.add_argument("--sweep", nargs="*", default=[], help="the data-size sweep's runs")
+    p.add_argument("--profiles", nargs="*", default=[], help="round-1 score files of every target and selection seed")
+    p.add_argument("--multilora", nargs="*", default=[], help="multilora --compare outputs (one per seed)")
+    p.add_argument("--shifts", nargs="*", default=[], help="TARGET=input|output|domain (targets.<t>.shift)")
+    p.add_argument("--experiment", default="", help="the experiment's name (a column of claims.csv)")
+    add_outputs(p, "csv", "md")
+
+
+def run(a: argparse.Namespace) -> pd.DataFrame:
+    return claims_table(a.runs, a.out_csv, a.out_md, sweep_files=a.sweep, profile_files=a.profiles,
+                        multilora_files=a.multilora, shifts=rules.parse_shifts(a.shifts), experiment=a.experiment)
+
+
+@table("claims", arguments=add_arguments, run=run)
 def claims_table(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike, *,
                  sweep_files: Sequence[PathLike] = (), profile_files: Sequence[PathLike] = (),
                  multilora_files: Sequence[PathLike] = (), shifts: dict[str, str] | None = None,

@@ -1,7 +1,8 @@
-"""Epsilon sensitivity of greedy SubTuning selection (``subtune report epsilon``)."""
+"""Epsilon sensitivity of greedy SubTuning selection: the set each epsilon selects, its accuracy."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 from typing import Sequence
@@ -11,10 +12,22 @@ import pandas as pd
 from ... import SubtuneError
 from ..format import LP_LABEL, PathLike, md_table, sample_std, write_csv, write_text
 from ..load import as_list, load_runs, load_state, target_seed
-from ..registry import table
+from ..registry import add_outputs, table
 
 
-@table("epsilon")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--states", nargs="+", required=True, help="final states of the greedy walks")
+    p.add_argument("--runs", nargs="+", required=True, help="final runs of every epsilon's set (SubTuning)")
+    p.add_argument("--epsilons", nargs="+", type=float, required=True)
+    p.add_argument("--selection-epsilon", type=float, required=True, help="the main selection's epsilon")
+    add_outputs(p, "csv", "md")
+
+
+def run(a: argparse.Namespace) -> pd.DataFrame:
+    return epsilon(a.states, a.runs, a.epsilons, a.selection_epsilon, a.out_csv, a.out_md)
+
+
+@table("epsilon", arguments=add_arguments, run=run)
 def epsilon(state_files: Sequence[PathLike], run_files: Sequence[PathLike], epsilons: Sequence[float],
             selection_epsilon: float, out_csv: PathLike, out_md: PathLike) -> pd.DataFrame:
     """The set each epsilon selects (replayed from one greedy walk, :func:`subtune.select.epsilon_sets`) and its runs.

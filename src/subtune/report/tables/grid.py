@@ -1,7 +1,8 @@
-"""The validation curves of the tuned grids (``subtune report grid``): every point ``tune`` tried."""
+"""The validation curves of the tuned grids: every point tried, the choice, the edges."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Any, Sequence
 
 import pandas as pd
@@ -10,7 +11,7 @@ from ... import SubtuneError
 from ...methods import method_label, method_order
 from ..format import PathLike, figure, md_table, method_styles, save_png, write_csv, write_text
 from ..load import as_list, load_tune
-from ..registry import table
+from ..registry import add_outputs, table
 
 
 def _point_values(r: dict) -> dict[str, Any]:
@@ -128,7 +129,16 @@ def grid_plot(df: pd.DataFrame, out_png: PathLike) -> None:
     save_png(fig, out_png)
 
 
-@table("grid")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tunes", nargs="+", required=True, help="tune result files (tune/<target>/<method>.json)")
+    add_outputs(p, "csv", "md", "png")
+
+
+def run(a: argparse.Namespace) -> pd.DataFrame:
+    return grid_table(a.tunes, a.out_csv, a.out_md, a.out_png)
+
+
+@table("grid", arguments=add_arguments, run=run)
 def grid_table(tune_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike, out_png: PathLike) -> pd.DataFrame:
     """The validation curves of the tuned grids: every point ``tune`` tried, per method and target.
 

@@ -1,7 +1,11 @@
-"""The main table (``subtune report main``): method x target test accuracy, and the sections around it."""
+"""The main table: method x target test accuracy (mean ± std over seeds), parameters, cost.
+
+Its Markdown adds the sections around the table (see :func:`main_table`).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
@@ -16,12 +20,29 @@ from ..cost import attach_costs, cost_md, cost_plot, selection_costs
 from ..format import LP_LABEL, PathLike, fmt_params, md_table, write_csv, write_text
 from ..load import as_list, load_json, load_runs, load_state, target_seed
 from ..published import attach_published, load_references, published_md
-from ..registry import table
+from ..registry import add_outputs, add_references, table
 from ..summary import ordered, summarize
 from ..vtab import VTAB_MEAN_GROUPS, VTAB_MEAN_TASKS, vtab_md, vtab_rows
 
 
-@table("main")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--checkpoint", help="checkpoint sidecar JSON (source accuracy)")
+    p.add_argument("--selected", nargs="*", help="final selection states")
+    p.add_argument("--surgical", nargs="*", help="Surgical's group scores (select/<target>/seed<S>/surgical.json)")
+    p.add_argument("--out-cost-png", help="also the plot of accuracy against total cost, a panel per target")
+    add_references(p)
+    add_outputs(p, "csv", "md")
+    p.add_argument("--out-json", help="also the table as JSON, method -> target -> numbers (DVC metrics)")
+
+
+def run(a: argparse.Namespace) -> pd.DataFrame:
+    return main_table(a.runs, a.out_csv, a.out_md, out_json=a.out_json, checkpoint_json=a.checkpoint,
+                      selected_files=a.selected, references=a.references, backbone=a.backbone,
+                      surgical_files=a.surgical, out_cost_png=a.out_cost_png)
+
+
+@table("main", arguments=add_arguments, run=run)
 def main_table(
     run_files: Sequence[PathLike],
     out_csv: PathLike,

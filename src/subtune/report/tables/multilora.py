@@ -1,7 +1,8 @@
-"""Multi-LoRA against separate LoRA (``subtune report multilora``), with its ablations."""
+"""Multi-LoRA against K separate LoRA runs: accuracy per task, parameters, and its ablations."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 from pathlib import Path
@@ -13,7 +14,7 @@ from ... import SubtuneError
 from ..format import PathLike, fmt_params, md_table, sample_std, write_csv, write_text
 from ..load import as_list, frac, load_json, need
 from ..published import attach_published, load_references
-from ..registry import table
+from ..registry import add_outputs, add_references, table
 
 # the Multi-LoRA table's rows (`multilora --compare` results), in table order: not single-task methods
 MULTILORA_KINDS = {"separate_lora": "separate LoRA", "multilora": "Multi-LoRA"}
@@ -93,7 +94,22 @@ def _ablation_rows(ablation_files: Sequence[PathLike], main_files: Sequence[Path
     return out.reset_index(drop=True)
 
 
-@table("multilora")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", nargs="+", required=True, help="multilora --compare outputs (one per seed)")
+    p.add_argument("--ablations", nargs="*", default=[], help="multilora --ablation outputs (one per seed each)")
+    p.add_argument("--ranks", nargs="*", type=int, default=[],
+                   help="the ranks ablation's ranks (the configured rank's row is the Multi-LoRA row)")
+    p.add_argument("--out-ablations-csv", help="the ablations' rows as CSV")
+    add_references(p)
+    add_outputs(p, "csv", "md")
+
+
+def run(a: argparse.Namespace) -> pd.DataFrame:
+    return multilora(a.runs, a.out_csv, a.out_md, references=a.references, backbone=a.backbone,
+                     ablation_files=a.ablations, ranks=a.ranks, out_ablations_csv=a.out_ablations_csv)
+
+
+@table("multilora", arguments=add_arguments, run=run)
 def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike,
               references: Sequence[PathLike] | None = None, backbone: str | None = None,
               ablation_files: Sequence[PathLike] | None = None, ranks: Sequence[int] | None = None,
@@ -104,8 +120,9 @@ def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike
     n_seeds, test_acc_mean, test_acc_std, val_acc_mean (percent),
     params_trained, params_stored, optimizer_steps (the chosen point's
     optimizer steps on the task; on ``mean`` rows the mean over tasks),
-    wall_time_s (the kind's whole grid, all tasks) and wall_time_chosen_s
-    (the chosen points' training only), each a mean over seeds. Markdown:
+    wall_time_s (the kind's training runs, all tasks: the whole grid on the tuning
+    seed, the chosen points on the others) and wall_time_chosen_s (the chosen
+    points' training only), each a mean over seeds. Markdown:
     one row per kind, a column per task and the mean, then the parameters
     trained and stored (the K heads included in both), the optimizer steps
     per task and the wall time (files without steps or times show n/a).
@@ -257,12 +274,13 @@ def _ablations_md(ab: pd.DataFrame, out: pd.DataFrame, cols: list[str], run_file
                       for t in cols], fmt_params(ml["params_trained"]), fmt_params(ml["params_stored"]),
                     "n/a" if math.isnan(wall) else f"{wall:.0f}"])
     return ("\n\n## Ablations\n\nMulti-LoRA alone (no separate-LoRA side), the same tasks, training config and "
-            "grid, chosen on validation as above: **A trained** (the shared A trained by every task's loss, its "
-            "own optimizer; stored A counted as trained), **tasks one after another** (K stages, each a task's "
-            "whole schedule, A frozen and shared; with A frozen the tasks do not interact, so this differs from "
-            "training together only in floating point and in time), and other **ranks** (alpha kept, so the "
-            "scaling alpha / r changes with r). Test accuracy (%), mean ± std over seeds; parameters for all "
-            "tasks, heads included; wall time: the whole grid, all tasks.\n\n"
+            "grid, chosen on validation as above (the grid on the first seed, the other seeds at its choice): "
+            "**A trained** (the shared A trained by every task's loss, its own optimizer; stored A counted as "
+            "trained), **tasks one after another** (K stages, each a task's whole schedule, A frozen and shared; "
+            "with A frozen the tasks do not interact, so this differs from training together only in floating "
+            "point and in time), and other **ranks** (alpha kept, so the scaling alpha / r changes with r). Test "
+            "accuracy (%), mean ± std over seeds; parameters for all tasks, heads included; wall time: the training "
+            "runs of each seed (on the tuning seed, the whole grid), all tasks, mean over seeds.\n\n"
             + md_table(["variant", "rank", *cols, "params trained", "params stored", "wall time (s)"], rows))
 
 

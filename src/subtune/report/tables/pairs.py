@@ -1,7 +1,8 @@
-"""The pair grid (``subtune report pairs``): every pair of blocks fine-tuned together (SubTuning Fig. 3)."""
+"""The pair grid: every pair of blocks fine-tuned together, a heatmap (SubTuning Fig. 3)."""
 
 from __future__ import annotations
 
+import argparse
 import math
 from typing import Sequence
 
@@ -10,10 +11,19 @@ import pandas as pd
 from ... import SubtuneError
 from ..format import PathLike, figure, save_png, write_csv
 from ..load import load_scores, members
-from ..registry import table
+from ..registry import add_outputs, table
 
 
-@table("pairs")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scores", nargs="+", required=True, help="score files (all shards)")
+    add_outputs(p, "csv", "png")
+
+
+def run(a: argparse.Namespace) -> pd.DataFrame:
+    return pairs(a.scores, a.out_csv, a.out_png)
+
+
+@table("pairs", arguments=add_arguments, run=run)
 def pairs(score_files: PathLike | Sequence[PathLike], out_csv: PathLike, out_png: PathLike) -> pd.DataFrame:
     """The pair grid: every pair of blocks (and each block alone, the diagonal) as a heatmap.
 

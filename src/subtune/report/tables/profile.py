@@ -1,7 +1,8 @@
-"""The fine-tuning profile (``subtune report profile``): each block fine-tuned alone (SubTuning Figs 1-2)."""
+"""The fine-tuning profile: each block fine-tuned alone, round 1 (SubTuning Figs 1-2)."""
 
 from __future__ import annotations
 
+import argparse
 import math
 from typing import Sequence
 
@@ -10,10 +11,19 @@ import pandas as pd
 from ... import SubtuneError
 from ..format import LP_LABEL, PathLike, figure, fmt_params, save_png, write_csv
 from ..load import load_scores, members
-from ..registry import table
+from ..registry import add_outputs, table
 
 
-@table("profile")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scores", nargs="+", required=True, help="score files (all shards)")
+    add_outputs(p, "csv", "png")
+
+
+def run(a: argparse.Namespace) -> pd.DataFrame:
+    return profile(a.scores, a.out_csv, a.out_png)
+
+
+@table("profile", arguments=add_arguments, run=run)
 def profile(score_files: PathLike | Sequence[PathLike], out_csv: PathLike, out_png: PathLike) -> pd.DataFrame:
     """The fine-tuning profile: each block alone (plus the head) and LP (the empty set).
 

@@ -1,7 +1,8 @@
-"""The greedy selection rounds (``subtune report rounds``): one row per round of every target and seed."""
+"""The greedy selection rounds: the block chosen and the gain, per round of every target and seed."""
 
 from __future__ import annotations
 
+import argparse
 import math
 from typing import Sequence
 
@@ -10,10 +11,19 @@ import pandas as pd
 from ... import SubtuneError
 from ..format import LP_LABEL, PathLike, write_csv
 from ..load import as_list, load_state, target_seed
-from ..registry import table
+from ..registry import add_outputs, table
 
 
-@table("rounds")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--states", nargs="*", default=[], help="final selection states (none: an empty table)")
+    add_outputs(p, "csv")
+
+
+def run(a: argparse.Namespace) -> pd.DataFrame:
+    return rounds(a.states, a.out_csv)
+
+
+@table("rounds", arguments=add_arguments, run=run)
 def rounds(state_files: Sequence[PathLike], out_csv: PathLike) -> pd.DataFrame:
     """The greedy rounds of each target and seed, one row per round.
 

@@ -1,7 +1,8 @@
-"""The block sets each seed's greedy selection picked and how often they agree (``subtune report selection``)."""
+"""The block set each seed's greedy selection picked, and how often the seeds agree."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 from ... import SubtuneError
 from ..format import LP_LABEL, PathLike, md_table, write_csv, write_text
 from ..load import as_list, frac, load_state, target_seed
-from ..registry import table
+from ..registry import add_outputs, table
 
 SELECTION_COLUMNS = ["target", "seed", "selected", "n_blocks", "val_score", "stop_reason", "n_selections",
                      "n_distinct", "most_common", "most_common_count", "identical_pairs", "mean_jaccard",
@@ -153,7 +154,16 @@ def _selection_md(df: pd.DataFrame) -> str:
     return "\n".join(parts) + "\n"
 
 
-@table("selection")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--states", nargs="*", default=[], help="final selection states (none: an empty table)")
+    add_outputs(p, "csv", "md")
+
+
+def run(a: argparse.Namespace) -> pd.DataFrame:
+    return selection_table(a.states, a.out_csv, a.out_md)
+
+
+@table("selection", arguments=add_arguments, run=run)
 def selection_table(state_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike) -> pd.DataFrame:
     """The block sets each seed's greedy selection picked and how often they agree (tables/selection.*).
 

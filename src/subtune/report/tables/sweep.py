@@ -1,7 +1,8 @@
-"""The data-size sweep (``subtune report sweep``): accuracy against training-set size (SubTuning Fig. 4)."""
+"""The data-size sweep: test accuracy against training-set size (SubTuning Fig. 4)."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Sequence
 
 import pandas as pd
@@ -10,11 +11,21 @@ from ...methods import method_label, method_order
 from ..format import LP_LABEL, PathLike, figure, save_png, write_csv
 from ..load import load_runs
 from ..published import attach_published, load_references
-from ..registry import table
+from ..registry import add_outputs, add_references, table
 from ..summary import summarize
 
 
-@table("sweep")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", nargs="+", required=True)
+    add_references(p)
+    add_outputs(p, "csv", "png")
+
+
+def run(a: argparse.Namespace) -> pd.DataFrame:
+    return sweep(a.runs, a.out_csv, a.out_png, references=a.references, backbone=a.backbone)
+
+
+@table("sweep", arguments=add_arguments, run=run)
 def sweep(run_files: Sequence[PathLike], out_csv: PathLike, out_png: PathLike,
           references: Sequence[PathLike] | None = None, backbone: str | None = None) -> pd.DataFrame:
     """Test accuracy against training-set size, per method (mean ± sample std over seeds).
