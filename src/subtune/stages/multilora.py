@@ -9,9 +9,6 @@ from .. import SubtuneError
 from . import Stage
 from ._common import common_train, existing, json_arg, threads, track
 
-#: what --params takes
-PARAMS = frozenset({"rank", "alpha", "target"})
-
 
 def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--task", nargs=3, action="append", required=True, metavar=("NAME", "DATA", "MANIFEST"),
@@ -45,10 +42,13 @@ def run(a: argparse.Namespace) -> None:
     cfg = TrainConfig.from_dict(a.train)
     for point in multilora_grid_points(a.grid):  # a bad grid fails before any data is loaded
         TrainConfig.from_dict({**a.train, **point["train"]}, "multilora.grid")
+    from ..config import MULTILORA_PARAMS  # what --params takes: the config schema's multilora.params
+
     params = dict(a.params or {})
-    unknown = sorted(set(params) - PARAMS)
+    unknown = sorted(set(params) - set(MULTILORA_PARAMS))
     if unknown:
-        raise SubtuneError(f"multilora takes no parameter {unknown[0]!r} (it takes: {', '.join(sorted(PARAMS))})")
+        raise SubtuneError(f"multilora takes no parameter {unknown[0]!r} "
+                           f"(it takes: {', '.join(sorted(MULTILORA_PARAMS))})")
     tasks_in = []
     for name, data, manifest in a.task:
         tasks_in.append((name, existing(data), load_manifest(existing(manifest))))
