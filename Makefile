@@ -1,11 +1,14 @@
-# subtune: `make test` (set-up, data, tests) and `make reproduce` (set-up, data, the workflow).
+# subtune: `make test` (set-up, data, tests) and `make reproduce` (set-up, data, the workflow, its report and
+# DVC's record of it).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 CORES  ?= all
+# The experiment `make reproduce`, `make report` and `make record` work on: CONFIG=configs/NAME.yaml for another.
+CONFIG ?= config.yaml
 
-.PHONY: setup data slurm chromium test reproduce pull clean
+.PHONY: setup data slurm chromium test reproduce report record status pull clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,8 +68,41 @@ PYTEST_ARGS ?= -n 2 --dist loadgroup
 test: setup data slurm chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The workflow, then its report (report.html), then DVC's record of what it made (dvc.lock), so that `dvc status`
+# calls the experiment up to date without rerunning anything (docs/dvc.md).
 reproduce: setup data
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
+	$(REPORT)
+	$(RECORD)
+
+# Snakemake's report of a finished run: one HTML page with every table and plot (open it in a browser).
+REPORT = $(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report report.html
+report: setup
+	$(REPORT)
+
+# DVC's record of a finished run: `dvc commit` hashes the stages' dependencies and outputs as they are and writes
+# dvc.lock, as `dvc repro` would have, without running a stage; it also copies the outputs into DVC's cache (for
+# `dvc push`; the default's about 220 MB, seconds). The stages: the experiment's (CONFIG's `experiment:` name,
+# which dvc.yaml must list with this config file) and the raw downloads present.
+define RECORD
+@set -e; \
+name=$$($(BIN)/python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["experiment"])' $(CONFIG)); \
+case " $(DVC_EXPERIMENTS) " in \
+  *" $$name=$(CONFIG) "*) ;; \
+  *) echo "$$name ($(CONFIG)) is not an experiment of dvc.yaml: not recorded in dvc.lock (docs/dvc.md)"; exit 0;; \
+esac; \
+stages="$$(for r in $(DVC_RAW); do [ ! -d data/raw/$$r ] || printf 'download@%s ' $$r; done)"; \
+stages="$${stages}prepare@$$name backbone@$$name results@$$name"; \
+echo "dvc commit --force $$stages"; \
+$(BIN)/dvc commit --force $$stages
+endef
+record: setup
+	$(RECORD)
+
+# Which rows of the experiment's main table were made by other code or another config than the installed ones
+# (exit status 1 if any): Snakemake does not rerun a job when only src/subtune changed (docs/workflow.md).
+status: setup
+	$(BIN)/python -m subtune status --configfile $(CONFIG)
 
 # DVC (docs/dvc.md): `dvc pull` the artifacts, then put Snakemake back in step.
 # `dvc pull` writes files in no particular order, so Snakemake's mtime trigger would rerun jobs.
@@ -76,6 +112,7 @@ reproduce: setup data
 # the raw downloads (Snakemake reruns a job only when an input is *newer* than its outputs).
 # Other experiments are left alone; the shared raw downloads keep their mtimes.
 DVC_EXPERIMENTS = $(shell $(BIN)/python -c 'import yaml; v = yaml.safe_load(open("dvc.yaml"))["vars"][0]; print(*(f"{k}={c}" for k, c in v["experiments"].items()))')
+DVC_RAW = $(shell $(BIN)/python -c 'import yaml; print(*yaml.safe_load(open("dvc.yaml"))["vars"][0]["raw"])')
 
 # The stages dvc.lock records (what has been versioned); `make pull STAGES=results@default` for fewer.
 STAGES = $(shell [ ! -f dvc.lock ] || $(BIN)/python -c 'import yaml; print(*yaml.safe_load(open("dvc.lock"))["stages"])')

@@ -25,7 +25,7 @@ SCORE_CMD = Template(
 
 rule score_round:
     input:
-        unpack(lambda w: PLAN.prepared(w.target, sel_regime(w.sizedir))),
+        unpack(lambda w: PLAN.prepared(w.target, sel_regime(w.sizedir), w.seed)),
         ckpt=CKPT,
         state=previous_state,
     output:
@@ -53,7 +53,7 @@ rule score_round:
             seed="{wildcards.seed}",
             shards="--shard {wildcards.shard} --shards {params.shards} ",
             budget=" --budget '{params.budget}'",
-            tags="stage=select --tag round={wildcards.round}",
+            tags="stage=select --tag round={wildcards.round} --tag train_size={wildcards.sizedir}",
         )
 
 
@@ -103,7 +103,7 @@ rule selected:
 
 rule score_surgical:
     input:
-        unpack(lambda w: PLAN.prepared(w.target)),
+        unpack(lambda w: PLAN.prepared(w.target, seed=w.seed)),
         ckpt=CKPT,
     output:
         f"{RES}/select/{{target}}/seed{{seed}}/surgical.json",
@@ -131,7 +131,7 @@ PAIR_SHARDS = PLAN.pair_shards
 
 rule score_pairs:
     input:
-        unpack(lambda w: PLAN.prepared(w.target)),
+        unpack(lambda w: PLAN.prepared(w.target, seed=SEL_SEED)),
         ckpt=CKPT,
     output:
         f"{RES}/pairs/{{target}}/shard{{shard}}.json",

@@ -34,7 +34,7 @@ rule mlflow_init:
 
 rule tune:
     input:
-        unpack(lambda w: PLAN.prepared(w.target)),
+        unpack(lambda w: PLAN.prepared(w.target, seed=SEL_SEED)),
         unpack(lambda w: PLAN.stage_inputs(w.method, w.target, SEL_SEED)),
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
@@ -64,7 +64,7 @@ rule tune:
 
 rule train:
     input:
-        unpack(lambda w: PLAN.prepared(w.target)),
+        unpack(lambda w: PLAN.prepared(w.target, seed=w.seed)),
         unpack(lambda w: PLAN.stage_inputs(w.method, w.target, w.seed)),
         unpack(lambda w: PLAN.tuned_input(w.method, w.target)),
         unpack(lambda w: PLAN.reuse_input(w.method, w.target, w.seed)),
@@ -94,7 +94,7 @@ rule train:
 # selection's set is never trained here (its final runs are reused): subtune.plan.Plan.epsilon_runs.
 rule train_epsilon:
     input:
-        unpack(lambda w: PLAN.prepared(w.target)),
+        unpack(lambda w: PLAN.prepared(w.target, seed=w.seed)),
         unpack(lambda w: PLAN.tuned_input("subtuning", w.target)),
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
@@ -124,7 +124,7 @@ rule train_epsilon:
 
 rule train_sweep:
     input:
-        unpack(lambda w: PLAN.prepared(w.target, f"n{w.size}")),
+        unpack(lambda w: PLAN.prepared(w.target, f"n{w.size}", w.seed)),
         unpack(lambda w: PLAN.sweep_inputs(w.target, w.size, w.method, w.seed)),
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
@@ -141,7 +141,10 @@ rule train_sweep:
     benchmark:
         f"benchmarks/{EXP}/sweep/{{target}}_n{{size}}_{{method}}_seed{{seed}}.tsv"
     shell:
-        TRAIN_CMD.substitute(run="{PY} train", method="{wildcards.method}", blocks="", data="", stage="sweep")
+        TRAIN_CMD.substitute(
+            run="{PY} train", method="{wildcards.method}", blocks="", data="",
+            stage="sweep --tag train_size={wildcards.size}",
+        )
 
 
 # Multi-LoRA: the multilora targets trained together (shared frozen A, a B and a head per task),
@@ -151,8 +154,8 @@ rule train_sweep:
 # table, the grid is tried on the first seed only; the other seeds train each side at the point it chose there.
 rule multilora:
     input:
-        data=lambda w: PLAN.multilora_inputs()["data"],
-        manifests=lambda w: PLAN.multilora_inputs()["manifests"],
+        data=lambda w: PLAN.multilora_inputs(w.seed)["data"],
+        manifests=lambda w: PLAN.multilora_inputs(w.seed)["manifests"],
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
         tuned=lambda w: PLAN.multilora_tuned(w.seed),
@@ -178,8 +181,8 @@ rule multilora:
 # another), rank<R> (another rank, alpha kept). The configured rank's row is the multilora job's.
 rule multilora_ablation:
     input:
-        data=lambda w: PLAN.multilora_inputs()["data"],
-        manifests=lambda w: PLAN.multilora_inputs()["manifests"],
+        data=lambda w: PLAN.multilora_inputs(w.seed)["data"],
+        manifests=lambda w: PLAN.multilora_inputs(w.seed)["manifests"],
         ckpt=CKPT,
         mlflow=f"{RES}/mlflow.json",
         tuned=lambda w: PLAN.multilora_tuned(w.seed, w.ablation),
@@ -202,5 +205,5 @@ rule multilora_ablation:
     shell:
         MULTILORA_CMD.substitute(
             run="{PY} multilora", variant="{params.flags} --ablation {wildcards.ablation} {params.tuned}",
-            stage="multilora_ablation",
+            stage="multilora",
         )

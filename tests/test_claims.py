@@ -306,7 +306,8 @@ def test_report_stage_writes_markdown_and_csv(tmp_path):
                              sweep_files=write_sweep(tmp_path), profile_files=write_profiles(tmp_path),
                              multilora_files=write_multilora(tmp_path), shifts=SHIFTS, experiment="default")
     csv = pd.read_csv(tmp_path / "t" / "claims.csv", dtype={"claim_id": str})
-    assert list(csv.columns) == claims.COLUMNS and len(csv) == len(df)
+    assert list(csv.columns) == [*claims.COLUMNS, "mlflow_run_ids", "config_hash", "code_version", "data_digest"]
+    assert len(csv) == len(df)
     assert set(csv["experiment"]) == {"default"} and (csv["verdict"] != NOT_RUN).sum() == len(csv) - 2  # SAN
     r = csv[(csv["claim_id"] == "1") & (csv["target"] == "fmnist-new")].iloc[0]
     assert r["seeds"] == "0,1,2" and r["verdict"] == HOLDS and r["diff_mean"] == pytest.approx(4.6667)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -66,7 +68,7 @@ def test_stages_come_in_pipeline_order_and_only_heavy_ones_are_served_warm():
     orders = [s.order for s in found.values()]
     assert orders == sorted(orders) and len(set(orders)) == len(orders)
     assert warm_stages() == {n for n, s in found.items() if s.heavy}
-    assert {"download", "decide", "replay"} == set(found) - warm_stages()  # they import no torch, MLflow, pandas
+    assert {"download", "decide", "replay", "status"} == set(found) - warm_stages()  # no torch, MLflow, pandas
 
 
 def test_help_and_the_warm_client_import_no_heavy_library():
@@ -79,3 +81,24 @@ def test_help_and_the_warm_client_import_no_heavy_library():
             "heavy = {'torch', 'timm', 'mlflow', 'pandas', 'peft'} & set(sys.modules)\n"
             "assert not heavy, heavy\n")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_help_of_every_stage_is_fast_and_starts_no_warm_server(tmp_path):
+    """``-h``/``--help`` runs in the process itself: no warm server is started or contacted (its socket directory
+    stays untouched), so the usage comes in well under a second instead of a server's start-up."""
+    warm_dir = tmp_path / "warm"
+    env = {k: v for k, v in os.environ.items() if k not in ("SUBTUNE_WARM", "SLURM_JOB_ID")}
+    env["SUBTUNE_WARM_DIR"] = str(warm_dir)
+    times = {}
+    for name in stages_pkg.discover():
+        for flag in ("--help", "-h"):
+            argv = [sys.executable, "-m", "subtune", name, flag] if flag == "--help" else \
+                [sys.executable, "-m", "subtune", "-v", name, flag]
+            t = time.perf_counter()
+            p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+            times[f"{name} {flag}"] = time.perf_counter() - t
+            assert p.returncode == 0, p.stderr
+            assert p.stdout.startswith(f"usage: python -m subtune {name} "), p.stdout[:200]
+            assert not warm_dir.exists(), f"{name} {flag} touched the warm server's directory"
+    print("\n".join(f"{k}: {v:.2f} s" for k, v in times.items()))
+    assert max(times.values()) < 5.0, times  # a warm server's start-up takes 10 s and more

@@ -13,14 +13,14 @@ import yaml
 
 from subtune.config import validate
 from subtune.data.targets import raw_dataset
-from subtune.methods import REGISTRY
+from subtune.methods import method_needs
 
 from helpers.configs import COMPANIONS, PAPER
 from helpers.workflow import ROOT, job_stats, smk, workdir
 
 # the whole first-round DAG of each config (the test recomputes the main counts from the config below)
 TOTAL = {"subtuning-vtab": 314, "subtuning-vtab-vit": 310, "subtuning-profiles-r18": 72, "subtuning-datasize": 116,
-         "cifar10c": 319, "peft-vtab": 463, "peft-vtab-dinov2": 463, "multilora": 31}
+         "cifar10c": 319, "peft-vtab": 539, "peft-vtab-dinov2": 463, "multilora": 31}
 # stages that train a network (the CLI stages a GPU job runs)
 TRAINING_STAGES = {"pretrain", "score", "tune", "train", "multilora"}
 
@@ -39,13 +39,16 @@ def expected(cfg: dict) -> dict[str, int]:
         return len(seeds) if (t in per if isinstance(per, list) else per) else 1
 
     pretrain_source = [cfg["source"]["dataset"]] if cfg["backbone"]["checkpoint"] == "pretrain" else []
-    needs = {REGISTRY[m].needs for m in methods} | {REGISTRY[m].needs for m in cfg.get("sweep", {}).get("methods", [])}
+    needs = {method_needs(m) for m in [*methods, *cfg.get("sweep", {}).get("methods", [])]}
     out = {
         "train": len(methods) * len(targets) * len(seeds),
         "prepare": len(targets) + len(pretrain_source) + len(cfg.get("sweep", {}).get("sizes", [])),
         "download": len({raw_dataset(t) for t in [*targets, *pretrain_source]} - {None}),
         "tune": sum(1 for m in methods.values() if m.get("grid")) * len(targets),
     }
+    if cfg["data"].get("split_per_seed"):  # each target prepared once per seed (rule prepare_seed)
+        out["prepare"] -= len(targets)
+        out["prepare_seed"] = len(targets) * len(seeds)
     if out["tune"]:
         out["report_grid"] = 1  # the validation curves of every tuned grid (tables/grid.*)
     out["report_claims"] = 1  # every config: tables/claims.* (claims whose results are missing say "not run")
@@ -62,7 +65,7 @@ def expected(cfg: dict) -> dict[str, int]:
     if "sweep" in cfg:
         out["train_sweep"] = 0  # waits on the selection checkpoint for SubTuning; checked below
         sw = cfg["sweep"]
-        if any(REGISTRY[m].needs == "selection" for m in sw["methods"]):
+        if any(method_needs(m) == "selection" for m in sw["methods"]):
             # a selection per size on that size's data (a size equal to the 1k regime's reuses its selection)
             own = (cfg["targets"][sw["target"]].get("params") or {}).get("train_size")
             extra = sum(1 for n in sw["sizes"] if n != own) * sel_seeds(sw["target"]) * sel["shards"]
@@ -83,6 +86,23 @@ def test_paper_config_dry_run(tmp_path, name):
         assert stats.get(rule, 0) == n, (rule, stats)
     assert stats.get("pretrain", 0) + stats.get("fetch", 0) == 1
     assert sum(stats.values()) + 1 == TOTAL[name], stats  # + rule all
+
+
+@pytest.mark.slow
+def test_peft_vtab_plans_ssf_twice(tmp_path):
+    """peft-vtab.yaml runs SSF twice: ``ssf`` with the authors' per-task values (no tuning job) and the variant
+    ``ssf-val-tuned`` under its own name, tuned on val200 on every task, then trained on every task and seed."""
+    cfg = load("peft-vtab")
+    wd = workdir(tmp_path)
+    out = smk(wd, "--dry-run", "-p", config="configs/peft-vtab.yaml").stdout
+    tune = re.findall(r"subtune tune .*?--method (\S+) .*?--grid '(\S+)'", out)
+    train = re.findall(r"subtune train .*?--method (\S+) ", out)
+    n_targets, n_seeds = len(cfg["targets"]), len(cfg["seeds"])
+    assert [g for m, g in tune if m == "ssf-val-tuned"] == ['{"lr":[0.002,0.005,0.01,0.02]}'] * n_targets
+    assert "ssf" not in {m for m, _ in tune}  # the authors' values: no grid
+    assert train.count("ssf-val-tuned") == train.count("ssf") == n_targets * n_seeds
+    assert re.search(r"subtune train .*--method ssf-val-tuned .*--tuned results/peft-vtab/tune/vtab-\S+/"
+                     r"ssf-val-tuned\.json", out)
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["subtune", "subtune._lazy", "subtune.io", "subtune.timing", "subtune.warm",
                     "subtune.train_config", "subtune.trainable", "subtune.select", "subtune.halving",
-                    "subtune.reuse", "subtune.track"]),
+                    "subtune.reuse", "subtune.track", "subtune.provenance"]),
     ("data and backbones", ["subtune.data", "subtune.models"]),
     ("training", ["subtune.augment", "subtune.optim", "subtune.loop", "subtune.train", "subtune.prefix",
                   "subtune.models.pretrain", "subtune.multitask"]),

@@ -255,7 +255,9 @@ def test_all_outputs_are_the_tables_the_config_implies(plan):
     bare = Plan(config(methods=methods, sweep=None, multilora=None, pairs=None, **{"selection.epsilons": None,
                                                                                    "selection.profile": False}))
     assert bare.all_outputs() == [f"{RES}/tables/main.csv", f"{RES}/tables/main.md", f"{RES}/plots/cost.png",
-                                  f"{RES}/tables/claims.csv", f"{RES}/tables/claims.md"]
+                                  f"{RES}/plots/params.png", *bare.metrics_files(), f"{RES}/tables/claims.csv",
+                                  f"{RES}/tables/claims.md", f"{RES}/tables/main.html", f"{RES}/tables/claims.html",
+                                  f"{RES}/report/start.rst"]
     assert bare.claims_profiles() == [] and bare.tune_files() == []
 
 

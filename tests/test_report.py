@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from subtune import SubtuneError
 from subtune import report
 
-from helpers.reports import BLOCKS, greedy_state, run_json, scored, tune_json, write_json
+from helpers.reports import BLOCKS, TRAIN, greedy_state, run_json, scored, tune_json, write_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -406,18 +407,26 @@ def test_train_val_runs_show_no_validation_accuracy(tmp_path):
 
 
 def test_main_table_shows_the_epoch_chosen_on_validation(run_files, tmp_path):
-    extra = [write_json(tmp_path / "be" / f"seed{s}.json", run_json("ssf", "fmnist", s, 0.9, 10, best_epoch=e))
+    best_val = {**TRAIN, "epoch_select": "best_val"}
+    extra = [write_json(tmp_path / "be" / f"seed{s}.json",
+                        run_json("ssf", "fmnist", s, 0.9, 10, best_epoch=e, train=best_val))
              for s, e in ((0, 7), (1, 4), (2, 10))]
+    # runs with epoch_select: last record their last epoch as best_epoch too: nobody chose it on validation
+    last = [write_json(tmp_path / "last" / f"seed{s}.json",
+                       run_json("lora", "fmnist", s, 0.9, 10, best_epoch=2, train={**TRAIN, "epoch_select": "last"}))
+            for s in (0, 1, 2)]
     csv, md = tmp_path / "main.csv", tmp_path / "main.md"
-    report.main_table([*run_files, *extra], csv, md)
+    report.main_table([*run_files, *extra, *last], csv, md)
     text = md.read_text()
     assert "## Epoch chosen on validation (epoch_select: best_val)" in text
     assert "| SSF | 7 (7, 4, 10) | – |" in text
-    assert "| LP |" not in text.split("## Epoch chosen")[1]  # runs without best_epoch are not listed
-    df = pd.read_csv(csv)
+    section = text.split("## Epoch chosen")[1]
+    assert "| LP |" not in section and "| LoRA |" not in section  # only the runs that chose their epoch
+    df = pd.read_csv(csv, keep_default_na=False)
     assert df[df["method"] == "ssf"]["best_epochs"].tolist() == ["7,4,10"]
-    report.main_table(run_files, csv, md)
-    assert "Epoch chosen" not in md.read_text()
+    assert df[df["method"] == "lora"]["best_epochs"].tolist() == [""]
+    report.main_table([*run_files, *last], csv, md)  # every run used epoch_select: last
+    assert "Epoch chosen" not in md.read_text() and "best_val" not in md.read_text()
 
 
 def test_sweep_shows_blocks_per_size(tmp_path):
@@ -502,7 +511,9 @@ def test_captions_describe_each_configs_protocol(name):
     best_val = cfg["train"].get("epoch_select") == "best_val"
     assert ("epoch_select: best_val" in cap["main"]) == best_val
     assert ("Surgical fine-tuning's block group" in wf) == ("surgical" in cfg["methods"])
-    assert "re-runs greedy selection at every size" in cap["sweep"] and "main regime and" not in cap["sweep"]
+    sw = (cfg.get("sweep") or {}).get("methods", [])
+    selects = any(m in sw for m in ("subtuning", "subtuning_lora"))
+    assert ("re-runs greedy selection at every size" in cap["sweep"]) == selects and "main regime and" not in cap["sweep"]
     # the analyses: epsilon sensitivity (which epsilon walks furthest), the cost's FT unit, Multi-LoRA ablations
     forward_paper = (sel["strategy"], sel["stop_rule"]) == ("forward", "paper")
     assert f"runs with the {'smallest' if forward_paper else 'largest'} epsilon" in cap["epsilon"]
@@ -624,6 +635,42 @@ def test_report_stage_writes_claims_table(run_files, tmp_path):
     text = md.read_text()
     assert "| 2 | SubTuning ≥ LP |" in text and "**holds**" in text and "Experiment `exp`" in text
     assert set(pd.read_csv(csv)["experiment"]) == {"exp"}
+
+
+def test_main_and_claims_rows_name_the_code_data_config_and_mlflow_runs(tmp_path, monkeypatch):
+    """Each row: the code versions and data digests its runs recorded, the config's hash, the MLflow runs of its
+    metrics files (a real store: two of the files logged, the others still queued)."""
+    from subtune import track
+    from subtune.provenance import COLUMNS
+
+    code = {"lp": "cccccccccccc", "ft": "aaaaaaaaaaaa", "subtuning": "bbbbbbbbbbbb+dirty"}
+    files = {(m, s): write_json(tmp_path / "runs" / "fmnist" / m / f"seed{s}.json",
+                                run_json(m, "fmnist", s, acc + 0.01 * s, 10,
+                                         provenance={"code_version": code[m], "data_digest": "d" * 64}))
+             for m, acc in (("lp", 0.8), ("ft", 0.85), ("subtuning", 0.9)) for s in (0, 1, 2)}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SUBTUNE_MLFLOW_EXPERIMENT", "prov")
+    ids = {k: track.log_run(json.loads(files[k].read_text()), experiment="prov", artifact=files[k])
+           for k in (("ft", 0), ("subtuning", 0))}
+    main = report.main_table(list(files.values()), tmp_path / "main.csv", tmp_path / "main.md", config_hash="c0ffee")
+    csv = pd.read_csv(tmp_path / "main.csv", dtype=str, keep_default_na=False).set_index("method")
+    assert list(csv.columns[-4:]) == list(COLUMNS) and list(main.columns[-4:]) == list(COLUMNS)
+    assert csv.loc["subtuning", "mlflow_run_ids"] == ids[("subtuning", 0)] and csv.loc["lp", "mlflow_run_ids"] == ""
+    assert csv.loc["ft", "code_version"] == code["ft"] and set(csv["config_hash"]) == {"c0ffee"}
+    assert set(csv["data_digest"]) == {"d" * 64}
+
+    claims = report.claims_table(list(files.values()), tmp_path / "claims.csv", tmp_path / "claims.md",
+                                 config_hash="c0ffee")
+    rows = pd.read_csv(tmp_path / "claims.csv", dtype=str, keep_default_na=False).set_index("claim_id")
+    assert len(claims) == len(rows) and list(rows.columns[-4:]) == list(COLUMNS)
+    sub_ft, sub_lp = rows.loc["1"], rows.loc["2"]  # SubTuning ≥ FT, SubTuning ≥ LP on fmnist
+    assert set(sub_ft["code_version"].split(" | ")) == {code["ft"], code["subtuning"]}
+    assert set(sub_lp["code_version"].split(" | ")) == {code["lp"], code["subtuning"]}
+    assert sub_ft["mlflow_run_ids"].split(",") == [ids[("ft", 0)], ids[("subtuning", 0)]]
+    assert sub_lp["mlflow_run_ids"] == ids[("subtuning", 0)]
+    not_run = rows[rows["verdict"] == "not run"]
+    assert len(not_run) and set(not_run["code_version"]) == {""} and set(not_run["config_hash"]) == {"c0ffee"}
 
 
 def _selection_files(tmp_path) -> list[Path]:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from subtune import SubtuneError
-from subtune.config import MULTILORA_PARAMS, config_schema, main, validate
+from subtune.config import MULTILORA_PARAMS, apply_overrides, config_schema, main, validate
 from subtune.methods import REGISTRY, Method, Param, register
 from subtune.train_config import TrainConfig, conforms, option
 
@@ -164,3 +164,47 @@ def test_bad_values_are_one_line_naming_the_key(edit, needle):
     cfg = copy.deepcopy(_config())
     edit(cfg)
     assert needle in _error(cfg)
+
+
+# ------------------------------------------------------------------ snakemake --config overrides
+def test_nested_overrides_get_the_config_files_types_and_merge_into_their_section():
+    cfg = _config()
+    # as Snakemake leaves them: its YAML base loader keeps every nested scalar a string, deep-merged
+    cfg["selection"].update(epsilon="0.05", fast="false")
+    cfg["sweep"]["sizes"] = ["60"]
+    apply_overrides(cfg, ["selection={epsilon: 0.05, fast: false}", "sweep={sizes: [60]}", "experiment=x",
+                          "final_data=train"])
+    assert cfg["selection"]["epsilon"] == 0.05 and cfg["selection"]["fast"] is False
+    assert cfg["selection"]["k"] == _config()["selection"]["k"]  # the rest of the section is kept
+    assert cfg["sweep"] == {**_config()["sweep"], "sizes": [60]}
+    validate(cfg, SCHEMA)
+    with pytest.raises(SubtuneError, match=r"^--config selection: not valid YAML \(month must be in 1\.\.12\)$"):
+        apply_overrides(_config(), ["selection={epsilon: 2025-13-01}"])
+    unparsed = _config()  # not YAML to Snakemake either: it keeps the string, which the schema check names
+    apply_overrides(unparsed, ["selection={epsilon: [}"])
+    assert unparsed["selection"] == _config()["selection"]
+
+
+@pytest.mark.slow
+def test_snakemake_config_overrides_plan_with_the_new_value_or_fail_in_one_line(tmp_path):
+    """``snakemake --config 'SECTION={key: value}'``: the dry run plans with the value (typed as in the config
+    file, the rest of the section kept); a bad value stops it before any job with one line naming the key."""
+    from helpers.workflow import job_stats, smk, workdir
+
+    wd = workdir(tmp_path)
+    base = job_stats(smk(wd, "-n").stdout)
+    p = smk(wd, "-n", "-p", "--config", "selection={epsilon: 0.05}", "sweep={sizes: [60]}")
+    assert '"epsilon":0.05,' in p.stdout  # the decision's config, a number
+    stats = job_stats(p.stdout)
+    assert stats["train_sweep"] == base["train_sweep"] // 2 and stats["train"] == base["train"]
+    cfg = yaml.safe_load((wd / "configs/test.yaml").read_text())
+    cfg["selection"]["epsilon"], cfg["sweep"]["sizes"] = 0.05, [60]
+    from subtune.provenance import config_hash
+
+    assert f"--config-hash {config_hash(validate(cfg, SCHEMA))} " in p.stdout  # what `subtune status` computes
+
+    bad = smk(wd, "-n", "--config", "selection={epsilon: x}", check=False)
+    out = bad.stdout + bad.stderr
+    lines = [line for line in out.splitlines() if "selection.epsilon" in line]
+    assert bad.returncode != 0 and "Traceback" not in out and job_stats(out) == {}
+    assert lines == ["config error: bad config value selection.epsilon: 'x' is not of type 'number'"], out[-2000:]

@@ -47,7 +47,7 @@ GOOD, BAD = "fmnist-new", "digits"  # BAD gets a bad value in the failing run
 GPU_RULES = {"pretrain", "score_round", "score_surgical", "score_pairs", "tune", "train", "train_sweep", "multilora"}
 CPU_RULES = {"download", "prepare", "mlflow_init", "decide", "selected", "report_main", "report_rounds",
              "report_profile", "report_pairs", "report_sweep", "report_multilora", "report_grid", "report_claims",
-             "report_selection", "fetch"}
+             "report_selection", "report_metrics", "report_start", "fetch"}
 
 
 def _slurm_missing_reason() -> str | None:

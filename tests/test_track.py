@@ -87,7 +87,9 @@ def test_log_run_roundtrip(template_db, tmp_path, monkeypatch):
     for k, v in tags.items():
         assert r[f"tags.{k}"] == v
     assert r["tags.subtune.version"] == subtune.__version__
-    assert r["tags.mlflow.runName"] == "subtuning-fmnist-seed0"
+    assert r["tags.mlflow.runName"] == "final/subtuning/fmnist/r2/s0"  # from its tags (method etc. from metrics)
+    assert (r["tags.method"], r["tags.target"], r["tags.seed"]) == ("subtuning", "fmnist", "0")
+    assert client_kind(uri, "demo") == track.EXPERIMENT_KIND[1]  # the UI's "Machine learning" kind
 
     client = mlflow.MlflowClient(uri)
     for key in ("val_acc", "val_loss", "train_loss"):
@@ -99,6 +101,10 @@ def test_log_run_roundtrip(template_db, tmp_path, monkeypatch):
     art = Path(client.get_run(run_id).info.artifact_uri.removeprefix("file://")) / "seed0.json"
     assert art.read_text() == f.read_text()
     assert (tmp_path / "store" / "mlruns") in art.parents
+
+
+def client_kind(uri: str, experiment: str) -> str | None:
+    return mlflow.MlflowClient(uri).get_experiment_by_name(experiment).tags.get(track.EXPERIMENT_KIND[0])
 
 
 def test_uri_resolution(template_db, tmp_path, monkeypatch):
@@ -312,3 +318,244 @@ def test_unreachable_server_queues_the_run_fast_and_log_pending_logs_it_once(tem
     assert main(["log", "--metrics", str(f), "--uri", uri, "--experiment", "later"]) == 0
     assert "already logged" in capsys.readouterr().out
     assert len(runs_df(monkeypatch, uri, "later")) == 1
+
+
+# ---------------------------------------------------------------- finding a run: names, tags, grid points, parents
+def job(stage: str, method: str = "ft", target: str = "digits", seed: str = "1", **kw: str) -> dict[str, str]:
+    return {"stage": stage, "method": method, "target": target, "seed": seed, **kw}
+
+
+# One invocation's jobs whose method, target and seed collide: what the workflow's rules and stages tag them with.
+COLLIDING = [
+    job("final", train_data="train"), job("sweep", train_size="100"), job("sweep", train_size="250"),
+    job("tune", grid_point="lr=0.01", chosen="lr=0.01"), job("epsilon", "subtuning", blockset="lp"),
+    job("epsilon", "subtuning", blockset="layer3.1+layer4.0"),
+    job("select", "subtuning", round="1", shard="0", shards="2", sets="greedy"),
+    job("select", "subtuning", round="1", shard="1", shards="2", sets="greedy"),
+    job("select", "subtuning", round="2", shard="0", shards="1", sets="greedy"),
+    job("select", "subtuning", round="1", shard="0", shards="2", sets="greedy", train_size="60"),
+    job("surgical", "surgical", shard="0", shards="1", sets="surgical"),
+    job("pairs", "subtuning", shard="0", shards="1", sets="pairs"),
+    job("multilora", "multilora", "fmnist-new+digits"),
+    job("multilora", "multilora", "fmnist-new+digits", ablation="rank4"),
+    job("multilora", "multilora", "fmnist-new+digits", ablation="train_a"),
+]
+
+
+def test_run_names_from_tags():
+    names = [track.run_name_for(t) for t in COLLIDING]
+    assert len(set(names)) == len(names), names
+    assert names[:4] == ["final/ft/digits/s1", "sweep/ft/digits/n100/s1", "sweep/ft/digits/n250/s1",
+                         "tune/ft/digits/s1"]
+    assert names[4:10] == ["epsilon/subtuning/digits/lp/s1", "epsilon/subtuning/digits/layer3.1+layer4.0/s1",
+                           "select/subtuning/digits/r1/shard0/s1", "select/subtuning/digits/r1/shard1/s1",
+                           "select/subtuning/digits/r2/s1", "select/subtuning/digits/n60/r1/shard0/s1"]
+    assert names[-2] == "multilora/ablation-rank4/fmnist-new+digits/s1"
+    assert track.run_name_for({"stage": "workflow", "invocation": "host-12-1700000000", "seed": "3"}) == \
+        "workflow/host-12-1700000000"
+    # no '/' inside a part, nothing a search filter would have to quote; empty tags are no part
+    assert track.run_name_for({"stage": "final", "method": "a/b", "target": "it's", "seed": "", "round": None}) == \
+        "final/a_b/it_s"
+    assert track.run_name_for({}) is None and track.run_name_for({"train_data": "train"}) is None
+
+
+def test_names_unique_in_the_experiment_and_every_dimension_a_tag(template_db, tmp_path, monkeypatch):
+    uri = fresh_db(template_db, tmp_path / "store")
+    ids = []
+    for i, t in enumerate(COLLIDING):
+        f = write_metrics(tmp_path / "jobs" / f"{i}.json", metrics(seed=1, val_acc=0.5 + i / 100))
+        ids.append(track.log_run(json.loads(f.read_text()), tracking_uri=uri, experiment="names", tags=t, artifact=f))
+    df = runs_df(monkeypatch, uri, "names").set_index("run_id")
+    assert [df.loc[i, "tags.mlflow.runName"] for i in ids] == [track.run_name_for(t) for t in COLLIDING]
+    for i, t in zip(ids, COLLIDING):
+        assert {k: df.loc[i, f"tags.{k}"] for k in t} == t
+    # found by its tags
+    def search(query: str) -> list[str]:
+        return list(mlflow.search_runs(experiment_names=["names"], filter_string=query)["run_id"])
+
+    assert search("tags.stage = 'sweep' and tags.train_size = '250'") == [ids[2]]
+    assert search("attributes.run_name = 'select/subtuning/digits/r2/s1'") == [ids[8]]
+    assert sorted(search("tags.stage = 'select' and tags.round = '1'")) == sorted([ids[6], ids[7], ids[9]])
+    # the same job logged again (a later invocation; its metrics file changed): the name's next number
+    again = []
+    for n in (2, 3):
+        f = write_metrics(tmp_path / "again" / f"{n}.json", metrics(seed=1, val_acc=0.9 + n / 100))
+        again.append(track.log_run(json.loads(f.read_text()), tracking_uri=uri, experiment="names", tags=COLLIDING[0],
+                                   artifact=f))
+    client = mlflow.MlflowClient(uri)
+    assert [client.get_run(r).info.run_name for r in again] == ["final/ft/digits/s1#2", "final/ft/digits/s1#3"]
+    # a name given by the caller is numbered too
+    assert client.get_run(track.log_run(metrics(seed=7), tracking_uri=uri, experiment="names", tags={}, artifact=None,
+                                        run_name="final/ft/digits/s1")).info.run_name == "final/ft/digits/s1#4"
+
+
+def test_grid_points_logged_as_metrics(template_db, tmp_path, monkeypatch):
+    grid = {"lr=0.003": 0.61, "lr=0.01": 0.66, "lr=0.01, rank=4": 0.64, "defaults": 0.5}
+    m = {"method": "lora", "target": "digits", "seed": 0, "val_acc": 0.66, "grid_scores": grid}
+    got = {x.key: x.value for x in track.run_metrics(m, 0)}
+    assert got == {"val_acc": 0.66, "grid/lr:0.003/val_acc": 0.61, "grid/lr:0.01/val_acc": 0.66,
+                   "grid/lr:0.01 rank:4/val_acc": 0.64, "grid/defaults/val_acc": 0.5}
+    uri = fresh_db(template_db, tmp_path / "store")
+    rid = track.log_run(m, tracking_uri=uri, experiment="grid", tags={"stage": "tune", "grid_point": "lr=0.01"},
+                        artifact=None)  # MLflow accepts every name
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    hit = mlflow.search_runs(experiment_names=["grid"], filter_string="metrics.`grid/lr:0.01 rank:4/val_acc` > 0.6")
+    assert list(hit["run_id"]) == [rid] and hit.iloc[0]["tags.grid_point"] == "lr=0.01"
+    assert hit.iloc[0]["tags.mlflow.runName"] == "tune/lora/digits/s0"
+
+
+def test_experiment_kind_set_once(template_db, tmp_path):
+    uri = fresh_db(template_db, tmp_path / "store")
+    client = mlflow.MlflowClient(uri)
+    old = client.create_experiment("older")  # made without the kind: init_store adds it
+    track.init_store(uri, "older")
+    assert client_kind(uri, "older") == track.EXPERIMENT_KIND[1]
+    client.set_experiment_tag(old, track.EXPERIMENT_KIND[0], "genai_development")  # a user's choice stays
+    track.init_store(uri, "older")
+    assert client_kind(uri, "older") == "genai_development"
+    assert track.runs_url(uri, "4") == "http://127.0.0.1:5000/#/experiments/4/runs?workflowType=machine_learning"
+    assert track.runs_url("http://mlflow.example:5000/", "4").startswith("http://mlflow.example:5000/#/experiments/4/")
+
+
+def test_parent_run_failures_are_one_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("SUBTUNE_MLFLOW_RETRY_S", "0.5")
+    monkeypatch.setenv(track.PARENT_ENV, "another-invocations")
+    assert track.workflow_started() is None and track.PARENT_ENV not in os.environ
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("WARNING: MLflow parent run in http://127.0.0.1:") and \
+        "unreachable" in err[0] and "without a parent" in err[0]
+    track.workflow_ended("FINISHED")  # no parent: nothing to do
+    assert capsys.readouterr().err == ""
+    # its end not marked: one line, the end queued for `log --pending`
+    monkeypatch.setenv("SUBTUNE_MLFLOW_PENDING", str(tmp_path / "pending"))
+    monkeypatch.setenv(track.PARENT_ENV, "0123abc")
+    track.workflow_ended("FAILED")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("WARNING: MLflow parent run 0123abc") and "FAILED" in err[0]
+    assert "log --pending" in err[0]
+    (entry,) = track.pending_runs()
+    assert json.loads((entry / "run.json").read_text())["status"] == "FAILED"
+
+
+def test_log_pending_marks_a_queued_parent_end(template_db, tmp_path, monkeypatch, capsys):
+    uri = fresh_db(template_db, tmp_path / "store")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SUBTUNE_INVOCATION", "inv-9")
+    pending = tmp_path / "pending"
+    parent = track.start_parent(uri, "queued", tags={"invocation": "inv-9"})
+    f = write_metrics(tmp_path / "seed0.json", metrics())
+    track.queue_run(metrics(), tracking_uri=uri, experiment="queued", tags={"stage": "final", track.PARENT_TAG: parent},
+                    artifact=f, pending=pending)
+    track.queue_end(parent, "FINISHED", tracking_uri=uri, pending=pending)
+    track.queue_end("no-such-run", "FAILED", tracking_uri=uri, pending=pending)
+    assert track.flush_pending(pending) == (1, 0)
+    out = capsys.readouterr().out
+    assert f"marked MLflow parent run {parent} FINISHED" in out and "no-such-run is not in" in out
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(parent).info.status == "FINISHED" and client.get_run(parent).info.run_name == "workflow/inv-9"
+    (child,) = client.search_runs([client.get_experiment_by_name("queued").experiment_id], "tags.stage = 'final'")
+    assert child.data.tags[track.PARENT_TAG] == parent and child.info.run_name == "final/subtuning/fmnist/s0"
+
+
+MINI_SNAKEFILE = textwrap.dedent("""
+    import sys
+
+    PY = sys.executable
+
+
+    onstart:
+        from subtune.track import workflow_started
+
+        workflow_started()
+
+
+    onsuccess:
+        from subtune.track import workflow_ended
+
+        workflow_ended("FINISHED")
+
+
+    onerror:
+        from subtune.track import workflow_ended
+
+        workflow_ended("FAILED")
+
+
+    rule all:
+        input:
+            expand("out/{i}.json", i=range(4)),
+
+
+    rule job:
+        output:
+            "out/{i}.json",
+        shell:
+            "{PY} job.py {wildcards.i} {output}"
+
+
+    rule broken:
+        output:
+            "out/broken.json",
+        shell:
+            "exit 1"
+""")
+MINI_JOB = textwrap.dedent("""
+    import argparse, json, sys, time
+    from pathlib import Path
+    from subtune.stages._common import track
+    i, out = int(sys.argv[1]), Path(sys.argv[2])
+    m = {"method": "ft", "target": "digits", "seed": i, "val_acc": 0.5}
+    out.write_text(json.dumps(m))
+    t = time.monotonic()
+    while len(list(out.parent.glob("*.json"))) < 4 and time.monotonic() - t < 60:
+        time.sleep(0.05)  # the four jobs log at once
+    track(argparse.Namespace(track=True, tag=["stage=final"]), m, str(out), {"seed": str(i)})
+""")
+
+
+@pytest.mark.slow  # Snakemake runs four jobs at once, each importing MLflow
+def test_one_parent_run_per_invocation_its_jobs_children(tmp_path):
+    """The Snakefile's handlers (the workflow's own, in a small Snakefile): one parent per invocation, made in the
+    main process before the jobs start, whatever the number of jobs at once; none for a dry run, --report or an
+    invocation with nothing to do; FAILED when a job fails."""
+    wd = tmp_path / "wf"
+    wd.mkdir()
+    (wd / "Snakefile").write_text(MINI_SNAKEFILE)
+    (wd / "job.py").write_text(MINI_JOB)
+    db = wd / "mlflow.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SUBTUNE_"))}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{db}", SUBTUNE_MLFLOW_EXPERIMENT="mini", SUBTUNE_INVOCATION="inv-1",
+               SUBTUNE_EXPERIMENT="test", PYTHONPATH=os.pathsep.join([str(Path(subtune.__file__).parents[1]),
+                                                                       os.environ.get("PYTHONPATH", "")]))
+    smk = str(Path(sys.executable).with_name("snakemake"))
+
+    def run(*args: str, ok: bool = True) -> str:
+        p = subprocess.run([smk, "--cores", "4", *args], cwd=wd, env=env, capture_output=True, text=True)
+        assert (p.returncode == 0) == ok, (p.stdout + p.stderr)[-4000:]
+        return p.stdout + p.stderr
+
+    run("-n")
+    assert not db.exists()  # a dry run logs nothing, not even the store
+    out = run()
+    assert "WARNING" not in out, out[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("mini").experiment_id
+
+    def runs(query: str = "") -> list:
+        return client.search_runs([exp], filter_string=query)
+
+    (parent,) = runs("tags.stage = 'workflow'")
+    children = runs("tags.stage = 'final'")
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "workflow/inv-1"
+    assert parent.data.tags["invocation"] == "inv-1" and parent.data.tags["experiment"] == "test"
+    assert len(children) == 4 and {r.data.tags[track.PARENT_TAG] for r in children} == {parent.info.run_id}
+    assert {r.data.tags["invocation"] for r in children} == {"inv-1"}
+    assert sorted(r.info.run_name for r in children) == [f"final/ft/digits/s{i}" for i in range(4)]
+    assert runs(f"tags.`{track.PARENT_TAG}` = '{parent.info.run_id}'") and len(runs()) == 5
+    run("--report", "report.html")
+    run()  # nothing to be done
+    assert len(runs()) == 5
+    run("out/broken.json", ok=False)
+    (failed,) = [r for r in runs("tags.stage = 'workflow'") if r.info.run_id != parent.info.run_id]
+    assert failed.info.status == "FAILED" and failed.info.run_name == "workflow/inv-1#2"

@@ -87,7 +87,47 @@ def test_every_training_job_logged_one_mlflow_run(finished):
     n_jobs += sum(1 for _ in (wd / "results/test").glob("multilora/*/seed*.json"))
     con = sqlite3.connect(wd / "mlflow.db")
     (n_runs,) = con.execute("select count(*) from runs where lifecycle_stage='active'").fetchone()
-    assert n_runs == n_jobs and n_jobs > 20
+    assert n_runs == n_jobs + 1 and n_jobs > 20  # and the invocation's parent run
+    # names unique within the experiment
+    assert con.execute("select name from runs group by experiment_id, name having count(*) > 1").fetchall() == []
+
+    import mlflow
+
+    from subtune import track
+
+    client = mlflow.MlflowClient(f"sqlite:///{wd / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("subtune-test").experiment_id], max_results=5000)
+    (parent,) = [r for r in runs if r.data.tags.get("stage") == "workflow"]
+    jobs = {r.data.tags[track.KEY_TAG]: r for r in runs if r is not parent}
+    # one parent per invocation, finished; every job's run its child, named from its tags
+    assert parent.info.status == "FINISHED" and parent.info.run_name == f"workflow/{parent.data.tags['invocation']}"
+    assert {r.data.tags.get(track.PARENT_TAG) for r in jobs.values()} == {parent.info.run_id}
+    assert {r.data.tags["invocation"] for r in jobs.values()} == {parent.data.tags["invocation"]}
+    assert all(r.info.run_name == track.run_name_for(r.data.tags) for r in jobs.values())
+    assert all(r.data.tags[k] for r in jobs.values() for k in ("stage", "method", "target", "seed", "experiment"))
+
+    def tags_of(path: Path) -> dict[str, str]:
+        return jobs[track.run_key({}, path)].data.tags
+
+    res = wd / "results/test"
+    for f in res.glob("sweep/*/n*/*/seed*.json"):  # a data-size sweep's runs and selections: their size
+        assert tags_of(f)["stage"] == "sweep" and tags_of(f)["train_size"] == f.parts[-3][1:]
+    sized = list(res.glob("select/*/n*/seed*/round*_shard*.json"))
+    assert sized and all(tags_of(f)["train_size"] == f.parts[-3][1:] for f in sized)
+    assert all("train_size" not in tags_of(f) for f in res.glob("select/*/seed*/round*_shard*.json"))
+    for f in res.glob("multilora/*/seed*.json"):
+        assert tags_of(f)["ablation"] == f.parent.name and tags_of(f)["stage"] == "multilora"
+    for f in res.glob("epsilon/*/*/seed*.json"):
+        assert tags_of(f)["blockset"] == f.parent.name
+    # a tuning run: every grid point's validation accuracy, and the point chosen
+    for f in res.glob("tune/*/*.json"):
+        tune, r = json.loads(f.read_text()), jobs[track.run_key({}, f)]
+        assert r.data.tags["grid_point"] == tune["results"][tune["chosen_index"]]["label"]
+        assert {k: v for k, v in r.data.metrics.items() if k.startswith("grid/")} == {
+            track.grid_metric(x["label"]): pytest.approx(x["val_acc"]) for x in tune["results"]}
+    for f in res.glob("runs/*/lp/seed*.json"):  # trained at the point chosen on validation
+        tune = json.loads((res / "tune" / f.parts[-3] / "lp.json").read_text())
+        assert tags_of(f)["tuned"] == tune["results"][tune["chosen_index"]]["label"]
 
 
 def epsilon_sets_of(wd: Path, epsilons, main: float = 0.01) -> dict[str, set[str]]:
@@ -162,7 +202,7 @@ def test_epsilon_change_reruns_selection_onward_only(finished):
     cfg = edit_config(wd, "eps.yaml", lambda c: (c["selection"].pop("epsilons"), c["selection"].update(epsilon=0.2)))
     stats = dry_run(wd, cfg)
     assert set(stats) == {"decide", "selected", "train", "train_sweep", "report_main", "report_rounds",
-                          "report_selection", "report_sweep", "report_claims"}, stats
+                          "report_selection", "report_sweep", "report_claims", "report_metrics", "report_start"}, stats
     # only SubTuning's final runs: 2 targets x 2 seeds, and its sweep runs: 2 sizes x 2 seeds
     assert stats["train"] == 4 and stats["train_sweep"] == 4
     # round 1 of each target and of the sweep's n60 selection (n120 is digits' 1k regime); later rounds
@@ -174,7 +214,7 @@ def test_method_lr_change_reruns_that_method_and_aggregation_only(finished):
     wd, _ = finished
     cfg = edit_config(wd, "lr.yaml", lambda c: c["methods"]["lora"]["train"].update(lr=0.01))
     stats = dry_run(wd, cfg)
-    assert stats == {"train": 4, "report_main": 1, "report_claims": 1}, stats  # LoRA: 2 targets x 2 seeds
+    assert stats == {"train": 4, "report_main": 1, "report_metrics": 1, "report_start": 1, "report_claims": 1}, stats  # LoRA: 2 targets x 2 seeds
 
 
 def test_adding_a_seed_trains_only_the_new_seeds_runs(finished):
@@ -185,7 +225,7 @@ def test_adding_a_seed_trains_only_the_new_seeds_runs(finished):
     # seed 2 only: every method on both targets (5 x 2), the sweep's two methods at two sizes (2 x 2), Multi-LoRA
     # once, each other epsilon set once; selection (first seed), tuning, data and the backbone stay; the tables
     assert stats == {"train": 10, "train_sweep": 4, "multilora": 1, "multilora_ablation": 3, "train_epsilon": n_eps,
-                     "report_main": 1,
+                     "report_main": 1, "report_metrics": 1, "report_start": 1,
                      "report_sweep": 1, "report_multilora": 1, "report_epsilon": 1, "report_claims": 1}, stats  # fmt: skip
     p = smk(wd, "--dry-run", config=cfg)
     outputs = " ".join(re.findall(r"output: (.+)", p.stdout))
@@ -195,7 +235,7 @@ def test_adding_a_seed_trains_only_the_new_seeds_runs(finished):
 def test_method_param_change_reruns_that_method_and_aggregation_only(finished):
     wd, _ = finished
     cfg = edit_config(wd, "rank.yaml", lambda c: c["methods"]["lora"]["params"].update(rank=2))
-    assert dry_run(wd, cfg) == {"train": 4, "report_main": 1, "report_claims": 1}
+    assert dry_run(wd, cfg) == {"train": 4, "report_main": 1, "report_metrics": 1, "report_start": 1, "report_claims": 1}
 
 
 def test_grid_change_reruns_that_methods_tuning_and_runs_only(finished):
@@ -203,7 +243,7 @@ def test_grid_change_reruns_that_methods_tuning_and_runs_only(finished):
     cfg = edit_config(wd, "grid.yaml", lambda c: c["methods"]["lp"]["grid"].update(lr=[0.001, 0.01]))
     stats = dry_run(wd, cfg)
     # LP: a tuning job per target, its final runs and its sweep runs (LP is in the sweep)
-    assert stats == {"tune": 2, "train": 4, "train_sweep": 4, "report_main": 1, "report_sweep": 1,
+    assert stats == {"tune": 2, "train": 4, "train_sweep": 4, "report_main": 1, "report_metrics": 1, "report_start": 1, "report_sweep": 1,
                      "report_grid": 1, "report_claims": 1}, stats
 
 
@@ -242,7 +282,7 @@ def test_final_data_change_reruns_the_final_runs_only(finished):
     cfg = edit_config(wd, "tv.yaml", lambda c: c.update(final_data="train+val"))
     n_eps = sum(len(s) for s in epsilon_sets_of(wd, [0.0, 0.01, 1.0]).values())  # the epsilons' other sets
     # 5 methods x 2 targets x 2 seeds, and the epsilon sets' runs (SubTuning's final runs)
-    assert dry_run(wd, cfg) == {"train": 20, "train_epsilon": 2 * n_eps, "report_main": 1, "report_epsilon": 1,
+    assert dry_run(wd, cfg) == {"train": 20, "train_epsilon": 2 * n_eps, "report_main": 1, "report_metrics": 1, "report_start": 1, "report_epsilon": 1,
                                 "report_claims": 1}
 
 
@@ -264,7 +304,7 @@ def test_per_target_override_reruns_that_targets_jobs_only(finished):
     cfg = edit_config(wd, "pt.yaml", lambda c: c["targets"]["fmnist-new"].update(
         methods={"lora": {"train": {"lr": 0.01}, "params": {"rank": 2}}}))
     p = smk(wd, "--dry-run", "--printshellcmds", config=cfg)
-    assert job_stats(p.stdout + p.stderr) == {"train": 2, "report_main": 1, "report_claims": 1}  # LoRA, fmnist-new, 2 seeds
+    assert job_stats(p.stdout + p.stderr) == {"train": 2, "report_main": 1, "report_metrics": 1, "report_start": 1, "report_claims": 1}  # LoRA, fmnist-new, 2 seeds
     cmds = [l for l in p.stdout.splitlines() if " -m subtune train " in l and "--method lora" in l]
     assert len(cmds) == 2 and all("fmnist-new" in c for c in cmds)
     # the job receives the merged values: the target's lr and rank over the method's and the top-level config
@@ -276,7 +316,7 @@ def test_per_target_override_reruns_that_targets_jobs_only(finished):
     # a per-target grid: that target's tuning and what depends on it (digits is the sweep's target; LP is swept)
     cfg = edit_config(wd, "ptg.yaml", lambda c: c["targets"]["digits"].update(
         methods={"lp": {"grid": {"lr": [0.001, 0.01]}}}))
-    assert dry_run(wd, cfg) == {"tune": 1, "train": 2, "train_sweep": 4, "report_main": 1, "report_sweep": 1,
+    assert dry_run(wd, cfg) == {"tune": 1, "train": 2, "train_sweep": 4, "report_main": 1, "report_metrics": 1, "report_start": 1, "report_sweep": 1,
                                 "report_grid": 1, "report_claims": 1}
 
 
@@ -364,11 +404,38 @@ def test_fast_path_is_the_default_and_can_be_turned_off(finished):
     assert "subtune score" in default.stdout and "--no-fast" not in default.stdout
 
 
+def main_cell(wd: Path) -> tuple[str, str]:
+    """A cell of the finished run's main table, from tables/main.csv: FT's label and its first target's
+    ``mean ± std``."""
+    import pandas as pd
+
+    from subtune.methods import method_label
+
+    main = pd.read_csv(wd / "results/test/tables/main.csv")
+    ft = main[main["method"] == "ft"].iloc[0]
+    return method_label("ft"), f"{ft['test_acc_mean']:.2f} ± {ft['test_acc_std']:.2f}"
+
+
+def claim_verdict(wd: Path) -> str:
+    """The start page's line of claim 1 (SubTuning ≥ FT) up to its first verdict, from tables/claims.csv."""
+    import pandas as pd
+
+    claims = pd.read_csv(wd / "results/test/tables/claims.csv", dtype={"claim_id": str})
+    first = claims[claims["claim_id"] == "1"].iloc[0]
+    return f"Claim 1, {first['claim']} ({first['source']}): {first['verdict']}"
+
+
 def test_html_report(finished):
+    """The report's start page quotes the results (the workflow wrote it; the Snakefile's `report:` reads it), and
+    every table is a page of its own inside the report."""
     wd, _ = finished
+    start = (wd / "results/test/report/start.rst").read_text()
+    label, cell = main_cell(wd)
+    assert f"* - {label}" in start and cell in start and claim_verdict(wd) in start
     smk(wd, "--report", "report.html")
     html = (wd / "report.html").read_text(errors="replace")
-    assert "main.md" in html and "profile_digits.png" in html
+    assert "main.html" in html and "profile_digits.png" in html and "data:text/html" in html
+    assert json.dumps(cell).strip('"') in html  # in the description, which the page holds as JSON
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -398,10 +465,20 @@ window.addEventListener("load", async () => {
   for (const [path, res] of Object.entries(results)) {
     app.showResultInfo(path); await sleep(300);
     note("result", path, document.querySelector("#app").innerText);
+    note("mime", path, res.mime_type);
     if (res.mime_type === "image/png") {
       app.setView({content: "img", contentPath: res.data_uri, resultPath: path}); await sleep(500);
       const img = document.querySelector("#app img[src^='data:image/png']");
       note("img", path, img && img.complete ? img.naturalWidth + "x" + img.naturalHeight : "missing");
+    }
+    if (res.mime_type === "text/html") {  // a table's page: shown in a frame; its first table's rows, cells by tabs
+      app.setView({content: "html", contentPath: res.data_uri, resultPath: path}); await sleep(300);
+      const frame = document.querySelector("#app iframe[src^='data:text/html']");
+      const bytes = Uint8Array.from(atob(res.data_uri.split(",")[1]), (c) => c.charCodeAt(0));
+      const page = new DOMParser().parseFromString(new TextDecoder().decode(bytes), "text/html");
+      const table = page.querySelector("table");
+      note("html", path, !frame ? "no frame" : !table ? "no table" : [...table.rows].map(
+        (r) => [...r.cells].map((c) => c.textContent.trim()).join("\\t")).join("\\n"));
     }
   }
   document.body.appendChild(views);
@@ -427,33 +504,50 @@ def rendered_views(html: Path) -> dict[tuple[str, str], str]:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium missing: make chromium (apt-get install chromium)")
 def test_html_report_renders_with_captions_in_a_browser(finished):
-    """The report as a browser shows it: the description, every category with its files, each file's
-    caption (what it shows, how it was made), and every figure decoded."""
+    """The report as a browser shows it: the description with the results quoted, every category with its files,
+    each file's caption (what it shows, how it was made), every table as a page and every figure decoded."""
     wd, _ = finished
     smk(wd, "--report", "report.html")
     views = rendered_views(wd / "report.html")
     start = views[("start", "")]
     assert "subtune: test" in start and "How the numbers were made" in start
     assert "Backbone resnet18 (pretrained here on fmnist-source)" in start and "2 seed(s) (0, 1)" in start
+    # the start page quotes the results: a cell of the main table in its row, a claim's verdict
+    label, cell = main_cell(wd)
+    assert re.search(rf"^{re.escape(label)}\t.*{re.escape(cell)}", start, re.M), start[:3000]
+    assert claim_verdict(wd) in " ".join(start.split())
     cats = {"Tables", "Selection", "Fine-tuning profiles", "Pair grid", "Data-size sweep", "Tuning"}
     assert {key for kind, key in views if kind == "category"} == cats
     for cat in cats:
         assert cat in start  # the menu, and the description's list of categories
-    assert "main.md" in views[("category", "Tables")] and "multilora.md" in views[("category", "Tables")]
+    listed = {cat: set(re.findall(r"results/test/(\S+)", views[("category", cat)])) for cat in cats}
+    # the tables are pages (their Markdown or CSV rendered); main.csv and claims.csv also to download
+    assert {"tables/main.html", "tables/main.csv", "tables/claims.html", "tables/claims.csv",
+            "tables/multilora.html", "plots/cost.png"} <= listed["Tables"]
+    assert not {"tables/main.md", "tables/multilora.md", "tables/multilora.csv"} & listed["Tables"]
     assert "profile_digits.png" in views[("category", "Fine-tuning profiles")]
-    assert "rounds.csv" in views[("category", "Selection")] and "main.md" not in views[("category", "Selection")]
+    assert {"tables/rounds.html", "tables/selection.html", "tables/epsilon.html"} == listed["Selection"]
     assert "pairs_digits.png" in views[("category", "Pair grid")] and "sweep.png" in views[("category", "Data-size sweep")]
+    # every table a page inside the report (text/html, shown in a frame), its table there
+    pages = {key: text for (kind, key), text in views.items() if kind == "html"}
+    mimes = {key: text for (kind, key), text in views.items() if kind == "mime"}
+    names = {Path(k).name for k, m in mimes.items() if m == "text/html"}
+    assert names == {f.name for f in (wd / "results/test/tables").glob("*.html")} and len(names) == 11, names
+    assert all(text not in ("no frame", "no table") for text in pages.values()), pages
+    (main_page,) = [text for key, text in pages.items() if key.endswith("tables/main.html")]
+    assert re.search(rf"^{re.escape(label)}\t.*{re.escape(cell)}", main_page, re.M), main_page
     want = {  # file -> words from its caption, as rendered (Jinja values filled in)
-        "tables/main.md": "Main table of experiment test: test accuracy (%) of each method on each target, "
-                          "mean ± std over 2 seed(s)",
+        "tables/main.html": "Main table of experiment test: test accuracy (%) of each method on each target, "
+                            "mean ± std over 2 seed(s)",
         "tables/main.csv": "Made by subtune report main from the final training runs",
-        "tables/rounds.csv": "Greedy selection rounds (SubTuning)",
-        "tables/selection.md": "Block sets selected per seed by greedy forward selection",
-        "tables/profile_digits.csv": "Fine-tuning profile of target digits",
+        "tables/claims.html": "Claims of the papers against this experiment's results",
+        "tables/rounds.html": "Greedy selection rounds (SubTuning)",
+        "tables/selection.html": "Block sets selected per seed by greedy forward selection",
+        "tables/profile_digits.html": "Fine-tuning profile of target digits (as in SubTuning, Figs. 1-2)",
         "plots/profile_fmnist-new.png": "Fine-tuning profile of target fmnist-new",
         "plots/pairs_digits.png": "Pair grid of target digits",
         "plots/sweep.png": "Data-size sweep (as in SubTuning, Fig. 4)",
-        "tables/multilora.md": "Multi-LoRA against separate LoRA runs",
+        "tables/multilora.html": "No grid: both sides train at fixed values, lr = 0.003, rank = 4, alpha = 4",
     }
     results = {key: text for (kind, key), text in views.items() if kind == "result"}
     for rel, caption in want.items():
@@ -463,8 +557,9 @@ def test_html_report_renders_with_captions_in_a_browser(finished):
         caption = re.search(r"DESCRIPTION\s+(.*?)\s+SIZE\s", text, re.S)
         assert caption and len(caption.group(1)) > 100, (key, text[:1500])
     imgs = {key: text for (kind, key), text in views.items() if kind == "img"}
-    # two profiles, the pair grid, the sweep, the cost plot, the grid's validation curves: each decodes to an image
-    assert len(imgs) == 6
+    # every plot the run wrote (profiles, pair grid, sweep, cost, grid curves, ...): each decodes to an image
+    assert {Path(k).name for k in imgs} == {f.name for f in (wd / "results/test/plots").glob("*.png")}
+    assert len(imgs) >= 6
     for key, size in imgs.items():
         w, h = map(int, size.split("x"))
         assert w > 200 and h > 100, (key, size)

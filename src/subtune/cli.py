@@ -38,7 +38,8 @@ def warm_stages() -> frozenset[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one stage: its exit status (2 and one line on stderr for bad input; argparse exits 2 by itself)."""
+    """Run one stage: its exit status (2 and one line on stderr for bad input; argparse exits 2 by itself; a
+    stage whose run function returns an int exits with it, e.g. ``status``'s 1 for stale results)."""
     from . import timing
 
     timing.reset()
@@ -46,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(message)s")
     try:
-        a.fn(a)
+        code = a.fn(a)
     except SubtuneError as exc:
         print(f"subtune {a.stage}: error: {exc}", file=sys.stderr)
         return 2
     if a.stage in warm_stages():  # the job log's last line: where its time went (bench/pipeline.py reads it)
         print(timing.summary(a.stage), file=sys.stderr, flush=True)
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0

@@ -4,7 +4,8 @@
 keys, wrong types, missing values) and then against the code's registries
 (method names and their parameters, dataset names, training keys), and raises
 a one-line :class:`SubtuneError` naming the key. The Snakefile calls it before
-any job runs.
+any job runs, after :func:`apply_overrides` has given ``--config``'s nested
+values the types the config file would give them.
 
 The values each rule receives (the merged training configs, parameters and
 grids, the selection's configs, the CLI flags) are :mod:`subtune.plan`'s;
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from . import SubtuneError
 from .plan import (  # noqa: F401  (the values the rules receive: importable from here too)
@@ -118,11 +119,16 @@ def _method_params_error(path: list, config: dict[str, Any]) -> str | None:
 
 def _check_method_params(name: str, params: dict[str, Any], where: str) -> None:
     """A method's ``params`` (at ``where``): no head (set per target) and the method's typed parameters."""
-    from .methods import get_method
+    from .methods import base_method, get_method
 
     if "head" in params:
         raise SubtuneError(f"{where}: head is set per target (targets.<name>.head: new | keep)")
-    get_method(name, **params)  # raises naming the method and the parameter
+    try:
+        get_method(name, **params)  # raises naming the method and the parameter
+    except SubtuneError as e:
+        if base_method(name) == name:
+            raise
+        raise SubtuneError(f"{where}: {e}") from None  # a variant: the message names its method, not the entry
 
 
 def load_schema(path: str | Path) -> dict:
@@ -154,6 +160,45 @@ def config_schema(path: str | Path) -> dict:
     return schema
 
 
+def apply_overrides(config: dict[str, Any], entries: Sequence[str] | None) -> dict[str, Any]:
+    """Snakemake's ``--config KEY=VALUE`` entries (``entries``, as given) merged into ``config`` with YAML types.
+
+    Snakemake reads a nested value (``--config 'selection={epsilon: 0.05}'``) with YAML's base loader, which
+    keeps every scalar a string, and deep-merges it into the config; a value that is a mapping or a list is read
+    again here as the config file is read (YAML: ``0.05`` a number, ``true`` a boolean) and deep-merged once
+    more, so an override is checked as the same value in the config file would be. Top-level scalars keep
+    Snakemake's reading. Returns ``config``.
+    """
+    import yaml
+
+    for entry in entries or []:
+        key, sep, text = str(entry).partition("=")
+        text = text.strip("'\"")  # as Snakemake strips them (snakemake.common.parse_key_value_arg)
+        if not sep or not text:
+            continue
+        try:
+            loose = yaml.load(text, Loader=yaml.BaseLoader)
+        except yaml.YAMLError:
+            continue  # Snakemake read it as a string: so does the config
+        if not isinstance(loose, (dict, list)):
+            continue
+        try:
+            typed = yaml.safe_load(text)
+        except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. a date YAML reads as one, 2025-13-01
+            raise SubtuneError(f"--config {key}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        _deep_merge(config, {key: typed})
+    return config
+
+
+def _deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    """``src`` into ``dst``: mappings merged key by key, anything else replaced (Snakemake's ``update_config``)."""
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_merge(dst[k], v)
+        else:
+            dst[k] = v
+
+
 def validate(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
     """Validate ``config`` in place (schema defaults filled in); raise SubtuneError naming the key.
 
@@ -183,15 +228,16 @@ def validate(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
 def _check_registries(config: dict[str, Any]) -> None:
     from .data.targets import TARGETS
     from .data.targets import validate as validate_dataset
-    from .methods import REGISTRY, get_method
+    from .methods import REGISTRY, base_method, get_method, method_class, method_needs
     from .models.names import check_arch
     from .train_config import TrainConfig
     from .tune import validate_grid
 
     _check_data_choices(config)  # first: it names epoch_select, which a training config check would also reject
     for name, spec in config["methods"].items():
-        if name not in REGISTRY:
-            raise SubtuneError(f"unknown method methods.{name} (known: {', '.join(sorted(REGISTRY))})")
+        if base_method(name) not in REGISTRY:  # a variant (<method>-<variant>) runs its method under its own name
+            raise SubtuneError(f"unknown method methods.{name} (known: {', '.join(sorted(REGISTRY))}; or a variant "
+                               "<method>-<variant> of one, e.g. ssf-val-tuned)")
         params = spec.get("params") or {}
         _check_method_params(name, params, f"methods.{name}.params")
         TrainConfig.from_dict(method_train(config, name), f"methods.{name}.train")
@@ -206,9 +252,9 @@ def _check_registries(config: dict[str, Any]) -> None:
     for name in config["targets"]:  # a method that supports only some heads (Siamese SubTuning: a new one)
         head = target_head(config, name)
         for m in config["methods"]:
-            if head not in REGISTRY[m].heads:
+            if head not in method_class(m).heads:
                 raise SubtuneError(f"targets.{name}.head is {head} but method {m!r} supports head "
-                                   f"{' or '.join(REGISTRY[m].heads)} only")
+                                   f"{' or '.join(method_class(m).heads)} only")
     bb = config["backbone"]
     check_arch(bb["arch"], "backbone.arch")  # reads timm's source: no torch
     if bb["checkpoint"] == "pretrain":
@@ -226,6 +272,7 @@ def _check_registries(config: dict[str, Any]) -> None:
             raise SubtuneError("backbone.checkpoint is package but backbone.package is not set")
         check_package(bb["package"], bb["arch"])
     _check_budget(config)
+    _check_multilora_inputs(config)
     per = config["selection"].get("per_seed")
     for t in per if isinstance(per, list) else []:
         if t not in config["targets"]:
@@ -260,7 +307,7 @@ def _check_registries(config: dict[str, Any]) -> None:
     for m in config.get("sweep", {}).get("methods", []):
         if m not in config["methods"]:
             raise SubtuneError(f"sweep.methods: {m!r} is not one of methods")
-        if REGISTRY[m].needs == "surgical":
+        if method_needs(m) == "surgical":
             raise SubtuneError(f"sweep.methods: {m!r} is not supported in the sweep")
 
 
@@ -333,6 +380,20 @@ def _check_data_choices(config: dict[str, Any]) -> None:
                      else "train")
             raise SubtuneError(f"final_data is train+val but {where} has epoch_select best_val (no validation split "
                                "is left to choose the epoch on)")
+
+
+def _check_multilora_inputs(config: dict[str, Any]) -> None:
+    """data.standardize and train.head_init against the multilora section, which builds its inputs' normalisation
+    (one for every task) and its task heads itself."""
+    if "multilora" not in config:
+        return
+    if config["data"].get("standardize", "backbone") != "backbone":
+        raise SubtuneError(f"data.standardize is {config['data']['standardize']} but the multilora comparison "
+                           "normalises every task with the backbone's statistics: set data.standardize: backbone")
+    head_init = multilora_train(config).get("head_init", "default")
+    if head_init != "default":
+        raise SubtuneError(f"head_init {head_init} (train or multilora.train): Multi-LoRA builds its task heads "
+                           "itself (torch's default initialisation); drop head_init from the multilora training")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -195,11 +195,16 @@ def decision_config(config: dict[str, Any], walk: bool = True) -> dict[str, Any]
 
 def dataset_params(config: dict[str, Any], name: str, train_size: Any = "regime") -> dict[str, Any]:
     """The build parameters of dataset ``name`` (the source's or a target's), ``train_size`` set for a
-    data-size sweep's regime."""
-    spec = config["source"] if name == config.get("source", {}).get("dataset") else config["targets"][name]
+    data-size sweep's regime. A target's carry ``standardize`` when ``data.standardize`` is ``dataset`` (the
+    default, ``backbone``, adds nothing: the default's prepared data and jobs stay as they were); the source's
+    never (pretraining normalises with the checkpoint's own statistics)."""
+    source = name == config.get("source", {}).get("dataset")
+    spec = config["source"] if source else config["targets"][name]
     params = {**(spec.get("params") or {}), "image_size": config["data"]["image_size"]}
     if train_size != "regime":
         params["train_size"] = train_size
+    if not source and config["data"].get("standardize", "backbone") != "backbone":
+        params["standardize"] = config["data"]["standardize"]
     return params
 
 
@@ -247,8 +252,14 @@ class Plan:
         self.pair_shards = config.get("pairs", {}).get("shards", 1)
 
     # ---- data
-    def prepared(self, target: str, regime: str = "1k") -> dict[str, str]:
-        return {"data": f"{self.data}/{target}/{regime}.safetensors", "manifest": f"{self.data}/{target}/{regime}.json"}
+    def prepared(self, target: str, regime: str = "1k", seed: int | str | None = None) -> dict[str, str]:
+        """A prepared dataset's files: ``<target>/<regime>``, split with ``data.seed``; with
+        ``data.split_per_seed`` and the run's ``seed``, ``<target>/seed<S>/<regime>``, split with seed S (rule
+        ``prepare_seed``: Surgical fine-tuning's ``main.py`` seeds, then ``dataset.py`` reshuffles, per seed)."""
+        base = f"{self.data}/{target}/{regime}"
+        if seed is not None and regime != "source" and self.config["data"].get("split_per_seed", False):
+            base = f"{self.data}/{target}/seed{int(seed)}/{regime}"
+        return {"data": f"{base}.safetensors", "manifest": f"{base}.json"}
 
     def raw_input(self, dataset: str) -> list[str]:
         """The raw files a prepared dataset needs (none for a synthetic one)."""
@@ -386,9 +397,10 @@ class Plan:
                 for size in s["sizes"] for m in s["methods"] for seed in self.seeds]
 
     # ---- Multi-LoRA (the multilora section)
-    def multilora_inputs(self) -> dict[str, list[str]]:
-        """``data`` and ``manifests``: the prepared 1k regime of each multilora target, in order."""
-        files = [self.prepared(t) for t in self.config["multilora"]["targets"]]
+    def multilora_inputs(self, seed: int | str | None = None) -> dict[str, list[str]]:
+        """``data`` and ``manifests``: the prepared 1k regime of each multilora target, in order (``seed``'s own
+        split with ``data.split_per_seed``)."""
+        files = [self.prepared(t, seed=seed) for t in self.config["multilora"]["targets"]]
         return {"data": [f["data"] for f in files], "manifests": [f["manifest"] for f in files]}
 
     def multilora_tasks(self, data: list[str], manifests: list[str]) -> str:
@@ -461,10 +473,16 @@ class Plan:
     def shift_flags(self) -> str:
         return " ".join(f"{t}={s}" for t, s in target_shifts(self.config).items())
 
+    def metrics_files(self) -> list[str]:
+        """DVC's metrics (dvc.yaml): a file per method and target of the main table, one row each in
+        ``dvc metrics show``."""
+        return [f"{self.res}/metrics/{m}/{t}.json" for m in self.methods for t in self.targets]
+
     def all_outputs(self) -> list[str]:
         """Every table and plot the config implies (the ``all`` rule's inputs)."""
         res, config = self.res, self.config
-        out = [f"{res}/tables/main.csv", f"{res}/tables/main.md", f"{res}/plots/cost.png"]
+        out = [f"{res}/tables/main.csv", f"{res}/tables/main.md", f"{res}/plots/cost.png", f"{res}/plots/params.png",
+               *self.metrics_files()]
         if self._selecting():
             out += [f"{res}/tables/rounds.csv", f"{res}/tables/selection.csv", f"{res}/tables/selection.md"]
         if config["selection"].get("profile", True):
@@ -482,4 +500,8 @@ class Plan:
         out += [f"{res}/tables/claims.csv", f"{res}/tables/claims.md"]
         if self.tune_files():
             out += [f"{res}/tables/grid.csv", f"{res}/tables/grid.md", f"{res}/plots/grid.png"]
+        # the HTML report: each table's page (tables/NAME.html, written beside tables/NAME.csv by `report --out-html`)
+        # and the start page, the results quoted (rule report_start)
+        out += [f"{p.removesuffix('.csv')}.html" for p in out if p.startswith(f"{res}/tables/") and p.endswith(".csv")]
+        out.append(f"{res}/report/start.rst")
         return out

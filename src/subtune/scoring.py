@@ -53,11 +53,12 @@ import copy
 import logging
 import time
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from . import SubtuneError
+from .data.prepared import normalization
 from .io import sha256_file
 from .methods.base import Method
 from .models.split import Staged
@@ -85,6 +86,7 @@ class CandidateScorer:
         keep_head: bool = False,
         classes: list[str] | None = None,
         target: str | None = None,
+        manifest: Mapping[str, Any] | None = None,
     ):
         from .models.checkpoint import build_model
 
@@ -95,7 +97,9 @@ class CandidateScorer:
         self.keep_head = keep_head
         self.base, self.ckpt = build_model(checkpoint, num_classes, seed=seed, keep_head=keep_head, classes=classes,
                                            target=target, **train_cfg.model_kwargs())
-        self.pre = Preprocess(self.ckpt.mean, self.ckpt.std, self.ckpt.in_chans)
+        # the inputs' mean/std: the dataset's own with data.standardize: dataset (its manifest), else the backbone's
+        mean, std = normalization(manifest or {}, self.ckpt.mean, self.ckpt.std)
+        self.pre = Preprocess(mean, std, self.ckpt.in_chans)
         self.data = data
         self.train_cfg, self.sel_cfg = train_cfg, sel_cfg
         self.seed = seed
@@ -111,8 +115,8 @@ class CandidateScorer:
         self._key = {
             "checkpoint": sha256_file(checkpoint),
             "data": data_digest or _tensor_digest(data),
-            "mean": list(self.ckpt.mean),
-            "std": list(self.ckpt.std),
+            "mean": list(mean),
+            "std": list(std),
             "device": self.device.type,
             **({"head": "keep"} if keep_head else {}),
         }

@@ -29,6 +29,11 @@ default keeps the plain behaviour (see :mod:`subtune.train` and
 - ``cooldown_epochs``: epochs trained at ``min_lr`` after the cosine (timm's
   ``cooldown_epochs``, 10 in SSF/SAN); a run trains ``epochs + cooldown_epochs``.
 - ``drop_last``: drop each epoch's incomplete last batch (SSF/SAN's loaders).
+- ``head_init``: how a new classifier head is initialised: ``default`` (what
+  timm's ``reset_classifier`` gives, torch's ``nn.Linear`` default) or
+  ``trunc_normal`` (weights from a normal of std 0.02 truncated at +-2, biases 0:
+  timm 0.6.5's ``init_weights_vit_timm``, which SSF's ``models/vision_transformer.py``
+  and SAN's timm install apply to the head ``create_model(num_classes=...)`` builds).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ EPOCH_SELECTS = ("last", "best_val")
 SCHEDULE_UNITS = ("step", "epoch")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
+HEAD_INITS = ("default", "trunc_normal")
 
 # ------------------------------------------------------------------ JSON-schema fragments as Python checks
 # A typed declaration here (a TrainConfig field) or in a method (``subtune.methods.base.Param``) is a JSON-schema
@@ -169,6 +175,8 @@ class TrainConfig:
     min_lr: float = option(0.0, "the cosine's floor (SSF/SAN 1e-8)", minimum=0)
     cooldown_epochs: int = option(0, "extra epochs at min_lr after the cosine (timm; SSF/SAN 10)", minimum=0)
     drop_last: bool = option(False, "drop each epoch's incomplete last batch (SSF/SAN's loaders)")
+    head_init: str = option("default", "a new head's initialisation: trunc_normal = weights N(0, 0.02) truncated, "
+                                       "biases 0 (timm 0.6.5's ViT init: SSF, SAN)", enum=HEAD_INITS)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "train") -> "TrainConfig":
@@ -223,8 +231,13 @@ class TrainConfig:
         return self.augment == "none" and not self.mixes and not self.drop_path
 
     def model_kwargs(self) -> dict[str, Any]:
-        """Extra ``timm.create_model`` arguments this config needs (``drop_path_rate``); none by default."""
-        return {"drop_path_rate": float(self.drop_path)} if self.drop_path else {}
+        """Extra arguments of building the model (:func:`subtune.models.checkpoint.build_model`, ``create``) this
+        config needs: timm's ``drop_path_rate``, and ``head_init`` when not the default; none by default, so that
+        a default config builds the model exactly as before these keys existed."""
+        kw: dict[str, Any] = {"drop_path_rate": float(self.drop_path)} if self.drop_path else {}
+        if self.head_init != "default":
+            kw["head_init"] = self.head_init
+        return kw
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -70,6 +70,7 @@ PRELOAD = (
     "subtune.data.prepared", "subtune.augment", "subtune.tune", "subtune.multitask", "subtune.methods.multilora",
 )  # fmt: skip
 DEFAULT_IDLE_S = 60.0
+HELP = frozenset({"-h", "--help"})  # anywhere in argv: the job runs in its own process, no server is started
 START_TIMEOUT_S = 300.0
 _HEADER = struct.Struct("!Q")
 _MAX_SOCKET_PATH = 107  # bytes: sun_path holds 108 with the terminating NUL (Linux)
@@ -125,13 +126,14 @@ def socket_dir() -> Path:
 # ------------------------------------------------------------------------------------------------ client
 def run(argv: list[str], main: Main, stages: Collection[str]) -> int | None:
     """Run ``main(argv[1:])`` (``argv``: ``sys.argv``) in a warm server's child: its exit status, or None when
-    this job should run in its own process (disabled, not one of ``stages``, no server could be started).
+    this job should run in its own process (disabled, not one of ``stages``, ``-h``/``--help`` given, no server
+    could be started).
 
     ``main`` must be importable by its name (a module-level function): the server imports it itself.
     """
     stage = next((a for a in argv[1:] if not a.startswith("-")), None)
-    if stage not in stages or not enabled():
-        return None
+    if stage not in stages or not enabled() or HELP & set(argv[1:]):
+        return None  # --help: argparse prints and exits before any import a server would save
     entry = entry_name(main)
     try:
         sock_path = socket_dir() / f"{key(entry=entry)}.sock"

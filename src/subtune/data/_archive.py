@@ -25,13 +25,16 @@ def raw_file(raw_dir: str | os.PathLike, filename: str, dataset: str) -> Path:
 def checked(raw_dir: str | os.PathLike, files: Mapping[str, Digests], dataset: str) -> dict[str, str]:
     """Check every downloaded file against its pinned digest; return ``{filename: sha256}`` (a manifest's inputs).
 
-    A file with no pinned digest is hashed and recorded all the same.
+    A file with no pinned digest is hashed and recorded all the same. A file that differs from its pinned SHA-256
+    is refused in one line naming both digests in full (what someone comparing with a trusted copy needs).
     """
     inputs = {}
     for filename, digests in files.items():
         path = raw_file(raw_dir, filename, dataset)
         reason = verify(path, *digests)
         if reason is not None:
+            if digests[0] is not None and (len(digests) < 2 or digests[1] is None):
+                reason = f"sha256 mismatch (expected {digests[0]}, got {sha256_file(path)})"
             raise SubtuneError(f"{path}: does not match the pinned digest ({reason}); download it again")
         sha = digests[0]
         if sha is None:

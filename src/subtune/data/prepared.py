@@ -9,7 +9,11 @@ Tensors, for each split ``s`` in train/val/test:
 
 The manifest holds name, classes, num_classes, channels, image_size, split
 sizes, seed, the build parameters, ``inputs`` (input name -> SHA-256) and
-``sha256`` of the tensor file. Both files are written atomically.
+``sha256`` of the tensor file; where the dataset was prepared with
+``standardize: dataset``, ``normalize`` (the training split's per-channel
+``mean`` and ``std``, :func:`normalization`); where an input archive has no
+pinned digest, ``members`` (input name -> {archive member -> SHA-256}, each
+member read). Both files are written atomically.
 
 :func:`load_prepared` reads only the tensors it is asked for
 (``safetensors.safe_open``), so selection code that asks for train/val never
@@ -105,3 +109,20 @@ def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise SubtuneError(f"{path}: manifest lacks {', '.join(missing)}")
     return manifest
+
+
+def normalization(manifest: Mapping[str, Any], mean: Sequence[float], std: Sequence[float]
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel ``(mean, std)`` a model's inputs are standardised with: the dataset's own when it was
+    prepared with ``standardize: dataset`` (the manifest's ``normalize``: SubTuning's ``datamodules.py``
+    standardises each dataset with its train800 statistics), else ``mean``/``std`` (the backbone's
+    pretrained ones, from its checkpoint)."""
+    norm = manifest.get("normalize")
+    if norm is None:
+        return tuple(mean), tuple(std)
+    if not isinstance(norm, Mapping) or not norm.get("mean") or len(norm.get("std") or ()) != len(norm["mean"]):
+        raise SubtuneError(f"{manifest.get('name', 'manifest')}: normalize must hold mean and std of one length")
+    if any(s <= 0 for s in norm["std"]):
+        raise SubtuneError(f"{manifest.get('name', 'manifest')}: normalize.std has a channel with no spread "
+                           f"({norm['std']}): a constant channel cannot be standardised")
+    return tuple(float(m) for m in norm["mean"]), tuple(float(s) for s in norm["std"])

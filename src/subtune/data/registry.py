@@ -72,6 +72,9 @@ class Built:
     classes: list[str]
     inputs: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    # {input file: {member: sha256}}: each archive member the builder read (the manifest's ``members``; vtab-1k,
+    # whose zip has no citable digest)
+    members: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 Builder = Callable[[Path | None, Params], Built]

@@ -28,15 +28,22 @@ whatever its aspect ratio (antialiased bilinear, :func:`.rgb.decode`), once,
 when the data is prepared.
 
 Checksum: no SHA-256 of this zip is published that we could cite, so none is
-pinned (``FILES`` has ``None``; pin it once you have a trusted copy). The
-download is still checked structurally: the zip's central directory and every
-member's CRC-32 (``zipfile.testzip``) before the file is renamed into place,
-so a truncated or damaged download is rejected. Every prepared dataset
-records the zip's SHA-256 in its manifest's ``inputs``.
+pinned: :data:`SHA256` is ``None``. Pin it by setting :data:`SHA256` to a
+trusted copy's digest (``sha256sum vtab-1k.zip``): the download then refuses any
+other file (one line naming the file and the expected and received digests,
+their first 12 hex digits, :mod:`.download`), and so does preparing from a file
+already on disk (both digests in full, :func:`._archive.checked`). Unpinned, the download is checked structurally:
+the zip's central directory and every member's CRC-32 (``zipfile.testzip``)
+before the file is renamed into place, so a truncated or damaged download is
+rejected. Every prepared dataset records the zip's SHA-256 in its manifest's
+``inputs`` and the SHA-256 of every member it read (the task's lists and
+images) in its ``members`` (``{"vtab-1k.zip": {member: sha256}}``), so that two
+copies can be compared image by image even where their zips differ.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 import zlib
@@ -54,7 +61,9 @@ from .rgb import decode
 NAME = "vtab-1k"
 ARCHIVE = "vtab-1k.zip"
 MIRRORS = ["https://huggingface.co/datasets/XiN0919/VTAB-1k/resolve/main/"]
-FILES: dict[str, Digests] = {ARCHIVE: (None, None)}
+#: the trusted SHA-256 of ``vtab-1k.zip``; None: not pinned (no citable digest published), see the module docstring
+SHA256: str | None = None
+FILES: dict[str, Digests] = {ARCHIVE: (SHA256, None)}
 LISTS = {"train": "train800.txt", "val": "val200.txt", "test": "test.txt"}
 UNION = "train800val200.txt"
 SIZES = {"train": 800, "val": 200}
@@ -108,11 +117,20 @@ def _task_dir(names: list[str], folder: str, path: Path) -> str:
     return min(hits, key=len)
 
 
-def _read_list(zf: zipfile.ZipFile, name: str, k: int, where: str) -> list[tuple[str, int]]:
+def _read(zf: zipfile.ZipFile, name: str, where: str, members: dict[str, str] | None) -> bytes:
+    """Member ``name``'s bytes; its SHA-256 goes into ``members`` (when given)."""
     try:
-        text = zf.read(name).decode()
+        data = zf.read(name)
     except KeyError:
         raise SubtuneError(f"{where}: archive lacks {name}") from None
+    if members is not None:
+        members[name] = hashlib.sha256(data).hexdigest()
+    return data
+
+
+def _read_list(zf: zipfile.ZipFile, name: str, k: int, where: str,
+               members: dict[str, str] | None = None) -> list[tuple[str, int]]:  # fmt: skip
+    text = _read(zf, name, where, members).decode()
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -124,11 +142,13 @@ def _read_list(zf: zipfile.ZipFile, name: str, k: int, where: str) -> list[tuple
     return rows
 
 
-def load_lists(raw_dir: str | os.PathLike, task: str) -> tuple[dict[str, list[tuple[str, int]]], str, dict[str, str]]:
+def load_lists(raw_dir: str | os.PathLike, task: str, members: dict[str, str] | None = None
+               ) -> tuple[dict[str, list[tuple[str, int]]], str, dict[str, str]]:  # fmt: skip
     """``({split: [(member, label), ...]}, archive prefix, inputs)`` for one task (our name, see TASKS).
 
     Checks train800 and val200 have 800 and 200 lines and, where the archive
     has train800val200.txt, that it holds exactly their labels (1,000 lines).
+    ``members`` (optional) receives each list file's SHA-256.
     """
     folder, k = TASKS[task]
     inputs = checked(raw_dir, FILES, NAME)
@@ -137,8 +157,8 @@ def load_lists(raw_dir: str | os.PathLike, task: str) -> tuple[dict[str, list[tu
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             prefix = _task_dir(names, folder, path)
-            lists = {s: _read_list(zf, prefix + f, k, str(path)) for s, f in LISTS.items()}
-            union = _read_list(zf, prefix + UNION, k, str(path)) if prefix + UNION in names else None
+            lists = {s: _read_list(zf, prefix + f, k, str(path), members) for s, f in LISTS.items()}
+            union = _read_list(zf, prefix + UNION, k, str(path), members) if prefix + UNION in names else None
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
         raise SubtuneError(f"{path}: unreadable archive ({type(exc).__name__}: {exc})") from None
     for s, n in SIZES.items():
@@ -153,18 +173,16 @@ def load_lists(raw_dir: str | os.PathLike, task: str) -> tuple[dict[str, list[tu
     return {s: [(prefix + m, y) for m, y in rows] for s, rows in lists.items()}, prefix, inputs
 
 
-def load_images(raw_dir: str | os.PathLike, members: list[str], size: int) -> np.ndarray:
-    """Decode and resize the listed archive members: uint8 ``[n,size,size,3]``."""
+def load_images(raw_dir: str | os.PathLike, names: list[str], size: int,
+                members: dict[str, str] | None = None) -> np.ndarray:  # fmt: skip
+    """Decode and resize the listed archive members: uint8 ``[n,size,size,3]``; ``members`` (optional) receives
+    each one's SHA-256."""
     path = Path(raw_dir) / ARCHIVE
-    out = np.zeros((len(members), size, size, 3), dtype=np.uint8)
+    out = np.zeros((len(names), size, size, 3), dtype=np.uint8)
     try:
         with zipfile.ZipFile(path) as zf:
-            for pos, name in enumerate(members):
-                try:
-                    data = zf.read(name)
-                except KeyError:
-                    raise SubtuneError(f"{path}: archive lacks {name}") from None
-                out[pos] = decode(data, size, f"{path}:{name}")
+            for pos, name in enumerate(names):
+                out[pos] = decode(_read(zf, name, str(path), members), size, f"{path}:{name}")
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
         raise SubtuneError(f"{path}: unreadable archive ({type(exc).__name__}: {exc})") from None
     return out
@@ -176,7 +194,8 @@ def _builder(task: str) -> Builder:
     folder, k = TASKS[task]
 
     def build_v(raw_dir: Path, p: Params) -> Built:
-        lists, prefix, inputs = load_lists(raw_dir, task)
+        members: dict[str, str] = {}
+        lists, prefix, inputs = load_lists(raw_dir, task, members)
         sizes = {"train": p.train_size, "val": p.val_size, "test": p.test_size}
         splits = {}
         for i, s in enumerate(SPLITS):
@@ -186,12 +205,12 @@ def _builder(task: str) -> Builder:
                     f"{dataset}: {s}_size {sizes[s]} is larger than {LISTS[s]} ({len(rows)} images)"
                 )
             idx = subset(np.arange(len(rows)), sizes[s], p.seed, i, s, dataset)
-            x = load_images(raw_dir, [rows[j][0] for j in idx], p.image_size)
+            x = load_images(raw_dir, [rows[j][0] for j in idx], p.image_size, members)
             y = np.array([rows[j][1] for j in idx], dtype=np.int64)
             splits[s] = Split(x, y, idx, f"{NAME}:{prefix}{LISTS[s]}")
         notes = [f"{dataset}: VTAB-1k's own splits ({folder} in {ARCHIVE}); train800val200 = train + val"]
         notes += small_test_note(len(splits["test"].y), dataset)
-        return Built(splits, [str(c) for c in range(k)], inputs, notes)
+        return Built(splits, [str(c) for c in range(k)], inputs, notes, {ARCHIVE: dict(sorted(members.items()))})
 
     return build_v
 

@@ -29,6 +29,7 @@ from .base import (
     Method,
     Param,
     Trainable,
+    base_method,
     fit_phases,
     get_method,
     method_class,
@@ -53,5 +54,5 @@ discover()
 
 from .surgical import surgical_groups  # noqa: E402  (after discovery: part of this package's API)
 
-__all__ = ["REGISTRY", "Method", "Param", "Trainable", "discover", "fit_phases", "get_method", "method_class",
-           "method_label", "method_needs", "method_order", "register", "surgical_groups"]
+__all__ = ["REGISTRY", "Method", "Param", "Trainable", "base_method", "discover", "fit_phases", "get_method",
+           "method_class", "method_label", "method_needs", "method_order", "register", "surgical_groups"]

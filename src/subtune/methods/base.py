@@ -48,8 +48,20 @@ records hold only structure (blocks, stem, tail), so such a method, like any
 other, is one file.
 
 The registry (:data:`REGISTRY`, name -> class) is checked on registration:
-a duplicate name, a missing label, or a ``needs`` without its parameter is
-an error at import.
+a duplicate name, a name with a ``-``, a missing label, or a ``needs``
+without its parameter is an error at import.
+
+A *variant* runs a registered method under a name of its own,
+``<method>-<variant>`` (e.g. ``ssf-val-tuned``: SSF tuned on validation,
+beside the ``ssf`` row that runs the authors' per-task values). A config
+gives the variant its own training config, parameters and grid; it gets its
+own runs, tuning results, MLflow runs and table row, labelled ``SSF
+(val-tuned)`` and placed right after its method. The name alone says which
+method runs (:func:`base_method`), so every stage resolves it the same way
+with nothing passed beside it; registered names have no ``-`` for that
+reason. :func:`method_class`, :func:`get_method`, :func:`method_needs`,
+:func:`method_label` and :func:`method_order` accept variant names; a
+variant of an unknown method is a one-line error naming both.
 
 Three optional hooks extend the interface for methods that add parameters or
 train in stages; their defaults keep the plain behaviour:
@@ -110,13 +122,15 @@ nn = lazy("torch.nn")
 
 #: name -> method class, filled by :func:`register` when :mod:`subtune.methods` imports the package's modules
 REGISTRY: dict[str, type["Method"]] = {}
+#: joins a registered method's name and a variant's own part (``ssf-val-tuned``; see the module docstring)
+VARIANT_SEP = "-"
 HEADS = ("new", "keep")
 NEEDS = (None, "selection", "surgical")
 #: the parameter through which the workflow passes what a method needs (see :attr:`Method.needs`)
 NEEDS_PARAM = {"selection": "blocks", "surgical": "group"}
 
-__all__ = ["REGISTRY", "Method", "Param", "Trainable", "family_entry", "fit_phases", "get_method", "method_class",
-           "method_label", "method_needs", "method_order", "register"]
+__all__ = ["REGISTRY", "Method", "Param", "Trainable", "base_method", "family_entry", "fit_phases", "get_method",
+           "method_class", "method_label", "method_needs", "method_order", "register"]
 
 
 def family_entry(who: str, table: Mapping[str, Any], model: nn.Module) -> Any:
@@ -329,6 +343,9 @@ def register(cls: type[Method]) -> type[Method]:
     name, label = cls.__dict__.get("name"), cls.__dict__.get("label")  # its own, not a base class's
     if not isinstance(name, str) or not name:
         raise SubtuneError(f"{where}: give it its own name (class attribute name)")
+    if VARIANT_SEP in name:
+        raise SubtuneError(f"{where}: the name {name!r} has a {VARIANT_SEP!r}, which names a variant "
+                           f"(<method>{VARIANT_SEP}<variant>); use '_'")
     if name in REGISTRY and REGISTRY[name] is not cls:
         other = REGISTRY[name]
         raise SubtuneError(f"{where}: the name {name!r} is already registered by "
@@ -352,11 +369,25 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def base_method(name: str) -> str:
+    """The registered method that ``name`` runs: ``name`` itself, or for a variant ``<method>-<variant>`` the
+    registered ``<method>`` (the part before the first ``-``; see the module docstring). A name that is neither
+    comes back as it is (:func:`method_class` names it in its error)."""
+    base, sep, variant = name.partition(VARIANT_SEP)
+    return base if sep and variant and name not in REGISTRY and base in REGISTRY else name
+
+
 def method_class(name: str) -> type[Method]:
-    """The registered class of method ``name`` (raises naming the known ones)."""
-    if name not in REGISTRY:
-        raise SubtuneError(f"unknown method {name!r} (known: {', '.join(sorted(REGISTRY))})")
-    return REGISTRY[name]
+    """The registered class of method ``name`` or of the method a variant runs (raises naming the known ones)."""
+    cls = REGISTRY.get(base_method(name))
+    if cls is not None:
+        return cls
+    known = ", ".join(sorted(REGISTRY))
+    base, sep, variant = name.partition(VARIANT_SEP)
+    if sep and variant and base not in REGISTRY:
+        raise SubtuneError(f"unknown method {base!r} in variant {name!r} (<method>{VARIANT_SEP}<variant>; "
+                           f"known methods: {known})")
+    raise SubtuneError(f"unknown method {name!r} (known: {known})")
 
 
 def get_method(name: str, **params: Any) -> Method:
@@ -365,21 +396,27 @@ def get_method(name: str, **params: Any) -> Method:
 
 def method_needs(name: str) -> str | None:
     """What method ``name`` needs from earlier workflow stages (None for an unknown name: the config check names it)."""
-    cls = REGISTRY.get(name)
+    cls = REGISTRY.get(base_method(name))
     return cls.needs if cls is not None else None
 
 
 def method_label(name: str) -> str:
-    """The table label of method ``name`` (the name itself for an unregistered one)."""
-    cls = REGISTRY.get(name)
-    return cls.label if cls is not None else name
+    """The table label of method ``name`` (the name itself for an unregistered one); a variant's is its method's
+    label with the variant's own part in parentheses (``ssf-val-tuned``: ``SSF (val-tuned)``)."""
+    base = base_method(name)
+    cls = REGISTRY.get(base)
+    if cls is None:
+        return name
+    return cls.label if base == name else f"{cls.label} ({name[len(base) + len(VARIANT_SEP):]})"
 
 
 def method_order(names: Iterable[str]) -> list[str]:
-    """``names`` (duplicates dropped) in table order: registered methods by ``order``, then the others by name."""
+    """``names`` (duplicates dropped) in table order: registered methods by ``order`` (a variant right after its
+    method), then the others by name."""
     ms = list(dict.fromkeys(names))
-    known = sorted((m for m in ms if m in REGISTRY), key=lambda m: (REGISTRY[m].order, m))
-    return known + sorted(m for m in ms if m not in REGISTRY)
+    known = [m for m in ms if base_method(m) in REGISTRY]
+    known.sort(key=lambda m: (REGISTRY[base_method(m)].order, base_method(m), m != base_method(m), m))
+    return known + sorted(m for m in ms if base_method(m) not in REGISTRY)
 
 
 def describe_parameters() -> str:

@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from .. import SubtuneError
 from ..io import atomic_path, write_json
+from ..train_config import HEAD_INITS
 from . import wrn  # noqa: F401  (registers wrn28_10_cifar in timm's model registry)
 
 
@@ -62,12 +63,43 @@ def sidecar(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def create(arch: str, num_classes: int, in_chans: int = 3, **kwargs) -> nn.Module:
+def init_head(model: nn.Module, how: str = "default") -> None:
+    """Initialise ``model``'s classifier (``get_classifier()``) the ``how`` way (``train.head_init``).
+
+    ``default`` leaves it as built (timm's ``reset_classifier``: torch's ``nn.Linear`` initialisation).
+    ``trunc_normal``: every Linear/Conv weight of the classifier from timm's ``trunc_normal_`` (std 0.02,
+    cut at +-2), every bias 0: timm 0.6.5's ``init_weights_vit_timm``, which the head that SSF's
+    ``create_model(num_classes=...)`` builds gets (SSF ``models/vision_transformer.py``; SAN pins timm 0.6.5 in
+    ``setup.sh`` and builds its head the same way), whereas timm >= 0.9's ``reset_classifier`` leaves torch's.
+    Draws from the global torch RNG (the caller seeds it).
+    """
+    if how not in HEAD_INITS:
+        raise SubtuneError(f"head_init must be one of {', '.join(HEAD_INITS)}, not {how!r}")
+    if how == "default":
+        return
+    from timm.layers import trunc_normal_
+
+    head = model.get_classifier()
+    layers = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not layers:
+        raise SubtuneError(f"head_init {how}: {type(model).__name__}'s classifier ({type(head).__name__}) has no "
+                           "Linear or Conv2d layer to initialise")
+    with torch.no_grad():
+        for m in layers:
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def create(arch: str, num_classes: int, in_chans: int = 3, head_init: str = "default", **kwargs) -> nn.Module:
+    """A randomly initialised timm ``arch`` (its classifier initialised the ``head_init`` way, :func:`init_head`)."""
     import timm
 
     if not timm.is_model(arch.split(".")[0]):
         raise SubtuneError(f"unknown timm model {arch!r} (see timm.list_models())")
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    init_head(model, head_init)
+    return model
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, ckpt: Checkpoint) -> None:
@@ -119,16 +151,20 @@ def check_keep_head(ckpt: Checkpoint, num_classes: int, classes: list[str] | Non
 
 
 def build_model(path: str | os.PathLike, num_classes: int, seed: int = 0, keep_head: bool = False,
-                classes: list[str] | None = None, target: str | None = None,
+                classes: list[str] | None = None, target: str | None = None, head_init: str = "default",
                 **create_kwargs) -> tuple[nn.Module, Checkpoint]:
     """The checkpoint's backbone with a fresh ``num_classes`` head (initialised from ``seed``).
 
     ``keep_head``: keep the checkpoint's own (source) head instead, after
     :func:`check_keep_head` (``classes``/``target`` name the target's label
-    space in the error). ``create_kwargs`` are extra ``timm.create_model``
-    arguments that change no weight (``drop_path_rate``); they override the
-    checkpoint's ``model_kwargs``.
+    space in the error). ``head_init``: how the fresh head is initialised
+    (:func:`init_head`; ``train.head_init``, passed by ``TrainConfig.model_kwargs``
+    with the other build arguments). ``create_kwargs`` are extra
+    ``timm.create_model`` arguments that change no weight (``drop_path_rate``);
+    they override the checkpoint's ``model_kwargs``.
     """
+    if head_init not in HEAD_INITS:
+        raise SubtuneError(f"head_init must be one of {', '.join(HEAD_INITS)}, not {head_init!r}")
     ckpt, state = load_checkpoint(path)
     if keep_head:
         check_keep_head(ckpt, num_classes, classes, target)
@@ -140,6 +176,7 @@ def build_model(path: str | os.PathLike, num_classes: int, seed: int = 0, keep_h
     with g:
         torch.manual_seed(seed)
         model.reset_classifier(num_classes)
+        init_head(model, head_init)
     return model, ckpt
 
 

@@ -27,6 +27,11 @@ report stage knows it by, and :data:`TABLES` holds them all:
 - ``epsilon`` (:func:`epsilon`), ``grid`` (:func:`grid_table`), ``selection``
   (:func:`selection_table`), ``claims`` (:func:`claims_table`) and
   ``multilora`` (:func:`multilora`): see each.
+- ``metrics``: DVC's metrics, one file per row of the main table; ``start``: the
+  HTML report's start page, the main table and the claims' verdicts quoted.
+
+Every table can also be written as one HTML page (``--out-html``, :mod:`.html`):
+what Snakemake's report shows.
 
 A new table is one module in :mod:`.tables`, named as the table: importing
 this package imports every module there (:func:`.tables.discover`), listed
@@ -43,7 +48,7 @@ from __future__ import annotations
 
 from ..methods import method_label, method_needs, method_order
 from . import tables
-from .cost import COST_COLUMNS, cost_plot
+from .cost import COST_COLUMNS, cost_plot, params_plot
 from .format import EDGE_MARKS, GRID_MARKERS, LP_LABEL, PathLike, fmt_params
 from .load import RUN_COLUMNS, load_multilora, load_profiles, load_runs
 from .published import REFERENCE_COLUMNS, attach_published, load_references
@@ -69,7 +74,7 @@ __all__ = [
     "CLIS", "COST_COLUMNS", "EDGE_MARKS", "GRID_MARKERS", "LP_LABEL", "MULTILORA_KINDS", "PathLike",
     "REFERENCE_COLUMNS", "RUN_COLUMNS", "SELECTION_COLUMNS", "TABLES", "TableCLI", "VTAB_GROUPS", "VTAB_GROUP_OF",
     "VTAB_MEAN_GROUPS", "VTAB_MEAN_TASKS", "attach_published", "claims_table", "cost_plot", "epsilon", "fmt_params",
-    "get_table", "grid_plot", "grid_rows", "grid_table", "jaccard", "load_multilora", "load_profiles",
+    "params_plot", "get_table", "grid_plot", "grid_rows", "grid_table", "jaccard", "load_multilora", "load_profiles",
     "load_references", "load_runs", "main_metrics", "main_table", "method_label", "method_needs", "method_order",
     "multilora", "pairs", "profile", "rounds", "selection_agreement", "selection_rows", "selection_table", "sweep",
     "table", "tables", "vtab_means",

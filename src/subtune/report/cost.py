@@ -1,5 +1,6 @@
 """The cost of every method: the selection stage's candidates, wall time and its equivalent in plain full
-fine-tunes, the main table's *Cost* section and the accuracy-against-cost plot."""
+fine-tunes, the main table's *Cost* section, the accuracy-against-cost plot and the accuracy-against-parameters
+plot."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pandas as pd
 
 from .. import SubtuneError
 from ..methods import method_label, method_needs, method_order
-from .format import PathLike, figure, fmt_params, md_table, method_colors, save_png
+from .format import (PathLike, figure, fmt_params, fmt_seconds, fmt_times, legend_outside, log_ticks, md_table,
+                     method_styles, panels, save_png)
 from .load import as_list, load_json, load_state, target_seed
 
 COST_COLUMNS = ["selection_candidates", "selection_wall_time_s", "selection_ft_equiv_flops", "ft_wall_time_s",
@@ -118,30 +120,109 @@ def cost_md(summ: pd.DataFrame, targets: list[str]) -> list[str]:
                      ["l", "l", "r", "r", "r", "r", "r", "r", "r"])]
 
 
-def cost_plot(summ: pd.DataFrame, targets: list[str], out_png: PathLike) -> None:
-    """Test accuracy against total cost (one final run + selection, seconds, log x), a panel per target."""
-    n = len(targets)
-    fig = figure(4.2 * n, 3.8)
-    axes = fig.subplots(1, n, squeeze=False)[0]
+def seconds_per_ft(summ: pd.DataFrame, target: str) -> tuple[float, str]:
+    """One plain full fine-tune on ``target`` in seconds, and what it rests on: the FT method's final run (mean
+    wall time over seeds) where FT ran, else the FLOPs estimate a selection recorded (its wall time over its
+    FT units; the median over the selecting methods); NaN and '' where neither is known."""
+    rows = summ[summ["target"] == target]
+    ft = pd.to_numeric(rows["ft_wall_time_s"], errors="coerce").dropna()
+    if len(ft) and ft.iloc[0] > 0:
+        return float(ft.iloc[0]), "FT's final run"
+    est = [w / u for w, u, b in zip(rows["selection_wall_time_s"], rows["selection_ft_units"],
+                                    rows["selection_ft_basis"])
+           if b == "FLOPs" and not pd.isna(w) and not pd.isna(u) and u > 0 and w > 0]
+    return (statistics.median(est), "FLOPs estimate") if est else (math.nan, "")
+
+
+def cost_plot(summ: pd.DataFrame, targets: list[str], out_png: PathLike):
+    """Test accuracy (mean ± std over seeds) against cost, a panel per target; the Figure.
+
+    Bottom axis: wall time in seconds (log); top axis: the same in plain full fine-tunes (:func:`seconds_per_ft`;
+    absent where neither FT nor a FLOPs estimate gives one). Each method has its own colour and marker
+    (:func:`~subtune.report.format.method_style`): a filled point at one final run plus, for methods that need a
+    selection, the selection; for those a hollow point at the final run alone, joined by a dotted line.
+    """
+    from matplotlib.lines import Line2D
+
     methods = method_order(summ["method"])
-    colors = method_colors(methods)
-    for ax, t in zip(axes, targets):
+    style = method_styles(methods)
+    n = len(targets)
+    fig = figure(min(4, n) * 3.9 + 1.9, 3.9 * math.ceil(n / 4))
+    for k, (ax, t) in enumerate(zip(panels(fig, n), targets)):
         for m in methods:
             sub = summ[(summ["method"] == m) & (summ["target"] == t)]
             if sub.empty or pd.isna(sub["total_time_s"].iloc[0]):
                 continue
             r = sub.iloc[0]
-            ax.errorbar([r["total_time_s"]], [r["test_acc_mean"]], yerr=[r["test_acc_std"]], marker="o",
-                        capsize=3, color=colors[m], label=method_label(m), linestyle="none")
+            col, mk = style[m]
+            ax.errorbar([r["total_time_s"]], [r["test_acc_mean"]], yerr=[r["test_acc_std"]], marker=mk, capsize=3,
+                        color=col, linestyle="none", label=method_label(m))
             if not pd.isna(r["selection_wall_time_s"]):  # the final run alone, joined to the total
-                ax.plot([r["wall_time_s_mean"], r["total_time_s"]], [r["test_acc_mean"]] * 2, color=colors[m],
-                        alpha=0.5, linestyle=":", marker="|")
+                ax.plot([r["wall_time_s_mean"], r["total_time_s"]], [r["test_acc_mean"]] * 2, color=col, alpha=0.6,
+                        linestyle=":")
+                ax.plot([r["wall_time_s_mean"]], [r["test_acc_mean"]], linestyle="none", marker=mk, color=col,
+                        markerfacecolor="white", markeredgecolor=col)
         ax.set_xscale("log")
-        ax.set_xlabel("total cost: final run + selection (s)")
-        ax.set_ylabel("test accuracy (%)")
+        log_ticks(ax.xaxis, fmt_seconds)
+        ax.set_xlabel("wall time (s)")
+        if k % 4 == 0:
+            ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="minor", alpha=0.1)
+        per, basis = seconds_per_ft(summ, t)
+        if per > 0:
+            top = ax.secondary_xaxis("top", functions=(lambda x, p=per: x / p, lambda x, p=per: x * p))
+            log_ticks(top.xaxis, fmt_times)
+            top.set_xlabel(f"plain full fine-tunes ({basis})", fontsize=8)
         ax.set_title(t, fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    handles = [Line2D([], [], color=style[m][0], marker=style[m][1], linestyle="none", label=method_label(m))
+               for m in methods if ((summ["method"] == m) & summ["total_time_s"].notna()).any()]
+    if any(summ["selection_wall_time_s"].notna()):
+        handles += [Line2D([], [], color="gray", marker="o", linestyle="none", label="final run + selection"),
+                    Line2D([], [], color="gray", marker="o", markerfacecolor="white", linestyle=":",
+                           label="final run alone")]
+    legend_outside(fig, handles)
+    fig.suptitle("Test accuracy against cost (filled: final run + selection; grid tuning not counted)", fontsize=10)
     save_png(fig, out_png)
+    return fig
+
+
+def params_plot(summ: pd.DataFrame, targets: list[str], out_png: PathLike):
+    """Test accuracy (mean ± std over seeds) against trainable parameters (log), a point per method, a panel per
+    target (SubTuning's accuracy-against-parameters comparison); the Figure.
+
+    Where the seeds trained different numbers of parameters (per-seed selections: SubTuning's blocks, Surgical's
+    group) the point sits at their mean and a horizontal bar spans their range. Each method has its own colour and
+    marker.
+    """
+    from matplotlib.lines import Line2D
+
+    methods = method_order(summ["method"])
+    style = method_styles(methods)
+    n = len(targets)
+    fig = figure(min(4, n) * 3.9 + 1.9, 3.7 * math.ceil(n / 4))
+    for k, (ax, t) in enumerate(zip(panels(fig, n), targets)):
+        for m in methods:
+            sub = summ[(summ["method"] == m) & (summ["target"] == t)]
+            if sub.empty or pd.isna(sub["trainable_params"].iloc[0]) or sub["trainable_params"].iloc[0] <= 0:
+                continue
+            r = sub.iloc[0]
+            col, mk = style[m]
+            lo, hi = r.get("trainable_params_min", r["trainable_params"]), r.get("trainable_params_max",
+                                                                                 r["trainable_params"])
+            xerr = None if pd.isna(lo) or lo == hi else [[r["trainable_params"] - lo], [hi - r["trainable_params"]]]
+            ax.errorbar([r["trainable_params"]], [r["test_acc_mean"]], yerr=[r["test_acc_std"]], xerr=xerr,
+                        marker=mk, capsize=3, color=col, linestyle="none", label=method_label(m))
+        ax.set_xscale("log")
+        log_ticks(ax.xaxis, fmt_params)
+        ax.set_xlabel("trainable parameters")
+        if k % 4 == 0:
+            ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="minor", alpha=0.1)
+        ax.set_title(t, fontsize=10)
+    legend_outside(fig, [Line2D([], [], color=style[m][0], marker=style[m][1], linestyle="none",
+                                label=method_label(m)) for m in methods])
+    fig.suptitle("Test accuracy against trainable parameters (mean ± std over seeds)", fontsize=10)
+    save_png(fig, out_png)
+    return fig

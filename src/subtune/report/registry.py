@@ -5,7 +5,9 @@ report stage knows it by (``subtune report NAME``), so that a new table is one m
 A table that the report stage runs also declares its command line there: ``arguments`` adds its options to a
 parser, ``run`` calls the table function with the parsed options (:class:`TableCLI`, kept in :data:`CLIS`).
 The stage finds a table's module by its name (module name == table name) and builds the table's own parser
-(:func:`table_parser`) only when that table runs, so that no table module is imported to build the CLI.
+(:func:`table_parser`) only when that table runs, so that no table module is imported to build the CLI. Every
+table's parser also takes ``--out-html``: the table's Markdown (or CSV) rendered as one HTML page
+(:mod:`subtune.report.html`), which Snakemake's HTML report shows inside the report instead of as a download.
 """
 
 from __future__ import annotations
@@ -83,18 +85,40 @@ def get_cli(name: str) -> TableCLI:
 
 
 def table_parser(name: str) -> argparse.ArgumentParser:
-    """The parser of ``subtune report NAME``: the table's own options, its summary as the description."""
+    """The parser of ``subtune report NAME``: the table's own options, its summary as the description, and the
+    options every table has (``--out-html``)."""
     cli = get_cli(name)
     parser = argparse.ArgumentParser(prog=f"subtune report {name}", description=cli.help)
     cli.arguments(parser)
+    every = parser.add_argument_group("every table")
+    every.add_argument("--out-html", metavar="PATH",
+                       help="also write the table's Markdown (or, without one, its CSV) as one HTML page here "
+                            "(Snakemake's report shows HTML pages inside the report, other tables as downloads)")
     return parser
+
+
+def html_source(name: str, args: argparse.Namespace) -> str:
+    """The file ``--out-html`` renders: the table's ``--out-md``, else its ``--out-csv``; a table that writes
+    neither is refused (before it runs)."""
+    source = getattr(args, "out_md", None) or getattr(args, "out_csv", None)
+    if not source:
+        raise SubtuneError(f"report table {name!r} writes no Markdown or CSV table to render as HTML "
+                           f"(--out-html {args.out_html})")
+    return str(source)
 
 
 def run_table(name: str, argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv`` with the table's parser (argparse's own errors and ``--help``: exit 2 and 0) and run the
-    table; returns the parsed options (the caller reports the outputs written)."""
+    table, then render its page (``--out-html``); returns the parsed options (the caller reports the outputs
+    written)."""
     args = table_parser(name).parse_args(list(argv))
-    get_cli(name).run(args)
+    own = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "out_html"})  # the table's options
+    source = html_source(name, args) if args.out_html else None
+    get_cli(name).run(own)
+    if source:
+        from .html import write_html
+
+        write_html(source, args.out_html)
     return args
 
 

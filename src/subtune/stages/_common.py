@@ -88,21 +88,30 @@ def tags(pairs: list[str] | None) -> dict[str, str]:
 
 
 def track(a: argparse.Namespace, metrics: dict, out: str, run_tags: dict[str, str]) -> None:
-    """Log one MLflow run for this job (after its metrics file is written: nothing is lost if it fails)."""
+    """Log one MLflow run for this job (after its metrics file is written: nothing is lost if it fails).
+
+    Its tags: the experiment, the workflow invocation and its parent run (``$SUBTUNE_MLFLOW_PARENT``, from the
+    Snakefile's ``onstart:``), the stage's ``run_tags`` and the ``--tag`` options (the rule's ``stage``, ...),
+    which win. They name the run (:func:`subtune.track.run_name_for`).
+    """
     if not getattr(a, "track", False):
         return
     import os
     import time
 
     from .. import timing
-    from ..track import log_or_queue
+    from ..track import PARENT_ENV, PARENT_TAG, log_or_queue
 
     run_tags = {
         "experiment": os.environ.get("SUBTUNE_EXPERIMENT", ""),
         "invocation": os.environ.get("SUBTUNE_INVOCATION", ""),
+        PARENT_TAG: os.environ.get(PARENT_ENV, ""),
         **run_tags,
         **tags(a.tag),
     }
+    # A selection on a data-size sweep's size is told it as its directory (n<size>/; '' in the 1k regime).
+    if run_tags.get("train_size"):
+        run_tags["train_size"] = str(run_tags["train_size"]).strip("n/")
     # On failure: one WARNING line, the run queued for `log --pending`; the job still succeeds.
     t = time.perf_counter()
     run_id = log_or_queue(

@@ -37,6 +37,7 @@ def run(a: argparse.Namespace) -> None:
     from ..methods.multilora import Task, train_multilora
     from ..methods.multilora_compare import check_tuned, compare, tuned_grid
     from ..models.checkpoint import build_model
+    from ..provenance import provenance
     from ..train import Preprocess, TrainConfig
 
     cfg = TrainConfig.from_dict(a.train)
@@ -78,15 +79,23 @@ def run(a: argparse.Namespace) -> None:
         out["multilora"].pop("model")
     out.update(seed=a.seed, train=cfg.to_dict(), params=params, grid=a.grid or {}, checkpoint=str(a.checkpoint),
                **({"ablation": a.ablation} if a.ablation else {}))
+    out["provenance"] = provenance({name: man.get("sha256") for name, _, man in tasks_in})
     write_json(a.out, out)
     # One MLflow run per job: Multi-LoRA's metrics; the comparison is in the attached metrics file.
+    # On the tuning seed it tried the grid: every point's validation accuracy, and the point chosen (grid_point);
+    # on the other seeds, the point chosen there (tuned).
     r = out["multilora"]
+    tried = {x["label"]: x["val_acc"] for x in r.get("grid_results") or []} if tuned is None else {}
+    point = r["chosen"]["label"]
     track(a, {"method": "multilora", "target": "+".join(out["tasks"]), "seed": a.seed, "train": r["train"],
               "method_params": {**params, **r["chosen"]["params"], "tasks": ",".join(out["tasks"]),
                                 "compared": bool(a.compare)},
               "val_acc": r["mean_val_acc"], "test_acc": r.get("mean_test_acc"),
-              "trainable_params": r["params_trained"], "wall_time_s": r["wall_time_s"]},
-          a.out, {"stage": "multilora", "method": "multilora", "seed": str(a.seed)})
+              "trainable_params": r["params_trained"], "wall_time_s": r["wall_time_s"],
+              **({"grid_scores": tried} if len(tried) > 1 else {})},
+          a.out, {"stage": "multilora", "method": "multilora", "target": "+".join(out["tasks"]), "seed": str(a.seed),
+                  **({"ablation": a.ablation} if a.ablation else {}),
+                  **({"grid_point": point} if len(tried) > 1 else {"tuned": point} if tuned is not None else {})})
     for kind in ("multilora", "separate_lora"):
         if kind in out:
             r = out[kind]

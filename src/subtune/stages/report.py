@@ -4,7 +4,8 @@ Each table declares its own options next to its function (``@table(name, argumen
 :mod:`subtune.report.registry`), in its module of :mod:`subtune.report.tables`, whose name is the table's name.
 This stage lists the tables by those modules' names and takes the table's options unparsed: building the CLI
 (every call of ``python -m subtune``, and the warm-start client) must not import the table modules, which import
-pandas and matplotlib. When the stage runs, it imports the table and parses the options with the table's parser.
+pandas and matplotlib. When the stage runs, it imports the table and parses the options with the table's parser;
+every table also takes ``--out-html PATH``, its Markdown (or CSV) as one HTML page for Snakemake's HTML report.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def run(a: argparse.Namespace) -> None:
 
     args = run_table(a.what, a.options)
     written = [v for k in ("out_csv", "out_png") if (v := getattr(args, k, None))]
-    written = written or [v for k, v in vars(args).items() if k.startswith("out_") and v]
+    written = written or [v for k, v in vars(args).items() if k.startswith("out_") and k != "out_html" and v]
+    written += [args.out_html] if args.out_html else []
     print(f"report {a.what}: " + ", ".join(map(str, written)))
 
 
-STAGE = Stage("report", "aggregate results into tables (csv, markdown) and plots", add_arguments, run, order=140)
+STAGE = Stage("report", "aggregate results into tables (csv, markdown, html) and plots", add_arguments, run, order=140)

@@ -71,6 +71,7 @@ def run(a: argparse.Namespace) -> None:
     from ..io import read_json, write_json
     from ..models.blocks import block_names
     from ..prefix import PrefixCache
+    from ..provenance import provenance
     from ..scoring import CandidateScorer
     from ..train import TrainConfig
 
@@ -91,7 +92,8 @@ def run(a: argparse.Namespace) -> None:
     cache = PrefixCache(a.cache_mb, a.cache_dir)
     scorer = CandidateScorer(a.checkpoint, data, int(manifest["num_classes"]), train_cfg, sel_cfg, a.seed, a.device,
                              fast=not a.no_fast, cache=cache, data_digest=digest,
-                             keep_head=a.head == "keep", classes=manifest.get("classes"), target=manifest.get("name"))
+                             keep_head=a.head == "keep", classes=manifest.get("classes"), target=manifest.get("name"),
+                             manifest=manifest)
     blocks = block_names(scorer.base)
     sets, extra = candidate_sets(a, scorer.base, blocks, sel_cfg)
     mine = select.shard(sets, a.shard, a.shards)
@@ -121,7 +123,7 @@ def run(a: argparse.Namespace) -> None:
     out = {
         "kind": a.sets, **extra, "shard": a.shard, "shards": a.shards, "blocks": blocks,
         "target": manifest.get("name"), "seed": a.seed, "selection": sel_cfg.to_dict(),
-        "train": train_cfg.to_dict(), "results": results,
+        "train": train_cfg.to_dict(), "results": results, "provenance": provenance(manifest.get("sha256")),
         **({"cv_data": a.cv_data, "train_size": len(data["train_y"])} if sel_cfg.scoring == "cv" else {}),
     }
     write_json(a.out, out)
@@ -129,7 +131,11 @@ def run(a: argparse.Namespace) -> None:
 
 
 def _track(a: argparse.Namespace, out: dict, results: list[dict], extra: dict) -> None:
-    """The job's MLflow run: the best candidate's score and every candidate's."""
+    """The job's MLflow run: the best candidate's score and every candidate's.
+
+    Tagged with the method the scores serve (Surgical's block groups, else SubTuning's selection), the kind of
+    candidate sets, the shard and the greedy round: the run's name tells the jobs of one selection apart.
+    """
     best = max(results, key=lambda r: r["score"]) if results else None
     track(a, {
         "method": f"score-{a.sets}", "target": out["target"], "seed": a.seed, "train": out["train"],
@@ -139,8 +145,9 @@ def _track(a: argparse.Namespace, out: dict, results: list[dict], extra: dict) -
         "wall_time_s": sum(r["wall_time_s"] for r in results),
         "trainable_params": best["trainable_params"] if best else None,
         "history": [],
-    }, a.out, {"stage": "select", "target": out["target"], "seed": str(a.seed),
-               **({"round": str(extra["round"])} if "round" in extra else {})})
+    }, a.out, {"stage": "select", "method": "surgical" if a.sets == "surgical" else "subtuning",
+               "target": out["target"], "seed": str(a.seed), "sets": a.sets, "shard": str(a.shard),
+               "shards": str(a.shards), **({"round": str(extra["round"])} if "round" in extra else {})})
 
 
 STAGE = Stage("score", "fine-tune candidate block sets and score them on validation data", add_arguments, run,

@@ -17,13 +17,14 @@ def run(a: argparse.Namespace) -> None:
     import os
 
     from ..io import write_json
-    from ..track import init_store, pending_dir, pending_runs, resolve_uri
+    from ..track import init_store, pending_dir, pending_runs, resolve_uri, runs_url
 
     uri = resolve_uri(a.uri)
     experiment = a.experiment or os.environ.get("SUBTUNE_MLFLOW_EXPERIMENT", "subtune")
     exp_id = init_store(uri, experiment)
     write_json(a.out, {"tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id})
-    print(f"MLflow store ready: {uri}, experiment {experiment!r} ({exp_id})")
+    print(f"MLflow store ready: {uri}, experiment {experiment!r} ({exp_id}); its runs in the UI: "
+          f"{runs_url(uri, exp_id)}")
     queued = len(pending_runs())
     if queued:
         print(f"NOTE: {queued} earlier run{'s' if queued != 1 else ''} could not be logged and "

@@ -89,6 +89,7 @@ def _build_method(method_name: str, params: dict, cfg: TrainConfig, manifest: di
     """The model from the checkpoint, wrapped with the method (adapters initialised from ``seed``), its phases."""
     import torch
 
+    from ..data.prepared import normalization
     from ..methods import get_method
     from ..models.checkpoint import build_model
     from ..train import Preprocess
@@ -102,7 +103,8 @@ def _build_method(method_name: str, params: dict, cfg: TrainConfig, manifest: di
         torch.manual_seed(seed)
         model = method.wrap(model)
         phases = method.phases(model)
-    return method, model, phases, ckpt, num_classes, base_params, Preprocess(ckpt.mean, ckpt.std, ckpt.in_chans)
+    pre = Preprocess(*normalization(manifest, ckpt.mean, ckpt.std), ckpt.in_chans)  # data.standardize
+    return method, model, phases, ckpt, num_classes, base_params, pre
 
 
 def fit_method(method: str, params: dict, cfg: TrainConfig, data: dict, manifest: dict, *, checkpoint: str,
@@ -219,6 +221,7 @@ def run(a: argparse.Namespace) -> None:
     from ..data.prepared import load_manifest, load_prepared
     from ..io import write_json
     from ..methods import method_class
+    from ..provenance import provenance
     from ..train import TrainConfig
 
     if a.save_model and not method_class(a.method).mergeable:  # before any training
@@ -243,6 +246,7 @@ def run(a: argparse.Namespace) -> None:
     fit = fit_method(a.method, params, cfg, data, manifest, test=True, reuse=reuse, **fit_args(a))
     m = fit.metrics
     m["train_data"] = train_data
+    m["provenance"] = provenance(manifest.get("sha256"))  # the code and data that trained it (subtune status)
     if reuse is not None:
         m["reused"] = str(a.reuse_tuned)
     if tuned is not None:
@@ -250,11 +254,24 @@ def run(a: argparse.Namespace) -> None:
     if a.save_model:
         _save_merged(a.save_model, fit, manifest)
     write_json(a.out, m)
-    track(a, m, a.out, {"stage": "final", "target": m["target"], "method": a.method, "seed": str(a.seed),
-                        "train_data": train_data})
+    track(a, m, a.out, _run_tags(a, m, train_data))
     val = f"val {m['val_acc']:.4f}" if m.get("val_acc") is not None else f"trained on {train_data}"
     print(f"{a.method} on {m['target']} seed {a.seed}: {val} test {m['test_acc']:.4f} "
           f"({m['trainable_params']} trainable, {m['wall_time_s']:.1f}s)")
+
+
+def _run_tags(a: argparse.Namespace, m: dict, train_data: str) -> dict[str, str]:
+    """The MLflow tags of a final run: what tells it from the others (the rule adds ``stage`` and a sweep's
+    ``train_size``); ``tuned``: the grid point chosen on validation that it trained at; ``blockset``: the blocks
+    given by ``--blocks`` (the epsilon sensitivity's sets)."""
+    from ..tune import point_label
+
+    out = {"stage": "final", "target": m["target"], "method": a.method, "seed": str(a.seed), "train_data": train_data}
+    if m.get("tuned"):
+        out["tuned"] = point_label(m["tuned"])
+    if a.blocks is not None:
+        out["blockset"] = a.blocks or "lp"
+    return out
 
 
 def _save_merged(path: str, fit: Fit, manifest: dict) -> None:

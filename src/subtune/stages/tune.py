@@ -43,6 +43,7 @@ def run(a: argparse.Namespace) -> None:
     """
     from ..data.prepared import load_manifest, load_prepared
     from ..io import write_json
+    from ..provenance import provenance
     from ..train import TrainConfig
     from ..tune import better, grid_points, point_label, tune_grid
 
@@ -89,15 +90,16 @@ def run(a: argparse.Namespace) -> None:
     out = {"method": a.method, "target": manifest.get("name"), "seed": a.seed, "grid": a.grid or {},
            "extend": a.extend, "train": a.train, "method_params": base_params, "results": results,
            "chosen_index": best, "chosen": chosen, "explored": t["explored"], "edge": t["edge"],
-           "extension": t["extension"]}
+           "extension": t["extension"], "provenance": provenance(manifest.get("sha256"))}
     write_json(a.out, out)
     r = results[best]
     track(a, {"method": a.method, "target": out["target"], "seed": a.seed, "val_acc": r["val_acc"],
               "val_loss": r["val_loss"], "trainable_params": r["trainable_params"],
               "wall_time_s": sum(x["wall_time_s"] for x in results),
-              "train": {**a.train, **chosen["train"]}, "method_params": {**base_params, **chosen["params"]}},
+              "train": {**a.train, **chosen["train"]}, "method_params": {**base_params, **chosen["params"]},
+              "grid_scores": {x["label"]: x["val_acc"] for x in results}},  # metrics grid/<point>/val_acc
           a.out, {"stage": "tune", "target": out["target"], "method": a.method, "seed": str(a.seed),
-                  "grid_points": str(len(results)), "chosen": r["label"],
+                  "grid_points": str(len(results)), "grid_point": r["label"], "chosen": r["label"],
                   "edge": ",".join(f"{k}:{v}" for k, v in (t["edge"] or {}).items()) or "none"})
     flag = f"; still on the {', '.join(f'{v} edge of {k}' for k, v in t['edge'].items())}" if t["edge"] else ""
     print(f"chosen for {a.method} on {out['target']}: {r['label']} (val {r['val_acc']:.4f}){flag}")

@@ -57,21 +57,32 @@ the same file again finds the finished run and logs nothing (a run that a
 dying server left unfinished is deleted and logged again), so no run is
 logged twice.
 
+Finding a run among hundreds: every run is named from its tags
+(:func:`run_name_for`: ``final/ft/digits/s1``, ``sweep/ft/digits/n250/s1``,
+...), unique within the experiment, and carries a tag for each of those
+dimensions; a workflow invocation's runs are the children of one parent run
+(:mod:`.invocation`); tuning runs log every grid point's validation accuracy.
+
 The package's parts: :mod:`.store` (URIs, the store's file lock, opening the
 store and the experiment), :mod:`.server` (tracking servers), :mod:`.retry`
-(which errors are retried, and how long), :mod:`.runs` (what a run logs, and
-logging it) and :mod:`.queue` (runs that could not be logged).
+(which errors are retried, and how long), :mod:`.runs` (what a run logs, its
+name, and logging it), :mod:`.queue` (runs that could not be logged) and
+:mod:`.invocation` (the parent run of a workflow invocation).
 """
 
 from __future__ import annotations
 
 import os
 
-from .queue import DEFAULT_PENDING, flush_pending, log_or_queue, pending_dir, pending_runs, queue_run
+from .invocation import PARENT_ENV, workflow_ended, workflow_started
+from .queue import DEFAULT_PENDING, flush_pending, log_or_queue, pending_dir, pending_runs, queue_end, queue_run
 from .retry import DEFAULT_RETRY_S
-from .runs import FINAL_KEYS, HISTORY_KEYS, KEY_TAG, _log_run, log_run, run_key, run_metrics, run_params
+from .runs import (
+    FINAL_KEYS, HISTORY_KEYS, KEY_TAG, PARENT_TAG, _log_run, end_parent, grid_metric, identity_tags, log_run,
+    run_key, run_metrics, run_name_for, run_params, start_parent,
+)  # fmt: skip
 from .server import HTTP_DEFAULTS, SERVER_WAIT_S, check_server, is_server
-from .store import DEFAULT_TRACKING_URI, TrackingError, init_store, resolve_uri, sqlite_path
+from .store import DEFAULT_TRACKING_URI, EXPERIMENT_KIND, TrackingError, init_store, resolve_uri, runs_url, sqlite_path
 
 # MLflow 3 sends usage telemetry to its vendor from every process that logs (a network attempt per job, offline
 # on a laptop or a cluster node); off unless the user's environment says otherwise (MLFLOW_DISABLE_TELEMETRY=false).
@@ -79,8 +90,9 @@ from .store import DEFAULT_TRACKING_URI, TrackingError, init_store, resolve_uri,
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 __all__ = [
-    "DEFAULT_PENDING", "DEFAULT_RETRY_S", "DEFAULT_TRACKING_URI", "FINAL_KEYS", "HISTORY_KEYS", "HTTP_DEFAULTS",
-    "KEY_TAG", "SERVER_WAIT_S", "TrackingError", "check_server", "flush_pending", "init_store", "is_server",
-    "log_or_queue", "log_run", "pending_dir", "pending_runs", "queue_run", "resolve_uri", "run_key", "run_metrics",
-    "run_params", "sqlite_path",
+    "DEFAULT_PENDING", "DEFAULT_RETRY_S", "DEFAULT_TRACKING_URI", "EXPERIMENT_KIND", "FINAL_KEYS", "HISTORY_KEYS",
+    "HTTP_DEFAULTS", "KEY_TAG", "PARENT_ENV", "PARENT_TAG", "SERVER_WAIT_S", "TrackingError", "check_server",
+    "end_parent", "flush_pending", "grid_metric", "identity_tags", "init_store", "is_server", "log_or_queue",
+    "log_run", "pending_dir", "pending_runs", "queue_end", "queue_run", "resolve_uri", "run_key", "run_metrics",
+    "run_name_for", "run_params", "runs_url", "sqlite_path", "start_parent", "workflow_ended", "workflow_started",
 ]  # fmt: skip

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .retry import _one_line
-from .runs import _log_run, log_run, run_key
+from .runs import _log_run, end_parent, log_run, run_key
 from .store import TrackingError, resolve_uri
 
 DEFAULT_PENDING = "logs/mlflow-pending"
@@ -40,11 +40,6 @@ def queue_run(
     same run twice keeps one entry. Returns the entry's directory.
     """
     key = run_key(metrics, artifact)
-    root = pending_dir(pending)
-    root.mkdir(parents=True, exist_ok=True)
-    dest = root / key
-    if dest.is_dir():
-        return dest
     record = {
         "format": 1, "key": key, "tracking_uri": tracking_uri, "experiment": experiment,
         "tags": {str(k): str(v) for k, v in tags.items()}, "run_name": run_name, "metrics": metrics,
@@ -52,7 +47,28 @@ def queue_run(
         "source": str(Path(artifact).absolute()) if artifact is not None else None,
         "queued_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "error": error,
     }
-    tmp = root / f".{key}.{os.getpid()}.part"
+    return _write_entry(pending_dir(pending), key, record, artifact)
+
+
+def queue_end(
+    run_id: str, status: str, *, tracking_uri: str, error: str = "", pending: Path | str | None = None
+) -> Path:
+    """Queue the end of a workflow's parent run that could not be marked (``<pending>/end-<run id>/run.json``).
+
+    ``log --pending`` marks it after the queued runs before it (the jobs' runs, queued while the workflow ran).
+    """
+    record = {"format": 1, "kind": "end", "run_id": run_id, "status": status, "tracking_uri": tracking_uri,
+              "queued_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "error": error}
+    return _write_entry(pending_dir(pending), f"end-{run_id}", record, None)
+
+
+def _write_entry(root: Path, name: str, record: Mapping[str, Any], artifact: Path | str | None) -> Path:
+    """``root/name/run.json`` (and a copy of ``artifact``), written atomically; an existing entry is kept."""
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / name
+    if dest.is_dir():
+        return dest
+    tmp = root / f".{name}.{os.getpid()}.part"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -139,6 +155,19 @@ def _claim(path: Path) -> Iterator[bool]:
         os.close(fd)
 
 
+def _end(rec: Mapping[str, Any], tracking_uri: str | None, retry_s: float | None) -> str:
+    """Mark a queued parent-run end; what was done, in words (a parent not in the store: nothing to mark)."""
+    uri = tracking_uri or rec["tracking_uri"]
+    try:
+        end_parent(rec["run_id"], rec["status"], uri, retry_s=retry_s)
+    except TrackingError as exc:
+        cause = exc.__cause__
+        if getattr(cause, "error_code", "") != "RESOURCE_DOES_NOT_EXIST" and "not found" not in str(cause).lower():
+            raise
+        return f"MLflow parent run {rec['run_id']} is not in {resolve_uri(uri)}: not marked {rec['status']}"
+    return f"marked MLflow parent run {rec['run_id']} {rec['status']}"
+
+
 def flush_pending(
     pending: Path | str | None = None,
     *,
@@ -150,11 +179,12 @@ def flush_pending(
     """Log the queued runs (each where it was meant to go, unless ``tracking_uri``/``experiment`` say otherwise).
 
     A logged entry is removed; one already in the store (same metrics file) is
-    removed without logging it again. Stops at the first failure (the server is
-    probably still down): the rest stays queued. Returns (logged, still queued).
+    removed without logging it again; a queued parent-run end is marked. Stops
+    at the first failure (the server is probably still down): the rest stays
+    queued. Returns (runs logged, entries still queued).
     """
     out = out or sys.stdout
-    entries = pending_runs(pending)
+    entries = sorted(pending_runs(pending), key=lambda d: d.name.startswith("end-"))  # a parent ends after its runs
     done = 0
     for n, entry in enumerate(entries):
         with _claim(entry / "run.json") as mine:
@@ -163,6 +193,10 @@ def flush_pending(
             rec = json.loads((entry / "run.json").read_text())
             artifact = entry / rec["artifact"] if rec.get("artifact") else None
             try:
+                if rec.get("kind") == "end":
+                    print(_end(rec, tracking_uri, retry_s), file=out, flush=True)
+                    shutil.rmtree(entry, ignore_errors=True)
+                    continue
                 run_id, already = _log_run(
                     rec["metrics"], tracking_uri=tracking_uri or rec["tracking_uri"],
                     experiment=experiment or rec["experiment"], tags=rec.get("tags") or {}, artifact=artifact,

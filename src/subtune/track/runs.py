@@ -1,10 +1,12 @@
-"""What a run logs (params, per-epoch and final metrics, tags, the metrics file) and logging it, once."""
+"""What a run logs (params, per-epoch and final metrics, tags, the metrics file), its name, and logging it, once;
+a workflow invocation's parent run, started and ended."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -14,7 +16,13 @@ from .retry import _budget, _one_line, _Retrier
 from .server import SERVER_WAIT_S, _http_limits, check_server, is_server
 from .store import _BAD_NAME, TrackingError, _store_lock, open_experiment, resolve_uri
 
+_NAME_PART = re.compile(r"[^\w.+=,:@-]")
+_MAX_TAG = 5000  # MLflow keeps tag values up to 8000 characters
+
 KEY_TAG = "subtune.metrics_sha256"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI shows the run as a child row of that run
+#: Tags every run carries, taken from its metrics when the job gave none (they name it: :func:`run_name_for`).
+IDENTITY_KEYS = ("method", "target", "seed")
 HISTORY_KEYS = ("val_acc", "val_loss", "train_loss", "lr")
 FINAL_KEYS = (
     "val_acc", "val_loss", "test_acc", "test_loss", "trainable_params", "total_params",
@@ -109,7 +117,60 @@ def run_metrics(metrics: Mapping[str, Any], timestamp_ms: int) -> list:
         if v is not None:
             label = key.strip("()") or "lp"
             out.append(Metric(_name(f"score/{label}"), v, timestamp_ms, 0))
+    # Tuning jobs: every grid point's validation accuracy (the chosen one is also the run's val_acc).
+    logged: set[str] = set()
+    for label, v in (metrics.get("grid_scores") or {}).items():
+        v, key = _number(v), grid_metric(label)
+        if v is not None and key not in logged:
+            logged.add(key)
+            out.append(Metric(key, v, timestamp_ms, 0))
     return out
+
+
+def _name_part(value: Any) -> str:
+    """One part of a run name: no '/' (the parts' separator) and nothing a search filter would need to quote."""
+    return _NAME_PART.sub("_", str(value).strip()) or "_"
+
+
+def run_name_for(tags: Mapping[str, Any]) -> str | None:
+    """A run's name, built from its tags: the parts that tell it from the experiment's other runs.
+
+    ``stage/method/target[/n<train_size>][/r<round>][/shard<k>][/<blockset>]/s<seed>``, each part where its tag
+    is set: ``final/ft/digits/s1``, ``sweep/ft/digits/n250/s1`` (a data-size sweep's size), ``tune/lora/digits/s0``,
+    ``select/subtuning/digits/r2/s0`` (a greedy round; ``shard<k>`` when the round is split between jobs),
+    ``epsilon/subtuning/digits/layer3.1+layer4.0/s0`` (an epsilon's block set). A Multi-LoRA ablation stands in
+    the method's place: ``multilora/ablation-rank4/fmnist+digits/s0``. The workflow's parent run is
+    ``workflow/<invocation>``. One invocation's jobs differ in at least one of these tags, so their names differ;
+    :func:`log_run` numbers a name another run of the experiment already has (``#2``, ...). None: nothing to
+    name the run by (MLflow then makes a name up).
+    """
+    t = {k: str(v).strip() for k, v in tags.items() if v is not None and str(v).strip() != ""}
+    if t.get("stage") == "workflow":
+        return "/".join(_name_part(x) for x in ("workflow", t.get("invocation")) if x)
+    parts = [t.get("stage"), f"ablation-{t['ablation']}" if "ablation" in t else t.get("method"), t.get("target")]
+    if "train_size" in t:
+        parts.append(f"n{t['train_size']}")
+    if "round" in t:
+        parts.append(f"r{t['round']}")
+    if "shard" in t and t.get("shards", "") not in ("1", "0"):
+        parts.append(f"shard{t['shard']}")
+    if "blockset" in t:
+        parts.append(t["blockset"])
+    if "seed" in t:
+        parts.append(f"s{t['seed']}")
+    return "/".join(_name_part(p) for p in parts if p) or None
+
+
+def identity_tags(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """``method``, ``target`` and ``seed`` from a run's metrics: every run carries them as tags too."""
+    return {k: _param_value(metrics[k]) for k in IDENTITY_KEYS if metrics.get(k) is not None}
+
+
+def grid_metric(label: str) -> str:
+    """The metric of one grid point's validation accuracy: ``grid/<point>/val_acc`` (``lr=0.01, rank=4``:
+    ``grid/lr:0.01 rank:4/val_acc``; MLflow's names take no '=' or ',')."""
+    point = str(label).replace("/", "_").replace("=", ":").replace(", ", " ").replace(",", " ")
+    return _name(f"grid/{point}/val_acc")
 
 
 def _chunks(params: list, metrics: list, tags: list) -> Iterator[tuple[list, list, list]]:
@@ -142,6 +203,25 @@ def _existing_runs(client, exp_id: str, key: str) -> list:
                                    run_view_type=ViewType.ACTIVE_ONLY, max_results=100))
 
 
+def _free_name(client, exp_id: str, name: str) -> str:
+    """``name``, or ``name#2``, ``name#3``, ...: the first that no active run of the experiment has.
+
+    A job logged again by a later invocation (its output changed) gets the next number; under the SQLite
+    store's file lock no two writers pick the same one.
+    """
+    from mlflow.entities import ViewType
+
+    prefix = re.split(r"['\\%]", name, maxsplit=1)[0]  # nothing to quote or escape (LIKE's '_' only matches more)
+    query = f"attributes.run_name LIKE '{prefix}%'"
+    runs = client.search_runs([exp_id], filter_string=query, run_view_type=ViewType.ACTIVE_ONLY, max_results=50000)
+    taken = {r.info.run_name for r in runs}
+    n, free = 1, name
+    while free in taken:
+        n += 1
+        free = f"{name}#{n}"
+    return free
+
+
 def log_run(
     metrics: Mapping[str, Any],
     *,
@@ -159,8 +239,12 @@ def log_run(
     ``method_params.*`` (flattened), device, checkpoint. Metrics: per-epoch
     ``val_acc``/``val_loss``/``train_loss``/``lr`` (step = epoch) and the final
     ``val_acc``, ``test_acc``, losses, ``trainable_params``, ``total_params``,
-    ``wall_time_s``, ``train_size``. Tags: ``tags`` plus ``subtune.version``
-    and ``subtune.metrics_sha256`` (``key``, default :func:`run_key`). The
+    ``wall_time_s``, ``train_size``; a scoring job's ``score/<blocks>``, a
+    tuning job's ``grid/<point>/val_acc``. Tags: ``tags`` plus ``method``,
+    ``target`` and ``seed`` from the metrics (unless ``tags`` has them),
+    ``subtune.version`` and ``subtune.metrics_sha256`` (``key``, default
+    :func:`run_key`). The name: ``run_name``, else :func:`run_name_for` of the
+    tags, numbered (``#2``, ...) if another run of the experiment has it. The
     metrics JSON (``artifact``) is attached as an artifact.
 
     Idempotent: if the experiment already has a finished run with the same
@@ -200,14 +284,11 @@ def _log_run(
     now_ms = int(time.time() * 1000)
     params = [Param(k, v) for k, v in run_params(metrics).items()]
     mets = run_metrics(metrics, now_ms)
-    all_tags = {**{_name(k): str(v) for k, v in (tags or {}).items()}, "subtune.version": __version__,
-                KEY_TAG: key}
+    all_tags = {**identity_tags(metrics), **{_name(k): str(v) for k, v in (tags or {}).items()},
+                "subtune.version": __version__, KEY_TAG: key}
     tag_list = [RunTag(k, v) for k, v in all_tags.items()]
     if run_name is None:
-        parts = [str(metrics[k]) for k in ("method", "target") if metrics.get(k) is not None]
-        if metrics.get("seed") is not None:
-            parts.append(f"seed{metrics['seed']}")
-        run_name = "-".join(parts) or None
+        run_name = run_name_for(all_tags)
     where = f" ({artifact})" if artifact is not None else ""
     run_id: str | None = None
     client = None
@@ -221,6 +302,8 @@ def _log_run(
                 if old.info.status == "FINISHED":
                     return old.info.run_id, True
                 retry(lambda old=old: client.delete_run(old.info.run_id), "delete unfinished run")
+            if run_name is not None:
+                run_name = retry(lambda: _free_name(client, exp_id, run_name), "find name")
             run = retry(lambda: client.create_run(exp_id, start_time=now_ms, run_name=run_name), "create run")
             run_id = run.info.run_id
             for p, m, t in _chunks(params, mets, tag_list):
@@ -239,3 +322,48 @@ def _log_run(
         ) from exc
 
 
+def start_parent(tracking_uri: str | None = None, experiment: str = "subtune", *,
+                 tags: Mapping[str, str] | None = None, retry_s: float | None = None) -> str:
+    """Create an invocation's parent run (RUNNING until :func:`end_parent`); return its id.
+
+    Tags: ``stage=workflow``, ``tags`` (``invocation``, ``experiment``, ``command``), ``subtune.version``; the
+    name is :func:`~subtune.track.runs.run_name_for`'s (``workflow/<invocation>``). Under the SQLite store's
+    file lock, retried like :func:`~subtune.track.runs.log_run`; :class:`TrackingError` when it fails.
+    """
+    uri = resolve_uri(tracking_uri)
+    budget = _budget(retry_s)
+    given = {k: str(v)[:_MAX_TAG] for k, v in (tags or {}).items() if v not in (None, "")}
+    all_tags = {"stage": "workflow", **given, "subtune.version": __version__}
+    name = run_name_for(all_tags)
+    retry = _Retrier(0)
+    try:
+        with _http_limits(uri), _store_lock(uri, budget):
+            if is_server(uri):
+                check_server(uri, min(budget, SERVER_WAIT_S))
+            retry = _Retrier(budget)
+            client, exp_id = open_experiment(uri, experiment, retry)
+            if name is not None:
+                name = retry(lambda: _free_name(client, exp_id, name), "find name")
+            run = retry(lambda: client.create_run(exp_id, run_name=name, tags=all_tags), "create parent run")
+            return run.info.run_id
+    except Exception as exc:
+        raise TrackingError(f"MLflow parent run in {uri} not created after {retry.retries} retries "
+                            f"({_one_line(exc)})") from exc
+
+
+def end_parent(run_id: str, status: str = "FINISHED", tracking_uri: str | None = None, *,
+               retry_s: float | None = None) -> None:
+    """Mark the parent run ``status`` (FINISHED or FAILED); :class:`TrackingError` when that fails."""
+    uri = resolve_uri(tracking_uri)
+    budget = _budget(retry_s)
+    try:
+        with _http_limits(uri), _store_lock(uri, budget):
+            if is_server(uri):
+                check_server(uri, min(budget, SERVER_WAIT_S))
+            retry = _Retrier(budget)
+            from mlflow import MlflowClient
+
+            client = retry(lambda: MlflowClient(tracking_uri=uri), "open store")
+            retry(lambda: client.set_terminated(run_id, status), "end parent run")
+    except Exception as exc:
+        raise TrackingError(f"MLflow parent run {run_id} in {uri} not marked {status} ({_one_line(exc)})") from exc

@@ -13,6 +13,10 @@ from .retry import _budget, _one_line, _Retrier
 from .server import SERVER_WAIT_S, _http_limits, check_server, is_server
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# MLflow's experiment kind ("Machine learning", not "GenAI apps & agents", whose experiments open on Traces).
+# MLflow 3.17's UI takes the kind from its own GenAI / Machine learning switch and the URL's ``workflowType``
+# instead: :func:`runs_url` is the address that opens the runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 _BAD_NAME = re.compile(r"[^\w\-. /:]")
 
 
@@ -95,9 +99,12 @@ def _get_or_create_experiment(client, uri: str, experiment: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if EXPERIMENT_KIND[0] not in (exp.tags or {}):  # one made before subtune set the kind; a user's choice stays
+            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     try:
-        return client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
+        return client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment),
+                                        tags=dict([EXPERIMENT_KIND]))
     except MlflowException as exc:  # created by someone else in the meantime
         if "already exists" not in str(exc).lower() and getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -105,6 +112,16 @@ def _get_or_create_experiment(client, uri: str, experiment: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def runs_url(uri: str, experiment_id: str) -> str:
+    """The UI's address of the experiment's runs: the server's own (``http://...``), else ``mlflow ui``'s default.
+
+    The Runs tab, in the UI's "Machine learning" view (``workflowType``): an experiment's bare address opens on the
+    GenAI view's Traces tab unless the browser last chose "Machine learning".
+    """
+    base = uri.rstrip("/") if is_server(uri) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def open_experiment(uri: str, experiment: str, retry: _Retrier) -> tuple[object, str]:

@@ -9,7 +9,8 @@ import pandas as pd
 
 from ... import SubtuneError
 from ...methods import method_label, method_order
-from ..format import PathLike, figure, md_table, method_styles, save_png, write_csv, write_text
+from ..format import (PathLike, figure, fmt_params, legend_outside, log_ticks, md_table, method_styles, save_png,
+                      write_csv, write_text)
 from ..load import as_list, load_tune
 from ..registry import add_outputs, table
 
@@ -77,10 +78,12 @@ def _curve(sub: pd.DataFrame, key: str) -> pd.DataFrame:
     return keep.dropna(subset=[f"value_{key}"]).sort_values(f"value_{key}")
 
 
-def grid_plot(df: pd.DataFrame, out_png: PathLike) -> None:
-    """Validation accuracy against each tuned value: a column per target, a row per key, a line per method.
+def grid_plot(df: pd.DataFrame, out_png: PathLike):
+    """Validation accuracy against each tuned value: a column per target, a row per key, a line per method; the
+    Figure.
 
-    Each method has its own colour and marker; extension points are hollow, the chosen point is ringed.
+    Each method has its own colour and marker (:func:`~subtune.report.format.method_style`); extension points are
+    hollow, the chosen point is ringed; log axes are labelled in plain numbers.
     """
     from matplotlib.lines import Line2D
 
@@ -103,7 +106,7 @@ def grid_plot(df: pd.DataFrame, out_png: PathLike) -> None:
                 cur = _curve(sub, key)
                 x, y = cur[f"value_{key}"].astype(float), cur["val_acc"]
                 col, mk = style[m]
-                ax.plot(x, y, color=col, marker=mk, markersize=5, linewidth=1.2)
+                ax.plot(x, y, color=col, marker=mk, markersize=5, linewidth=1.2, label=method_label(m))
                 ext = cur[cur["source"] == "extension"]
                 ax.plot(ext[f"value_{key}"].astype(float), ext["val_acc"], linestyle="none", marker=mk, markersize=5,
                         markerfacecolor="white", markeredgecolor=col)
@@ -115,6 +118,7 @@ def grid_plot(df: pd.DataFrame, out_png: PathLike) -> None:
                 ax.text(0.5, 0.5, f"no method tunes {key} here", ha="center", va="center", transform=ax.transAxes)
             elif _log_axis(key, vals):
                 ax.set_xscale("log")
+                log_ticks(ax.xaxis, fmt_params)
             ax.set_xlabel(key)
             ax.set_ylabel("validation accuracy (%)")
             ax.set_title(t, fontsize=9)
@@ -124,9 +128,10 @@ def grid_plot(df: pd.DataFrame, out_png: PathLike) -> None:
                        label="extension point"),
                 Line2D([], [], linestyle="none", marker="o", markersize=11, markerfacecolor="none",
                        markeredgecolor="black", label="chosen")]
-    fig.legend(handles=handles, loc="outside right center", fontsize=7)
+    legend_outside(fig, handles, fontsize=7)
     fig.suptitle("Validation accuracy of each value tried (other keys at the chosen values)", fontsize=10)
     save_png(fig, out_png)
+    return fig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -16,13 +16,14 @@ import pandas as pd
 
 from ...io import atomic_path
 from ...methods import method_label, method_order
-from ..cost import attach_costs, cost_md, cost_plot, selection_costs
+from ...provenance import columns, mlflow_run_ids
+from ..cost import attach_costs, cost_md, cost_plot, params_plot, selection_costs
 from ..format import LP_LABEL, PathLike, fmt_params, md_table, write_csv, write_text
 from ..load import as_list, load_json, load_runs, load_state, target_seed
 from ..published import attach_published, load_references, published_md
 from ..registry import add_outputs, add_references, table
 from ..summary import ordered, summarize
-from ..vtab import VTAB_MEAN_GROUPS, VTAB_MEAN_TASKS, vtab_md, vtab_rows
+from ..vtab import VTAB_GROUP_OF, VTAB_MEAN_GROUPS, VTAB_MEAN_TASKS, vtab_md, vtab_rows
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,15 +32,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--selected", nargs="*", help="final selection states")
     p.add_argument("--surgical", nargs="*", help="Surgical's group scores (select/<target>/seed<S>/surgical.json)")
     p.add_argument("--out-cost-png", help="also the plot of accuracy against total cost, a panel per target")
+    p.add_argument("--out-params-png", help="also the plot of accuracy against trainable parameters, a panel per "
+                   "target")
     add_references(p)
     add_outputs(p, "csv", "md")
     p.add_argument("--out-json", help="also the table as JSON, method -> target -> numbers (DVC metrics)")
+    p.add_argument("--config-hash", default="", help="the validated config's hash (subtune.provenance.config_hash): "
+                   "a column of every row")
 
 
 def run(a: argparse.Namespace) -> pd.DataFrame:
     return main_table(a.runs, a.out_csv, a.out_md, out_json=a.out_json, checkpoint_json=a.checkpoint,
                       selected_files=a.selected, references=a.references, backbone=a.backbone,
-                      surgical_files=a.surgical, out_cost_png=a.out_cost_png)
+                      surgical_files=a.surgical, out_cost_png=a.out_cost_png,
+                      out_params_png=a.out_params_png, config_hash=a.config_hash)
 
 
 @table("main", arguments=add_arguments, run=run)
@@ -54,6 +60,8 @@ def main_table(
     out_json: PathLike | None = None,
     surgical_files: Sequence[PathLike] | None = None,
     out_cost_png: PathLike | None = None,
+    out_params_png: PathLike | None = None,
+    config_hash: str = "",
 ) -> pd.DataFrame:
     """Method x target test accuracy (percent, mean ± sample std over seeds), params, seeds.
 
@@ -63,7 +71,7 @@ def main_table(
     wall_time_s_mean, blocks (the distinct block sets, SubTuning), tuned (the
     values chosen on validation, when the method had a grid), train_data
     (train or train+val), best_epochs (the epochs chosen on validation, seed
-    order), published, diff and published_source (``references``: published
+    order, for runs with ``epoch_select: best_val``), published, diff and published_source (``references``: published
     numbers for ``backbone``, :func:`~subtune.report.published.attach_published`). With VTAB-1k targets,
     two more rows per method, target ``VTAB-1k mean of tasks`` and ``VTAB-1k
     mean of group means`` (n_tasks, tasks: how many per group; published: the
@@ -79,11 +87,18 @@ def main_table(
     total_time_s (one final run + the selection), for methods that need a
     selection (``selected_files``) or Surgical's scores (``surgical_files``).
     ``out_cost_png``: accuracy against total cost (:func:`~subtune.report.cost.cost_plot`).
+    ``out_params_png``: accuracy against trainable parameters (:func:`~subtune.report.cost.params_plot`).
+    Provenance columns of every row (:func:`subtune.provenance.columns`): mlflow_run_ids (the MLflow runs of the
+    row's metrics files logged so far), config_hash (``config_hash``), code_version and data_digest (what each
+    run recorded when it trained). A section of the Markdown appears only when the runs call for it: the epochs
+    chosen on validation only for runs that chose them (their metrics' ``train.epoch_select``).
     """
-    runs = load_runs(run_files)
+    runs = _chosen_epochs_only(load_runs(run_files))
     targets = list(dict.fromkeys(runs["target"]))
     summ = _main_rows(runs, targets, references, backbone, selected_files, surgical_files)
     vtab = vtab_rows(summ)
+    ids = mlflow_run_ids(runs["file"])  # the MLflow runs of the metrics files (never fails the table)
+    summ, vtab = _with_provenance(runs, summ, ids, config_hash), _with_provenance(runs, vtab, ids, config_hash)
     write_csv(pd.concat([summ, vtab], ignore_index=True) if len(vtab) else summ, out_csv)
 
     parts = _accuracy_md(runs, summ, vtab, targets)
@@ -97,8 +112,11 @@ def main_table(
     parts += _best_epoch_md(runs, targets)
     if out_cost_png is not None:
         cost_plot(summ, targets, out_cost_png)
+    if out_params_png is not None:
+        params_plot(summ, targets, out_params_png)
     if selected_files:
         parts += _greedy_md(selected_files)
+    parts += _provenance_md(summ)
     write_text("\n".join(parts) + "\n", out_md)
     if len(vtab):
         summ = pd.concat([summ, vtab], ignore_index=True)
@@ -131,6 +149,38 @@ def _per_pair(runs: pd.DataFrame, summ: pd.DataFrame, col: str, fn) -> list:
     """``fn`` of the runs' ``col`` per (method, target) row of ``summ`` ('' where no run has one)."""
     got = runs.dropna(subset=[col]).groupby(["method", "target"], sort=False)[col].agg(fn)
     return [got.get((m, t), "") for m, t in zip(summ["method"], summ["target"])]
+
+
+def _chosen_epochs_only(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with ``best_epoch`` kept only where the run chose its epoch on validation (``train.epoch_select:
+    best_val`` in its metrics file): a run with ``last`` records its last epoch there, which nobody chose."""
+    chose = [(load_json(Path(f)).get("train") or {}).get("epoch_select") == "best_val" for f in runs["file"]]
+    return runs.assign(best_epoch=runs["best_epoch"].where(chose))
+
+
+def _with_provenance(runs: pd.DataFrame, rows: pd.DataFrame, ids: dict[str, str], config_hash: str) -> pd.DataFrame:
+    """``rows`` (the summary or the VTAB-1k averages) with the provenance columns of the runs each row aggregates
+    (:func:`subtune.provenance.columns`; ``ids``: :func:`subtune.provenance.mlflow_run_ids` of the runs)."""
+    if rows.empty:
+        return rows
+    ordered_runs = runs.sort_values(["target", "seed"], kind="stable")
+    cols = []
+    for m, t in zip(rows["method"], rows["target"]):
+        mine = ordered_runs["method"] == m
+        mine &= ordered_runs["target"].isin(list(VTAB_GROUP_OF)) if t in (VTAB_MEAN_TASKS, VTAB_MEAN_GROUPS) \
+            else ordered_runs["target"] == t
+        cols.append(columns(ordered_runs.loc[mine, "file"], ids, config_hash))
+    return pd.concat([rows.reset_index(drop=True), pd.DataFrame(cols)], axis=1)
+
+
+def _provenance_md(summ: pd.DataFrame) -> list[str]:
+    """One line naming the code and config that made the table (per row, with the MLflow runs: main.csv)."""
+    code = " | ".join(dict.fromkeys(v for x in summ.get("code_version", []) for v in str(x).split(" | ") if v))
+    config = " | ".join(dict.fromkeys(v for v in summ.get("config_hash", []) if v))
+    if not code and not config:
+        return []
+    return ["", f"Made by code {code or 'unrecorded'} with config {config or 'unrecorded'}; each row's code "
+            "version, data digest and MLflow runs are in main.csv."]
 
 
 def _cell(r: pd.Series, n_max: int) -> str:

@@ -140,12 +140,13 @@ def multilora(run_files: Sequence[PathLike], out_csv: PathLike, out_md: PathLike
     out = _compare_summary(df, refs, backbone)
     write_csv(out, out_csv)
     cols = [*tasks, "mean"]
-    text = _compare_md(out, tasks, tuned_on) + _published_md(out)
+    grid = _grid_note(run_files)
+    text = _compare_md(out, tasks, tuned_on, grid) + _published_md(out)
     ab = _ablation_rows(ablation_files or [], run_files, list(ranks or []), tasks)
     if out_ablations_csv is not None:
         write_csv(ab if len(ab) else pd.DataFrame(columns=["ablation", "n_seeds", "rank"]), out_ablations_csv)
     if len(ab):
-        text += _ablations_md(ab, out, cols, run_files)
+        text += _ablations_md(ab, out, cols, run_files, grid)
     text += _other_backbones_md(refs, backbone)
     text += "\n"
     write_text(text, out_md)
@@ -209,8 +210,28 @@ def _compare_summary(df: pd.DataFrame, refs: pd.DataFrame, backbone: str | None)
         columns=["method", "target"])
 
 
-def _compare_md(out: pd.DataFrame, tasks: list[str], tuned_on: set[int]) -> str:
-    """The Markdown's head: one row per kind, a column per task and the mean, parameters, steps, wall time."""
+def _grid_note(run_files: Sequence[PathLike]) -> str:
+    """'' when the comparison had a grid of several points (the tuning seed's file holds the configured grid, the
+    others the point chosen there), else the values both sides trained at (``lr=0.003, rank=4, alpha=4``): the
+    tables then say that nothing was chosen on validation."""
+    points, d = 1, {}
+    for f in as_list(run_files):
+        d = load_json(f)
+        grid = d.get("grid") or {}
+        points = max(points, math.prod(len(v) for v in grid.values()) if isinstance(grid, dict) else 1)
+    if points > 1:
+        return ""
+    ml = d.get("multilora") or {}
+    chosen = ml.get("chosen") or {}
+    values = {"lr": (d.get("train") or {}).get("lr"), **(chosen.get("train") or {}), "rank": ml.get("rank"),
+              "alpha": ml.get("alpha"), **(chosen.get("params") or {})}
+    return ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                     for k, v in values.items() if v is not None)
+
+
+def _compare_md(out: pd.DataFrame, tasks: list[str], tuned_on: set[int], fixed: str = "") -> str:
+    """The Markdown's head: one row per kind, a column per task and the mean, parameters, steps, wall time;
+    ``fixed``: the values both sides trained at when there was no grid (:func:`_grid_note`)."""
     cols = [*tasks, "mean"]
     n = int(out["n_seeds"].max())
     md_rows = []
@@ -231,16 +252,20 @@ def _compare_md(out: pd.DataFrame, tasks: list[str], tuned_on: set[int]) -> str:
         "# Multi-LoRA against separate LoRA: test accuracy (%)",
         "",
         f"{k} tasks trained together on one backbone (one shared frozen A per adapted layer, a B and a head per "
-        f"task) against {k} separate LoRA runs with the same rank, training config and grid; each side chooses "
-        f"its grid point on validation (Multi-LoRA: the best mean over tasks; each separate run: the best on its "
-        f"own task)"
-        + (f" on seed {', '.join(map(str, sorted(tuned_on)))}, and the other seeds train each side at the point "
-           f"it chose there" if tuned_on else "")
+        + (f"task) against {k} separate LoRA runs with the same rank and training config; no grid: both sides "
+           f"train at {fixed}, nothing is chosen on validation" if fixed else
+           f"task) against {k} separate LoRA runs with the same rank, training config and grid; each side chooses "
+           f"its grid point on validation (Multi-LoRA: the best mean over tasks; each separate run: the best on its "
+           f"own task)"
+           + (f" on seed {', '.join(map(str, sorted(tuned_on)))}, and the other seeds train each side at the point "
+              f"it chose there" if tuned_on else ""))
         + f". Mean ± sample standard deviation over {n} seed{'s' if n != 1 else ''}; parameters for all "
-        f"{k} tasks, heads included. Steps: optimizer updates of each task's parameters at the chosen point (in "
-        f"task order where they differ); wall time: training "
-        + ("the grid on the tuning seed and the chosen points on the others" if tuned_on else "the whole grid")
-        + ", all tasks (mean over seeds).",
+        f"{k} tasks, heads included. Steps: optimizer updates of each task's parameters"
+        + ("" if fixed else " at the chosen point")
+        + " (in task order where they differ); wall time: training "
+        + ("" if fixed else "the grid on the tuning seed and the chosen points on the others, " if tuned_on
+           else "the whole grid, ")
+        + "all tasks (mean over seeds).",
         "",
         md_table(["method", *cols, "params trained", "params stored", "steps per task", "wall time (s)"],
                  md_rows),
@@ -258,8 +283,10 @@ def _published_md(out: pd.DataFrame) -> str:
         ["method", "task", "ours", "published", "Δ", "source"], rows, ["l", "l", "r", "r", "r", "l"])
 
 
-def _ablations_md(ab: pd.DataFrame, out: pd.DataFrame, cols: list[str], run_files: Sequence[PathLike]) -> str:
-    """The *Ablations* section: the Multi-LoRA row's numbers again, then one row per ablation."""
+def _ablations_md(ab: pd.DataFrame, out: pd.DataFrame, cols: list[str], run_files: Sequence[PathLike],
+                  fixed: str = "") -> str:
+    """The *Ablations* section: the Multi-LoRA row's numbers again, then one row per ablation; ``fixed``: as for
+    :func:`_compare_md`."""
     ml = out[(out["kind"] == "multilora") & (out["task"] == "mean")].iloc[0]
     rows = []
     for _, r in ab.iterrows():
@@ -274,13 +301,15 @@ def _ablations_md(ab: pd.DataFrame, out: pd.DataFrame, cols: list[str], run_file
                       for t in cols], fmt_params(ml["params_trained"]), fmt_params(ml["params_stored"]),
                     "n/a" if math.isnan(wall) else f"{wall:.0f}"])
     return ("\n\n## Ablations\n\nMulti-LoRA alone (no separate-LoRA side), the same tasks, training config and "
-            "grid, chosen on validation as above (the grid on the first seed, the other seeds at its choice): "
-            "**A trained** (the shared A trained by every task's loss, its own optimizer; stored A counted as "
+            + (f"values ({fixed}, no grid): " if fixed else "grid, chosen on validation as above (the grid on the "
+               "first seed, the other seeds at its choice): ")
+            + "**A trained** (the shared A trained by every task's loss, its own optimizer; stored A counted as "
             "trained), **tasks one after another** (K stages, each a task's whole schedule, A frozen and shared; "
             "with A frozen the tasks do not interact, so this differs from training together only in floating "
             "point and in time), and other **ranks** (alpha kept, so the scaling alpha / r changes with r). Test "
             "accuracy (%), mean ± std over seeds; parameters for all tasks, heads included; wall time: the training "
-            "runs of each seed (on the tuning seed, the whole grid), all tasks, mean over seeds.\n\n"
+            "runs of each seed" + ("" if fixed else " (on the tuning seed, the whole grid)")
+            + ", all tasks, mean over seeds.\n\n"
             + md_table(["variant", "rank", *cols, "params trained", "params stored", "wall time (s)"], rows))
 
 

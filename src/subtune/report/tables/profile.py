@@ -9,7 +9,7 @@ from typing import Sequence
 import pandas as pd
 
 from ... import SubtuneError
-from ..format import LP_LABEL, PathLike, figure, fmt_params, save_png, write_csv
+from ..format import LP_LABEL, PathLike, figure, fmt_params, method_style, save_png, write_csv
 from ..load import load_scores, members
 from ..registry import add_outputs, table
 
@@ -30,7 +30,7 @@ def profile(score_files: PathLike | Sequence[PathLike], out_csv: PathLike, out_p
     ``score_files``: round-1 greedy or ``profile`` score files (all shards of one
     target and seed). CSV: block (``(lp)`` for the linear probe), index (network
     order; -1 for LP), trainable_params, val_acc (%), delta_vs_lp (points). PNG:
-    bars per block annotated with parameter counts, LP as a horizontal line.
+    :func:`profile_plot`.
     """
     head, results, blocks = load_scores(score_files, ("greedy", "profile"))
     pos = {b: i for i, b in enumerate(blocks)}
@@ -58,24 +58,34 @@ def profile(score_files: PathLike | Sequence[PathLike], out_csv: PathLike, out_p
     df = pd.DataFrame(table, columns=["block", "index", "trainable_params", "val_acc", "delta_vs_lp"])
     write_csv(df, out_csv)
 
+    profile_plot(df, f"{head.get('target', '?')} (seed {head.get('seed', '?')})", out_png)
+    return df
+
+
+def profile_plot(df: pd.DataFrame, title: str, out_png: PathLike):
+    """:func:`profile`'s bars (validation accuracy per block fine-tuned alone, in SubTuning's colour, each
+    annotated with its trainable parameters) and LP as a horizontal line in LP's colour
+    (:func:`~subtune.report.format.method_style`); the legend below the axes, off the bars. The Figure."""
     bars = df[df["index"] >= 0]
-    fig = figure(max(5.0, 0.55 * len(bars) + 2), 4.0)
+    lp = df[df["index"] < 0]
+    lp_acc = float(lp["val_acc"].iloc[0]) if len(lp) else math.nan
+    fig = figure(max(5.0, 0.55 * len(bars) + 2), 4.3)
     ax = fig.add_subplot()
     x = range(len(bars))
-    ax.bar(x, bars["val_acc"], color="tab:blue", label="fine-tune one block + head")
+    ax.bar(x, bars["val_acc"], color=method_style("subtuning")[0], alpha=0.5, label="fine-tune one block + head")
     for xi, (acc, n) in enumerate(zip(bars["val_acc"], bars["trainable_params"])):
         ax.annotate(fmt_params(n), (xi, acc), xytext=(0, 2), textcoords="offset points",
                     ha="center", va="bottom", fontsize=7, rotation=90)
-    if lp:
-        ax.axhline(lp_acc, color="tab:red", linestyle="--", label=f"LP {lp_acc:.2f}%")
-    vals = list(bars["val_acc"]) + ([lp_acc] if lp else [])
+    if len(lp):
+        ax.axhline(lp_acc, color=method_style("lp")[0], linestyle="--", label=f"LP {lp_acc:.2f}%")
+    vals = list(bars["val_acc"]) + ([lp_acc] if len(lp) else [])
     lo, hi = min(vals), max(vals)
     pad = max(1.0, 0.15 * (hi - lo))
     ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + 2.5 * pad))
     ax.set_xticks(list(x), list(bars["block"]), rotation=45, ha="right")
     ax.set_xlabel("fine-tuned block (trainable parameters above the bar)")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"Fine-tuning profile: {head.get('target', '?')} (seed {head.get('seed', '?')})")
-    ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"Fine-tuning profile: {title}")
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8)
     save_png(fig, out_png)
-    return df
+    return fig

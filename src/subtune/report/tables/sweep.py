@@ -8,7 +8,8 @@ from typing import Sequence
 import pandas as pd
 
 from ...methods import method_label, method_order
-from ..format import LP_LABEL, PathLike, figure, save_png, write_csv
+from ..format import (LP_LABEL, PathLike, figure, fmt_params, legend_outside, log_ticks, method_styles, save_png,
+                      write_csv)
 from ..load import load_runs
 from ..published import attach_published, load_references
 from ..registry import add_outputs, add_references, table
@@ -33,9 +34,7 @@ def sweep(run_files: Sequence[PathLike], out_csv: PathLike, out_png: PathLike,
     CSV: method, target, train_size, n_seeds, seeds, test_acc_mean, test_acc_std,
     val_acc_mean, val_acc_std, trainable_params, ..., blocks (the distinct
     block sets the runs fine-tuned, SubTuning: selected at that size; empty for
-    other methods) (percent). PNG: error bars, log x axis, one line per method
-    (per method and target when there are several), each SubTuning point
-    annotated with its blocks.
+    other methods) (percent). PNG: :func:`sweep_plot`.
     """
     runs = load_runs(run_files, need_train_size=True)
     summ = summarize(runs, ["method", "target", "train_size"])
@@ -50,31 +49,48 @@ def sweep(run_files: Sequence[PathLike], out_csv: PathLike, out_png: PathLike,
     summ = attach_published(summ, load_references(references), backbone)
     write_csv(summ, out_csv)
 
-    fig = figure(6.0, 4.2)
+    sweep_plot(summ, targets, out_png)
+    return summ
+
+
+def sweep_plot(summ: pd.DataFrame, targets: list[str], out_png: PathLike):
+    """Test accuracy (mean ± std) against training-set size (log x), a line per method (per method and target
+    when there are several: the method's colour and marker, a line style per target); each point with blocks
+    annotated with them; published numbers as crosses; the legend beside the axes. The Figure."""
+    from matplotlib.lines import Line2D
+
+    style = method_styles(method_order(summ["method"]))
+    dashes = ["-", "--", ":", "-."]
+    fig = figure(7.6, 4.2)
     ax = fig.add_subplot()
+    handles = []
     for (m, t), g in summ.groupby(["method", "target"], sort=False):
         label = method_label(m) + (f" ({t})" if len(targets) > 1 else "")
-        line = ax.errorbar(g["train_size"], g["test_acc_mean"], yerr=g["test_acc_std"], marker="o", capsize=3,
-                           label=label)
+        col, mk = style[m]
+        ls = dashes[targets.index(t) % len(dashes)] if t in targets else "-"
+        ax.errorbar(g["train_size"], g["test_acc_mean"], yerr=g["test_acc_std"], marker=mk, capsize=3, color=col,
+                    linestyle=ls, label=label)
+        handles.append(Line2D([], [], color=col, marker=mk, linestyle=ls, label=label))
         for n, acc, b in zip(g["train_size"], g["test_acc_mean"], g["blocks"]):
             if b:  # the blocks selected at this size
                 ax.annotate(b.replace("+", ", "), (n, acc), xytext=(4, -10), textcoords="offset points", fontsize=6,
-                            color=line[0].get_color())
-        pub = g.dropna(subset=["published"])
+                            color=col)
+        pub = g.dropna(subset=["published"]) if "published" in g else g.iloc[:0]
         if len(pub):
-            ax.plot(pub["train_size"], pub["published"], linestyle="none", marker="x", markersize=8,
-                    color=line[0].get_color(), label=f"{label}, published")
+            ax.plot(pub["train_size"], pub["published"], linestyle="none", marker="x", markersize=8, color=col,
+                    label=f"{label}, published")
+            handles.append(Line2D([], [], color=col, marker="x", markersize=8, linestyle="none",
+                                  label=f"{label}, published"))
     ax.set_xscale("log")
     sizes = sorted(set(summ["train_size"]))
-    if len(sizes) <= 12:
-        from matplotlib.ticker import NullFormatter
-
+    log_ticks(ax.xaxis, fmt_params)
+    if len(sizes) <= 12:  # the sizes trained, each labelled
         ax.set_xticks(sizes, [str(n) for n in sizes])
-        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training examples")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy against training-set size" + (f": {targets[0]}" if len(targets) == 1 else ""))
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.1)
+    legend_outside(fig, handles)
     save_png(fig, out_png)
-    return summ
+    return fig
