@@ -34,6 +34,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from subtune.provenance import COLUMNS as PROVENANCE
 from helpers.slurm_cluster import SlurmCluster, missing_programs
 from helpers.workflow import job_stats
 
@@ -120,7 +121,7 @@ def workdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(ROOT / name, path / name)
-    for name in ("rules", "schemas", "configs"):
+    for name in ("rules", "schemas", "configs", "references", "report"):
         shutil.copytree(ROOT / name, path / name)
     (path / "configs/good.yaml").write_text(yaml.safe_dump(small_config()))
     (path / "configs/bad.yaml").write_text(yaml.safe_dump(small_config(bad=True)))
@@ -270,7 +271,7 @@ def tables(wd: Path) -> dict[str, pd.DataFrame]:
     out = {}
     for f in sorted((wd / "results" / EXP / "tables").glob("*.csv")):
         df = pd.read_csv(f)
-        out[f.name] = df.drop(columns=[c for c in df.columns if "time" in c])
+        out[f.name] = df.drop(columns=[c for c in df.columns if "time" in c or c in PROVENANCE])
     return out
 
 

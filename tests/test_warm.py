@@ -189,9 +189,11 @@ def test_an_idle_server_exits_and_removes_its_socket(work):
     wd, env = work
     tmp_path = Path(tempfile.mkdtemp(prefix="sw", dir="/tmp"))  # a short path: AF_UNIX names hold 107 bytes
     env = {**env, "SUBTUNE_WARM_DIR": str(tmp_path / "s"), "SUBTUNE_WARM_IDLE": "1"}
-    p = subprocess.run([sys.executable, "-m", "subtune", "report", "--help"], env=env, capture_output=True,
-                       text=True)  # fmt: skip
-    assert p.returncode == 0 and "TABLE" in p.stdout, p.stdout + p.stderr
+    # a heavy stage that runs (--help never starts a server) and stops at once on a missing input
+    missing = tmp_path / "missing.json"
+    p = subprocess.run([sys.executable, "-m", "subtune", "report", "rounds", "--states", str(missing), "--out-csv",
+                        str(tmp_path / "rounds.csv")], env=env, capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 2 and str(missing) in p.stderr, p.stdout + p.stderr
     (log,) = (tmp_path / "s").glob("*.log")
     deadline = time.monotonic() + 60
     while not log.read_text().rstrip().endswith(": exit"):  # it may be gone already: idle 1 s
