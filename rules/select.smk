@@ -1,6 +1,7 @@
 # Greedy SubTuning selection, one round per job group: score the round's candidates
 # (spread over selection.shards jobs), then decide (a checkpoint: round r+1's jobs
-# exist only once round r's decision is made). Round 1 is the fine-tuning profile.
+# exist only once round r's decision is made). Round 1 of a forward walk is the fine-tuning profile;
+# a backward walk's is not (it removes one block from all), so rule score_profile scores it.
 # A selection runs on one prepared regime: {sizedir} is '' for the 1k regime
 # (select/<target>/seed<S>/) and 'n<size>/' for a data-size sweep's size
 # (select/<target>/n<size>/seed<S>/, on that size's training data, the same val split).
@@ -123,6 +124,41 @@ rule score_surgical:
     shell:
         SCORE_CMD.substitute(
             run="{PY} score", sets="surgical", seed="{wildcards.seed}", shards="", budget="", tags="stage=surgical"
+        )
+
+
+rule score_profile:
+    # The fine-tuning profile of a backward walk (PLAN.profile_files): every block alone and the linear probe,
+    # scored as a forward walk's round 1 is (the selection's training, scoring and shards), over the full schedule.
+    input:
+        unpack(lambda w: PLAN.prepared(w.target, seed=w.seed)),
+        ckpt=CKPT,
+    output:
+        f"{RES}/select/{{target}}/seed{{seed}}/profile_shard{{shard}}.json",
+    wildcard_constraints:
+        target=SEL_WILDCARDS["target"],
+        seed=r"\d+",
+        shard=r"\d+",
+    params:
+        head=lambda w: target_head(config, w.target),
+        train=dumps(selection_train(config)),
+        selection=dumps(scoring_config(config)),
+        fast=scoring_flags(config),
+        cv=cv_flags(config),
+        shards=SHARDS,
+    threads: 1
+    log:
+        f"logs/{EXP}/score_profile/{{target}}_seed{{seed}}_shard{{shard}}.log",
+    benchmark:
+        f"benchmarks/{EXP}/score_profile/{{target}}_seed{{seed}}_shard{{shard}}.tsv"
+    shell:
+        SCORE_CMD.substitute(
+            run="{PY} score",
+            sets="profile",
+            seed="{wildcards.seed}",
+            shards="--shard {wildcards.shard} --shards {params.shards} ",
+            budget="",
+            tags="stage=profile",
         )
 
 

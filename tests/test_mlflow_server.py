@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ import yaml
 
 from subtune import track
 
+from helpers.mlflow_server import Server
 from helpers.workflow import FMNIST, SNAKEMAKE, job_stats, workdir
 
 mlflow = pytest.importorskip("mlflow")
@@ -35,7 +33,6 @@ pytestmark = [
                        reason="Fashion-MNIST mirror missing: apt-get install dataset-fashion-mnist (make test does)"),
 ]
 
-MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 EXPERIMENT = "subtune-test"  # configs/test.yaml's tracking.experiment
 # The training jobs of two methods that need no greedy selection (Surgical adds its two scoring jobs).
 TARGETS = [f"results/test/runs/{t}/{m}/seed0.json" for t in ("fmnist-new", "digits") for m in ("lp", "surgical")]
@@ -50,66 +47,6 @@ def small_config(wd: Path) -> None:
     cfg["backbone"]["pretrain"]["train"]["epochs"] = 1
     cfg["methods"]["lp"].pop("grid", None)  # no tuning jobs: one final run per target
     path.write_text(yaml.safe_dump(cfg))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`mlflow server` on 127.0.0.1 in its own process group (stop() ends it and its workers)."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self, timeout: float = 120) -> None:
-        self.starts += 1
-        log = open(self.root / f"server{self.starts}.log", "w")
-        self.proc = subprocess.Popen(
-            [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        t = time.monotonic()
-        while True:
-            try:
-                with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() - t > timeout:
-                self.stop()
-                raise AssertionError("mlflow server did not start:\n" + (self.root / f"server{self.starts}.log").read_text()[-3000:])
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # the group's workers too
-        for _ in range(50):
-            try:
-                os.killpg(self.proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
 
 
 @pytest.fixture

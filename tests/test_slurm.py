@@ -14,6 +14,13 @@ One scenario, three checks:
 2. after the fix, a rerun runs only what is missing (nothing of the good target);
 3. the tables equal a local run's with the same config and seeds.
 
+Then preemption and cancellation, on a copy of the finished run whose final training
+jobs run again with the project's `retries` and `slurm-requeue`: one job is cancelled
+(scancel) while it logs its MLflow run, the other is requeued (scontrol requeue) while
+it trains. The same invocation finishes: the cancelled job is retried, the requeued
+one starts again under its job id; no partial output, no MLflow run left RUNNING or
+lost, and the tables still equal the local run's.
+
 The config is configs/test.yaml cut down (one seed, two methods, k=1, no sweep
 or pairs) to keep the SLURM run, the failing run and the local run (alongside it)
 within a few minutes on 2 cores.
@@ -21,9 +28,13 @@ within a few minutes on 2 cores.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -37,6 +48,8 @@ import yaml
 from subtune.provenance import COLUMNS as PROVENANCE
 from helpers.slurm_cluster import SlurmCluster, missing_programs
 from helpers.workflow import job_stats
+from subtune.provenance import COLUMNS as PROVENANCE
+from subtune.track import KEY_TAG, PARENT_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -45,7 +58,8 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 EXP = "slurmtest"
 GOOD, BAD = "fmnist-new", "digits"  # BAD gets a bad value in the failing run
 
-GPU_RULES = {"pretrain", "score_round", "score_surgical", "score_pairs", "tune", "train", "train_sweep", "multilora"}
+GPU_RULES = {"pretrain", "score_round", "score_surgical", "score_profile", "score_pairs", "tune", "train",
+             "train_sweep", "multilora"}
 CPU_RULES = {"download", "prepare", "mlflow_init", "decide", "selected", "report_main", "report_rounds",
              "report_profile", "report_pairs", "report_sweep", "report_multilora", "report_grid", "report_claims",
              "report_selection", "report_metrics", "report_start", "fetch"}
@@ -200,6 +214,7 @@ def test_profile():
     """GPU stages ask for a GPU, CPU-only stages don't; retries, grouping off the checkpoint."""
     p = yaml.safe_load(PROFILE.read_text())
     assert p["executor"] == "slurm" and p["retries"] >= 1 and p["keep-going"] is True
+    assert p["slurm-requeue"] is True  # preempted jobs go back to the queue, where the site does not do it anyway
     default = p["default-resources"]
     assert "gpu" not in default and "gres" not in default and default["mem_mb"] and default["runtime"]
     res = p["set-resources"]
@@ -268,6 +283,8 @@ def test_rerun_after_fix_runs_only_what_is_missing(scenario):
 
 
 def tables(wd: Path) -> dict[str, pd.DataFrame]:
+    """Every table of the run, less what differs between runs of the same work: wall times and provenance (the
+    MLflow run ids; the code version, which counts uncommitted edits)."""
     out = {}
     for f in sorted((wd / "results" / EXP / "tables").glob("*.csv")):
         df = pd.read_csv(f)
@@ -280,3 +297,217 @@ def test_tables_equal_local_run(scenario):
     assert set(slurm) == set(local) and "main.csv" in slurm, (sorted(slurm), sorted(local))
     for name in local:
         pd.testing.assert_frame_equal(slurm[name], local[name], obj=name)
+
+
+# ----------------------------------------------------------------- preemption and cancellation
+CANCEL, REQUEUE = GOOD, BAD  # whose final training job is cancelled (scancel), whose is requeued (scontrol requeue)
+TRAIN_JOB = re.compile(r"rule_train_wildcards_(.+)_subtuning_0")  # the plugin's --comment of a final training job
+
+
+def final_output(target: str) -> str:
+    return f"results/{EXP}/runs/{target}/subtuning/seed0.json"
+
+
+def store_statuses(db: Path, name: str) -> list[str]:
+    """The statuses of the runs named ``name`` (or ``name#2``, ...) in the SQLite store ``db``, read directly:
+    polled many times a second while jobs log to it (a client would be slower); [] while there is no store yet
+    or it is locked."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05)) as con:
+            rows = con.execute("SELECT status FROM runs WHERE name = ? OR name LIKE ?", (name, f"{name}#%"))
+            return [status for (status,) in rows.fetchall()]
+    except sqlite3.Error:
+        return []
+
+
+def output_state(path: Path) -> str:
+    """``absent``, ``complete`` (valid JSON) or ``partial``: what a killed job left under its output's final name."""
+    if not path.exists():
+        return "absent"
+    try:
+        json.loads(path.read_text())
+    except (ValueError, OSError):
+        return "partial"
+    return "complete"
+
+
+def run_preempted(cluster: SlurmCluster, finished: Path, wd: Path) -> dict:
+    """A copy of the finished SLURM run ``finished`` in ``wd``, its final training jobs run again (``--forcerun
+    train``, the project's retries and requeue setting, an MLflow store of this invocation alone). While they run,
+    one is cancelled while it logs its MLflow run (its metrics file written, its run RUNNING) and the other is
+    requeued while it trains. Returns what happened, with the store's runs, and prints the figures."""
+    shutil.copytree(finished, wd, symlinks=True)
+    for t in (CANCEL, REQUEUE):  # what the watch below reads must be this run's
+        (wd / final_output(t)).unlink(missing_ok=True)
+        (wd / f"logs/{EXP}/train/{t}_subtuning_seed0.log").unlink(missing_ok=True)
+    project = yaml.safe_load(PROFILE.read_text())
+    profile = profile_for_test_cluster(cluster, project)
+    profile["retries"] = project["retries"]
+    (wd / "profiles/slurm-preempt").mkdir(parents=True)
+    (wd / "profiles/slurm-preempt/config.yaml").write_text(yaml.safe_dump(profile))
+    db = wd / "mlflow-preempt.db"
+    env = {**clean_env(cluster.env), "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    before = {job for job, *_ in cluster.jobs()}
+    ev: dict = {"cancelled": None, "requeued": None, "released": None, "left": {}}
+    t0 = time.monotonic()
+    with open(wd.parent / "snakemake.log", "w+") as log:
+        proc = subprocess.Popen(smk_cmd("good", "--workflow-profile", "profiles/slurm-preempt", "--forcerun", "train"),
+                                cwd=wd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while proc.poll() is None and time.monotonic() - t0 < 600:
+                for job, state, reason, comment in cluster.jobs():
+                    m = TRAIN_JOB.fullmatch(comment)
+                    if job in before or not m:
+                        continue
+                    target = m.group(1)
+                    out = wd / final_output(target)
+                    if (target == CANCEL and ev["cancelled"] is None and state == "RUNNING" and out.exists()
+                            and "RUNNING" in store_statuses(db, f"final/subtuning/{target}/s0")):
+                        cluster.run("scancel", job, check=True)
+                        ev["cancelled"] = job
+                    elif (target == REQUEUE and ev["requeued"] is None and state == "RUNNING" and not out.exists()
+                          and (wd / f"logs/{EXP}/train/{target}_subtuning_seed0.log").exists()):
+                        cluster.run("scontrol", "requeue", job, check=True)  # fails unless submitted --requeue
+                        ev["requeued"] = job
+                    elif job == ev["requeued"] and ev["released"] is None and state == "PENDING":
+                        # SLURM holds a requeued job back for two minutes: let it start again now
+                        cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=True)
+                        ev["released"] = job
+                    if job in (ev["cancelled"], ev["requeued"]) and job not in ev["left"] and state not in (
+                            "RUNNING", "COMPLETING"):
+                        ev["left"][job] = output_state(out)  # the moment the killed attempt is gone
+                time.sleep(0.05)
+            rc = proc.wait(timeout=max(1.0, 600 - (time.monotonic() - t0)))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        log.seek(0)
+        out_text = log.read()
+    wall = time.monotonic() - t0
+    runs = mlflow_runs(db)
+    outputs = {t: wd / final_output(t) for t in (CANCEL, REQUEUE)}
+    logged = {r["tags"].get(KEY_TAG) for r in runs if r["status"] == "FINISHED"}
+    figures = {
+        "jobs cancelled": int(ev["cancelled"] is not None), "jobs requeued": int(ev["requeued"] is not None),
+        "retries seen": out_text.count("Trying to restart job"),
+        "requeue restarts": int(cluster.job_info(ev["requeued"]).get("Restarts", 0)) if ev["requeued"] else 0,
+        "runs logged": sum(r["status"] == "FINISHED" and r["tags"].get("stage") == "final" for r in runs),
+        "runs failed": sum(r["status"] == "FAILED" for r in runs),
+        "runs left running": sum(r["status"] == "RUNNING" for r in runs),
+        "runs lost": sum(not f.exists() or sha256(f) not in logged for f in outputs.values()),
+        "wall s": round(wall),
+    }
+    print("SLURM preemption:", figures)
+    return dict(wd=wd, rc=rc, log=out_text, before=before, runs=runs, outputs=outputs, figures=figures, **ev)
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def mlflow_runs(db: Path) -> list[dict]:
+    """Every run of the experiment in the store ``db`` (MlflowClient): id, name, status, tags."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(small_config()["tracking"]["experiment"])
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+    return [{"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "tags": dict(r.data.tags)}
+            for r in runs]
+
+
+@pytest.fixture(scope="module")
+def preempted(cluster, scenario, tmp_path_factory):
+    return run_preempted(cluster, scenario["wd"], tmp_path_factory.mktemp("slurm_preempt") / "wd")
+
+
+def test_cancelled_job_is_retried_and_requeued_job_restarts(preempted, cluster):
+    p = preempted
+    assert p["cancelled"] and p["requeued"], (p["figures"], p["log"][-6000:])
+    assert p["rc"] == 0, p["log"][-6000:]
+    jobs = {job: (state, m.group(1)) for job, state, _, comment in cluster.jobs()
+            if job not in p["before"] and (m := TRAIN_JOB.fullmatch(comment))}
+    # the cancelled job failed (CANCELLED); Snakemake retried it (profile retries) as a new job, which completed
+    assert f"SLURM-job '{p['cancelled']}' failed, SLURM status is: 'CANCELLED'" in p["log"], p["log"][-6000:]
+    assert p["figures"]["retries seen"] == 1, p["figures"]
+    retried = [state for job, (state, t) in jobs.items() if t == CANCEL and job != p["cancelled"]]
+    assert retried == ["COMPLETED"], jobs
+    # the requeued job (sbatch --requeue from the profile) started again under its id and completed; Snakemake
+    # waited for it and saw no failure
+    assert [job for job, (_, t) in jobs.items() if t == REQUEUE] == [p["requeued"]], jobs
+    info = cluster.job_info(p["requeued"])
+    assert info.get("JobState") == "COMPLETED" and info.get("Requeue") == "1" and info.get("Restarts") == "1", info
+    assert f"SLURM-job '{p['requeued']}' failed" not in p["log"]
+    assert not cluster.queue(), "jobs left in the queue"
+
+
+def test_killed_jobs_leave_no_partial_output(preempted):
+    p = preempted
+    # when each killed attempt was gone, its output was absent or whole; in the end both are whole
+    assert set(p["left"]) == {p["cancelled"], p["requeued"]}, p["left"]
+    assert set(p["left"].values()) <= {"absent", "complete"}, p["left"]
+    assert {t: output_state(f) for t, f in p["outputs"].items()} == {CANCEL: "complete", REQUEUE: "complete"}
+    assert not sorted(p["wd"].rglob("*.part")), "a temporary file of atomic_path was left behind"
+
+
+def test_killed_jobs_leave_no_running_or_lost_mlflow_run(preempted):
+    p, runs = preempted, preempted["runs"]
+    assert not [r for r in runs if r["status"] == "RUNNING"], runs
+    parent = [r for r in runs if r["tags"].get("stage") == "workflow"]
+    assert [r["status"] for r in parent] == ["FINISHED"], parent
+    for target, out in p["outputs"].items():
+        # by name: an attempt killed right after creating its run has no tags yet, only its name
+        mine = [r for r in runs if r["name"].split("#")[0] == f"final/subtuning/{target}/s0"]
+        finished = [r for r in mine if r["status"] == "FINISHED"]
+        assert len(finished) == 1, (target, mine)  # the attempt that made the output, and no other
+        assert finished[0]["tags"][KEY_TAG] == sha256(out), (target, finished)
+        assert finished[0]["tags"].get(PARENT_TAG) == parent[0]["id"]
+        assert all(r["status"] == "FAILED" for r in mine if r is not finished[0]), (target, mine)
+        if target == CANCEL:  # cancelled while logging: the attempt had created its run, which is FAILED
+            assert len(mine) == 2, (target, mine)
+    assert p["figures"]["runs lost"] == 0 and p["figures"]["runs logged"] == 2, p["figures"]
+
+
+def test_preempted_run_tables_equal_local_run(preempted, scenario):
+    again, local = tables(preempted["wd"]), tables(scenario["local"])
+    assert set(again) == set(local) and "main.csv" in again, (sorted(again), sorted(local))
+    for name in local:
+        pd.testing.assert_frame_equal(again[name], local[name], obj=name)
+
+
+# A job's process logging its run when SIGTERM comes (SLURM's scancel, preemption, requeue): the signal is sent at
+# the moment the run exists and is not finished (before its artifact is logged), by the process itself.
+SIGTERM_WHILE_LOGGING = """
+import os, signal, sys
+from mlflow import MlflowClient
+from subtune.track import log_run
+
+log_artifact = MlflowClient.log_artifact
+def terminated_then_log_artifact(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return log_artifact(self, *args, **kwargs)
+MlflowClient.log_artifact = terminated_then_log_artifact
+log_run({"method": "ft", "target": "digits", "seed": 0, "test_acc": 0.5}, tracking_uri=sys.argv[1],
+        experiment="sigterm", artifact=sys.argv[2], tags={"stage": "final"}, retry_s=10)
+print("not reached")
+"""
+
+
+def test_sigterm_while_logging_marks_the_run_failed(tmp_path):
+    """The job ends as told (exit status 143: SIGTERM), and its run is FAILED, not left RUNNING for good."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    metrics = tmp_path / "seed0.json"
+    metrics.write_text(json.dumps({"method": "ft", "target": "digits", "seed": 0, "test_acc": 0.5}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    p = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_LOGGING, uri, str(metrics)], env=clean_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 143 and "not reached" not in p.stdout, (p.returncode, p.stderr[-3000:])
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("sigterm").experiment_id], run_view_type=ViewType.ALL)
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("final/ft/digits/s0", "FAILED")]

@@ -398,7 +398,7 @@ def _incomplete(profile: Mapping[str, Any]) -> str:
 def _few_selections(target: str, n: int) -> str:
     """Why a profile claim has no verdict: fewer than :data:`MIN_SEEDS` distinct selections of ``target``."""
     if n == 1:
-        return f"one selection (selection.per_seed does not name {target}): no verdict"
+        return f"one selection of {target} (one seed, or selection.per_seed does not name it): no verdict"
     return f"{n} selections of {target} (< {MIN_SEEDS}): no verdict"
 
 
@@ -412,7 +412,7 @@ def claim_best_not_last(profiles: Sequence[Mapping[str, Any]] | None) -> list[di
     claim = "The fine-tuning profile's best single block is not the last block"
     src = f"{SRC_SUBTUNING}, Figs 1–2"
     if not profiles:
-        return [_not_run("4", claim, src, "no fine-tuning profile (round 1 of selection) in this experiment",
+        return [_not_run("4", claim, src, "no fine-tuning profile in this experiment (selection.profile)",
                          RULE_COUNT)]
     rows = []
     for t in dict.fromkeys(p["target"] for p in profiles):

@@ -3,7 +3,8 @@
 Each stage reads explicit input paths and writes explicit output paths
 atomically; hyperparameters arrive as JSON (the workflow passes config
 sections through ``params``). Bad input is reported as one line naming the
-culprit (exit status 2) before any expensive work starts.
+culprit (exit status 2) before any expensive work starts; so is a full disk
+(one line naming the file being written, :func:`subtune.io.full_disk_error`).
 
 The stages themselves, each with its arguments, live in :mod:`subtune.stages`
 (one module per stage); this module builds the parser from them and dispatches.
@@ -50,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         code = a.fn(a)
     except SubtuneError as exc:
         print(f"subtune {a.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a full disk outside the atomic writers (which name their file themselves)
+        from .io import full_disk_error
+
+        full = full_disk_error(exc)
+        if full is None:
+            raise
+        print(f"subtune {a.stage}: error: {full}", file=sys.stderr)
         return 2
     if a.stage in warm_stages():  # the job log's last line: where its time went (bench/pipeline.py reads it)
         print(timing.summary(a.stage), file=sys.stderr, flush=True)

@@ -328,9 +328,9 @@ def _check_budget(config: dict[str, Any]) -> None:
                                "(a round's candidates compete in one job)")
         if not s.get("fast", True):
             raise SubtuneError("selection.budget: halving needs selection.fast: true (candidates trained together)")
-        if s.get("profile", True):
-            raise SubtuneError("selection.budget: with halving, round 1 is no fine-tuning profile (blocks stopped "
-                               "early keep a rung score): set selection.profile: false")
+        if s.get("profile", True) and s["strategy"] == "forward":  # backward: the profile has exact jobs of its own
+            raise SubtuneError("selection.budget: with halving, round 1 of a forward walk is no fine-tuning profile "
+                               "(blocks stopped early keep a rung score): set selection.profile: false")
 
 
 def _check_target_override(config: dict[str, Any], target: str, method: str, over: dict[str, Any]) -> None:

@@ -250,6 +250,8 @@ class Plan:
         self.reuse_tune = config.get("final_data", "train") == "train"
         self.shards = config["selection"]["shards"]
         self.pair_shards = config.get("pairs", {}).get("shards", 1)
+        # the fine-tuning profile is round 1 of the walk (forward), or has jobs of its own (backward)
+        self.profile_is_round1 = config["selection"]["strategy"] == "forward"
 
     # ---- data
     def prepared(self, target: str, regime: str = "1k", seed: int | str | None = None) -> dict[str, str]:
@@ -450,19 +452,29 @@ class Plan:
             return []
         return [f"{self.res}/select/{t}/seed{s}/surgical.json" for t in self.targets for s in self.selection_seeds(t)]
 
+    def profile_files(self, target: str, seed: int | str) -> list[str]:
+        """The fine-tuning profile of ``target``'s selection with ``seed`` (every shard): round 1 of a forward walk
+        (every block alone and the linear probe); a backward walk's round 1 removes one block from all, so its
+        profile is scored by jobs of its own (rule ``score_profile``: ``profile_shard<i>.json``)."""
+        name = "round1" if self.profile_is_round1 else "profile"
+        return [f"{self.res}/select/{target}/seed{seed}/{name}_shard{i}.json" for i in range(self.shards)]
+
     def profile_scores(self, target: str) -> list[str]:
-        """Round 1 of the target's first-seed selection: its fine-tuning profile."""
-        return [f"{self.res}/select/{target}/seed{self.sel_seed}/round1_shard{i}.json" for i in range(self.shards)]
+        """The fine-tuning profile of the target's first-seed selection (tables/profile_<target>.*)."""
+        return self.profile_files(target, self.sel_seed)
 
     def pair_scores(self, target: str) -> list[str]:
         return [f"{self.res}/pairs/{target}/shard{i}.json" for i in range(self.pair_shards)]
 
     def claims_profiles(self) -> list[str]:
-        """Round 1 of every target's selection, each selection seed (the fine-tuning profiles of tables/claims.md)."""
-        if not (self._selecting(sweep=False) or self.config["selection"].get("profile", True)):
+        """The fine-tuning profile of every target, each selection seed (claims 4 and 5 of tables/claims.md).
+
+        Forward: round 1 of every selection (scored anyway when a method selects). Backward: the profile jobs,
+        only with ``selection.profile`` (they cost a round each)."""
+        profile = self.config["selection"].get("profile", True)
+        if not (profile or (self.profile_is_round1 and self._selecting(sweep=False))):
             return []
-        return [f"{self.res}/select/{t}/seed{s}/round1_shard{i}.json"
-                for t in self.targets for s in self.selection_seeds(t) for i in range(self.shards)]
+        return [f for t in self.targets for s in self.selection_seeds(t) for f in self.profile_files(t, s)]
 
     def claims_sweep(self) -> list[str]:
         return self.sweep_runs() if "sweep" in self.config else []

@@ -7,7 +7,8 @@ never from another test module, so that each test file can be read, run and move
 - :mod:`helpers.methods`: tiny timm models, toy data and exact trainable counts, for the methods' tests;
 - :mod:`helpers.scoring`: a small learnable data set, for the selection and scoring tests;
 - :mod:`helpers.archives`: tiny archives in the published formats and a loopback HTTP mirror;
-- :mod:`helpers.slurm_cluster`: a throwaway single-node SLURM cluster.
+- :mod:`helpers.slurm_cluster`: a throwaway single-node SLURM cluster;
+- :mod:`helpers.mlflow_server`: a real ``mlflow server`` (stopped, killed, restarted) and a proxy that cuts it off.
 
 tests/ is on ``sys.path`` (pyproject.toml's ``pythonpath``), so this package imports as ``helpers``.
 """

@@ -5,7 +5,8 @@ Everything the cluster needs lives in that directory: its own munge key and sock
 slurm.conf (pointed to by SLURM_CONF, so the system's /etc/slurm is never read),
 state, spool, pid and log files. No accounting database (squeue answers the status
 queries), no cgroups (proctrack/linuxproc, task/none: containers have no cgroup
-delegation), no GRES: the node has no GPU, so jobs must not ask for one.
+delegation), no GRES: the node has no GPU, so jobs must not ask for one. Batch jobs
+are requeued only when submitted with ``--requeue`` (JobRequeue=0, as some sites set it).
 
 ``SlurmCluster.start()`` waits until ``sinfo`` shows the node idle;
 ``SlurmCluster.stop()`` cancels the cluster's jobs and ends exactly the three
@@ -137,6 +138,9 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 KillWait=5
+# batch jobs are not requeued unless they ask (sbatch --requeue), as on sites that turn it off: preemption or
+# `scontrol requeue` then requeues only jobs submitted that way (profiles/slurm's slurm-requeue)
+JobRequeue=0
 NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN
 PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 """
@@ -210,6 +214,22 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
         """Job ids still pending or running."""
         p = self.run("squeue", "--noheader", "--format=%i", "--states=PENDING,RUNNING,COMPLETING")
         return p.stdout.split() if p.returncode == 0 else []
+
+    def jobs(self) -> list[tuple[str, str, str, str]]:
+        """Every job slurmctld still knows (finished ones for MinJobAge): (id, state, reason, comment).
+
+        The comment is what snakemake-executor-plugin-slurm names the job by: ``rule_<rule>_wildcards_<values>``.
+        """
+        p = self.run("squeue", "--noheader", "--states=all", "--format=%i|%T|%r|%k")
+        if p.returncode != 0:
+            return []
+        return [(j, state, reason, comment) for j, state, reason, comment in
+                (line.split("|", 3) for line in p.stdout.splitlines() if line.count("|") >= 3)]
+
+    def job_info(self, job: str) -> dict[str, str]:
+        """One job's fields as ``scontrol show job`` gives them (JobState, Restarts, Requeue, ...)."""
+        p = self.run("scontrol", "--oneliner", "show", "job", job)
+        return dict(f.split("=", 1) for f in p.stdout.split() if "=" in f)
 
     def stop(self, timeout: float = 20) -> None:
         """Cancel this cluster's jobs, then end the daemons it started (by PID), newest first."""

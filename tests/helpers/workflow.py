@@ -1,7 +1,7 @@
 """The workflow in a temporary directory: a copy of its files, Snakemake runs and the jobs they plan.
 
 Shared by the end-to-end tests (tests/test_workflow.py, test_configs.py, test_dvc.py, test_lint.py,
-test_mlflow_server.py, test_models_names.py, test_paper_configs.py, test_slurm.py).
+test_mlflow_server.py, test_mlflow_load.py, test_models_names.py, test_paper_configs.py, test_slurm.py).
 """
 
 import os

@@ -17,19 +17,23 @@ member read). Both files are written atomically.
 
 :func:`load_prepared` reads only the tensors it is asked for
 (``safetensors.safe_open``), so selection code that asks for train/val never
-touches the test split.
+touches the test split. It first checks the tensor file against the
+``sha256`` of the manifest beside it (same name, ``.json``), so a truncated or
+altered file stops the job with one line naming it and the rule that makes it
+again; a tensor file with no manifest beside it is read unchecked.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import SubtuneError
-from ..io import atomic_path, read_json, sha256_file
+from ..io import atomic_path, read_json, sha256_file, verify_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -77,17 +81,36 @@ def save_prepared(
     return out
 
 
+def verify_prepared(path: str | os.PathLike) -> None:
+    """Check ``path`` against the ``sha256`` its manifest (``path`` with ``.json``) records, when there is one.
+
+    The error names the file and the rule that makes it (``prepare``; ``prepare_seed`` under ``seed<S>/``).
+    A manifest that is missing, unreadable or without a digest leaves the check to whoever reads the manifest.
+    """
+    path = Path(path)
+    manifest = path.with_suffix(".json")
+    try:
+        recorded = json.loads(manifest.read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(recorded, str):
+        rule = "prepare_seed" if re.fullmatch(r"seed\d+", path.parent.name) else "prepare"
+        verify_sha256(path, recorded, manifest, f"snakemake --forcerun {rule}")
+
+
 def load_prepared(
     path: str | os.PathLike,
     splits: Sequence[str] = ("train", "val"),
     fields: Sequence[str] = ("x", "y"),
 ) -> dict[str, torch.Tensor]:
-    """Read ``{split}_{field}`` for the requested splits and fields, and nothing else."""
+    """Read ``{split}_{field}`` for the requested splits and fields, and nothing else, after checking the
+    file's digest (:func:`verify_prepared`)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise SubtuneError(f"missing prepared dataset {path}")
+    verify_prepared(path)
     wanted = [f"{s}_{f}" for s in splits for f in fields]
     try:
         with safe_open(str(path), framework="pt") as fh:

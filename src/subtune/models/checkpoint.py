@@ -12,7 +12,10 @@ full state dict (the source head included) with the metadata also embedded
 under the ``subtune`` key, and ``NAME.json`` holds the metadata alone (arch,
 timm kwargs, number of source classes, input size, normalisation, origin and,
 for pretraining, the source-test accuracy) so that the workflow and reports can
-read it without loading tensors. ``classes`` records the source head's class
+read it without loading tensors; the sidecar also records ``sha256``, the
+tensor file's digest, which :func:`load_checkpoint` checks before reading the
+weights (a truncated or altered file stops the job in one line naming it and
+``snakemake --forcerun pretrain`` or ``fetch``). ``classes`` records the source head's class
 names in label order when known (pretraining writes the source manifest's;
 hub/file checkpoints leave it null unless timm's ``pretrained_cfg`` has
 ``label_names``); ``targets.<name>.head: keep`` compares it with the target's
@@ -34,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from .. import SubtuneError
-from ..io import atomic_path, write_json
+from ..io import atomic_path, sha256_file, verify_sha256
 from ..train_config import HEAD_INITS
 from . import wrn  # noqa: F401  (registers wrn28_10_cifar in timm's model registry)
 
@@ -103,22 +106,43 @@ def create(arch: str, num_classes: int, in_chans: int = 3, head_init: str = "def
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, ckpt: Checkpoint) -> None:
-    """Save ``model``'s weights and ``ckpt``'s metadata atomically (two files)."""
+    """Save ``model``'s weights and ``ckpt``'s metadata with the weights' SHA-256 atomically (two files; the
+    sidecar is renamed into place last, once the weights it describes are)."""
     from safetensors.torch import save_file
 
     meta = ckpt.meta()
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(sidecar(path)) as tmp_meta, atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"subtune": json.dumps(meta, sort_keys=True)})
-    write_json(sidecar(path), meta)
+        tmp_meta.write_text(json.dumps({**meta, "sha256": sha256_file(tmp)}, indent=2, sort_keys=True) + "\n")
+
+
+def verify_checkpoint(path: str | os.PathLike) -> None:
+    """Check ``path`` against the ``sha256`` its sidecar records, when it records one.
+
+    The error names the file and the rule that makes it: ``pretrain`` for a backbone pretrained here, else
+    ``fetch``. A sidecar that is missing, unreadable or without a digest (written before sidecars had one)
+    leaves the weights unchecked.
+    """
+    meta_path = sidecar(path)
+    try:
+        meta = json.loads(meta_path.read_text())
+        recorded, kind = meta.get("sha256"), (meta.get("origin") or {}).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(recorded, str):
+        rule = "pretrain" if kind == "pretrained" else "fetch"
+        verify_sha256(path, recorded, meta_path, f"snakemake --forcerun {rule}")
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, torch.Tensor]]:
+    """The checkpoint's metadata and weights, after checking the weights' digest (:func:`verify_checkpoint`)."""
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise SubtuneError(f"missing checkpoint file: {path}")
+    verify_checkpoint(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get("subtune")

@@ -292,6 +292,7 @@ def _log_run(
     where = f" ({artifact})" if artifact is not None else ""
     run_id: str | None = None
     client = None
+    restore = _exit_on_sigterm()
     try:
         with _http_limits(uri), _store_lock(uri, budget):
             if is_server(uri):
@@ -304,22 +305,58 @@ def _log_run(
                 retry(lambda old=old: client.delete_run(old.info.run_id), "delete unfinished run")
             if run_name is not None:
                 run_name = retry(lambda: _free_name(client, exp_id, run_name), "find name")
-            run = retry(lambda: client.create_run(exp_id, start_time=now_ms, run_name=run_name), "create run")
+            # the key from the start: a run cut off before its tags are logged is found (and replaced) by its key
+            run = retry(lambda: client.create_run(exp_id, start_time=now_ms, run_name=run_name, tags={KEY_TAG: key}),
+                        "create run")
             run_id = run.info.run_id
             for p, m, t in _chunks(params, mets, tag_list):
                 retry(lambda p=p, m=m, t=t: client.log_batch(run_id, metrics=m, params=p, tags=t), "log batch")
             if artifact is not None:
                 retry(lambda: client.log_artifact(run_id, str(artifact)), "log artifact")
             retry(lambda: client.set_terminated(run_id, "FINISHED"), "finish run")
+            # MLflow's client sends a request again when its answer is lost: a create-run sent twice left a second run
+            for other in retry(lambda: _existing_runs(client, exp_id, key), "find run"):
+                if other.info.run_id != run_id and other.info.status != "FINISHED":
+                    retry(lambda other=other: client.delete_run(other.info.run_id), "delete unfinished run")
         return run_id, False
-    except Exception as exc:
+    except BaseException as exc:
         if run_id is not None and client is not None:
             with contextlib.suppress(Exception), _http_limits(uri):
                 client.set_terminated(run_id, "FAILED")
+        if not isinstance(exc, Exception):
+            raise  # SIGTERM (SystemExit) or Ctrl-C: the run is FAILED, and the job ends as it was told to
         raise TrackingError(
             f"MLflow logging to {uri} failed after {retry.retries} retries ({_one_line(exc)}); "
             f"the metrics file is kept{where}"
         ) from exc
+    finally:
+        restore()
+
+
+def _exit_on_sigterm():
+    """Make SIGTERM raise ``SystemExit(143)`` until the returned function is called; return that function.
+
+    SLURM ends a cancelled, preempted or requeued job with SIGTERM (then SIGKILL after its ``KillWait``), and
+    Python's default action ends the process on the spot: a job caught between creating its run and finishing it
+    would leave the run RUNNING for good (the retry's metrics file differs, so its key does not find the run to
+    replace it). Raised instead, the exit reaches :func:`_log_run`'s handler, which marks the run FAILED first. A
+    second SIGTERM is ignored so that it cannot interrupt that. Only the main thread can set signal handlers:
+    elsewhere nothing changes.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def terminate(signum, frame):
+        signal.signal(signum, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    if previous is None:  # a handler set outside Python: the default is the nearest we can put back
+        previous = signal.SIG_DFL
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def start_parent(tracking_uri: str | None = None, experiment: str = "subtune", *,
@@ -345,6 +382,11 @@ def start_parent(tracking_uri: str | None = None, experiment: str = "subtune", *
             if name is not None:
                 name = retry(lambda: _free_name(client, exp_id, name), "find name")
             run = retry(lambda: client.create_run(exp_id, run_name=name, tags=all_tags), "create parent run")
+            if all_tags.get("invocation"):  # a create-run request sent twice (its answer lost) made a second parent
+                query = f"tags.stage = 'workflow' and tags.invocation = '{all_tags['invocation']}'"
+                for other in retry(lambda: client.search_runs([exp_id], filter_string=query), "find parent run"):
+                    if other.info.run_id != run.info.run_id:
+                        retry(lambda other=other: client.delete_run(other.info.run_id), "delete parent run")
             return run.info.run_id
     except Exception as exc:
         raise TrackingError(f"MLflow parent run in {uri} not created after {retry.retries} retries "
