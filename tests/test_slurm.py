@@ -45,7 +45,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from subtune.provenance import COLUMNS as PROVENANCE
 from helpers.slurm_cluster import SlurmCluster, missing_programs
 from helpers.workflow import job_stats
 from subtune.provenance import COLUMNS as PROVENANCE
