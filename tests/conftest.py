@@ -18,10 +18,12 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "xdist_group(name): tests run on one pytest-xdist worker (--dist loadgroup)")
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+def pytest_itemcollected(item):
+    """Each test joins its file's group as it is collected: pytest-xdist's worker reads the groups in its own
+    ``pytest_collection_modifyitems``, which runs before a conftest's, so marks added there come too late (every
+    test would be its own group, and a file's module-scoped fixtures would be built on both workers)."""
+    if item.get_closest_marker("xdist_group") is None:
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session", autouse=True)
