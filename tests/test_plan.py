@@ -5,12 +5,9 @@ configs/test.yaml (selection seeds per target, the sweep's selections, the epsil
 models, Multi-LoRA's jobs, the tables each config implies).
 """
 
-import copy
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 
 from subtune.config import validate
 from subtune.plan import (
@@ -26,15 +23,15 @@ from subtune.plan import (
 )
 from subtune.select import SelectionConfig, greedy
 
-ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "schemas/config.schema.yaml"
-BASE = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
+from helpers.configs import SCHEMA, base_config
+
+BASE = base_config()
 RES = "results/test"
 
 
 def config(**over) -> dict:
     """configs/test.yaml (validated: schema defaults filled in) with dotted keys replaced; None drops a key."""
-    cfg = copy.deepcopy(BASE)
+    cfg = base_config()
     for path, value in over.items():
         *keys, last = path.split(".")
         node = cfg

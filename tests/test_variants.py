@@ -5,12 +5,9 @@ The name alone says which method runs, so the registry lookups, the config check
 ``train`` stages and the tables all resolve it the same way; these tests follow one variant through each.
 """
 
-import copy
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 
 from subtune import SubtuneError
 from subtune.cli import main
@@ -29,11 +26,8 @@ from subtune.methods import (
 from subtune.plan import Plan, method_grid
 from subtune.report import main_table
 
+from helpers.configs import SCHEMA, base_config
 from helpers.methods import small, toy
-
-ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "schemas/config.schema.yaml"
-BASE = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
 
 
 def test_a_variant_runs_its_method_under_its_own_name():
@@ -70,7 +64,7 @@ def test_a_registered_name_has_no_dash():
 
 
 def config(**methods) -> dict:
-    cfg = copy.deepcopy(BASE)
+    cfg = base_config()
     cfg["methods"].update(methods)
     return cfg
 

@@ -4,9 +4,24 @@ A new file in configs/ is a paper config unless it is added to :data:`NOT_PAPER`
 tests/test_configs.py dry-runs every paper config (its whole first-round DAG: a new one needs its count in
 ``TOTAL`` there) and every config of :data:`COMPANIONS`; tests/test_paper_configs.py runs every paper config
 end to end at tiny scale; configs/test.yaml is the config the workflow tests run (tests/test_workflow.py).
+
+The unit tests that vary configs/test.yaml without Snakemake (tests/test_plan.py, tests/test_variants.py) start
+from :func:`base_config` and validate against :data:`SCHEMA`.
 """
 
+import copy
+
+import yaml
+
 from helpers.workflow import ROOT
+
+SCHEMA = ROOT / "schemas/config.schema.yaml"
+_TEST_CONFIG = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
+
+
+def base_config() -> dict:
+    """configs/test.yaml as read, unvalidated; a fresh copy each call, since ``validate`` fills defaults in place."""
+    return copy.deepcopy(_TEST_CONFIG)
 
 # configs/*.yaml that do not reproduce a paper's protocol, and why
 NOT_PAPER = {

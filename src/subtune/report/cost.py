@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
@@ -134,6 +134,22 @@ def seconds_per_ft(summ: pd.DataFrame, target: str) -> tuple[float, str]:
     return (statistics.median(est), "FLOPs estimate") if est else (math.nan, "")
 
 
+def _style_panel(ax, k: int, target: str, xlabel: str, fmt: Callable[[float], str]) -> None:
+    """Style panel ``k`` (of target ``target``) of an accuracy-against-cost figure: a log x axis with plain-number
+    ticks (``fmt``), the y label on the first panel of each row of four, grids and the target as title.
+
+    One helper so that the cost and the parameters plots keep looking alike.
+    """
+    ax.set_xscale("log")
+    log_ticks(ax.xaxis, fmt)
+    ax.set_xlabel(xlabel)
+    if k % 4 == 0:
+        ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.1)
+    ax.set_title(target, fontsize=10)
+
+
 def cost_plot(summ: pd.DataFrame, targets: list[str], out_png: PathLike):
     """Test accuracy (mean ± std over seeds) against cost, a panel per target; the Figure.
 
@@ -162,19 +178,12 @@ def cost_plot(summ: pd.DataFrame, targets: list[str], out_png: PathLike):
                         linestyle=":")
                 ax.plot([r["wall_time_s_mean"]], [r["test_acc_mean"]], linestyle="none", marker=mk, color=col,
                         markerfacecolor="white", markeredgecolor=col)
-        ax.set_xscale("log")
-        log_ticks(ax.xaxis, fmt_seconds)
-        ax.set_xlabel("wall time (s)")
-        if k % 4 == 0:
-            ax.set_ylabel("test accuracy (%)")
-        ax.grid(True, which="major", alpha=0.3)
-        ax.grid(True, which="minor", alpha=0.1)
+        _style_panel(ax, k, t, "wall time (s)", fmt_seconds)
         per, basis = seconds_per_ft(summ, t)
         if per > 0:
             top = ax.secondary_xaxis("top", functions=(lambda x, p=per: x / p, lambda x, p=per: x * p))
             log_ticks(top.xaxis, fmt_times)
             top.set_xlabel(f"plain full fine-tunes ({basis})", fontsize=8)
-        ax.set_title(t, fontsize=10)
     handles = [Line2D([], [], color=style[m][0], marker=style[m][1], linestyle="none", label=method_label(m))
                for m in methods if ((summ["method"] == m) & summ["total_time_s"].notna()).any()]
     if any(summ["selection_wall_time_s"].notna()):
@@ -213,14 +222,7 @@ def params_plot(summ: pd.DataFrame, targets: list[str], out_png: PathLike):
             xerr = None if pd.isna(lo) or lo == hi else [[r["trainable_params"] - lo], [hi - r["trainable_params"]]]
             ax.errorbar([r["trainable_params"]], [r["test_acc_mean"]], yerr=[r["test_acc_std"]], xerr=xerr,
                         marker=mk, capsize=3, color=col, linestyle="none", label=method_label(m))
-        ax.set_xscale("log")
-        log_ticks(ax.xaxis, fmt_params)
-        ax.set_xlabel("trainable parameters")
-        if k % 4 == 0:
-            ax.set_ylabel("test accuracy (%)")
-        ax.grid(True, which="major", alpha=0.3)
-        ax.grid(True, which="minor", alpha=0.1)
-        ax.set_title(t, fontsize=10)
+        _style_panel(ax, k, t, "trainable parameters", fmt_params)
     legend_outside(fig, [Line2D([], [], color=style[m][0], marker=style[m][1], linestyle="none",
                                 label=method_label(m)) for m in methods])
     fig.suptitle("Test accuracy against trainable parameters (mean ± std over seeds)", fontsize=10)

@@ -13,8 +13,8 @@ from typing import Any, Iterator, Mapping
 
 from .. import SubtuneError, __version__
 from .retry import _budget, _one_line, _Retrier
-from .server import SERVER_WAIT_S, _http_limits, check_server, is_server
-from .store import _BAD_NAME, TrackingError, _store_lock, open_experiment, resolve_uri
+from .server import _http_limits
+from .store import _BAD_NAME, TrackingError, open_experiment, resolve_uri, store_session
 
 _NAME_PART = re.compile(r"[^\w.+=,:@-]")
 _MAX_TAG = 5000  # MLflow keeps tag values up to 8000 characters
@@ -294,10 +294,7 @@ def _log_run(
     client = None
     restore = _exit_on_sigterm()
     try:
-        with _http_limits(uri), _store_lock(uri, budget):
-            if is_server(uri):
-                check_server(uri, min(budget, SERVER_WAIT_S))
-            retry = _Retrier(budget)
+        with store_session(uri, budget) as retry:
             client, exp_id = open_experiment(uri, experiment, retry)
             for old in retry(lambda: _existing_runs(client, exp_id, key), "find run"):
                 if old.info.status == "FINISHED":
@@ -374,10 +371,7 @@ def start_parent(tracking_uri: str | None = None, experiment: str = "subtune", *
     name = run_name_for(all_tags)
     retry = _Retrier(0)
     try:
-        with _http_limits(uri), _store_lock(uri, budget):
-            if is_server(uri):
-                check_server(uri, min(budget, SERVER_WAIT_S))
-            retry = _Retrier(budget)
+        with store_session(uri, budget) as retry:
             client, exp_id = open_experiment(uri, experiment, retry)
             if name is not None:
                 name = retry(lambda: _free_name(client, exp_id, name), "find name")
@@ -399,10 +393,7 @@ def end_parent(run_id: str, status: str = "FINISHED", tracking_uri: str | None =
     uri = resolve_uri(tracking_uri)
     budget = _budget(retry_s)
     try:
-        with _http_limits(uri), _store_lock(uri, budget):
-            if is_server(uri):
-                check_server(uri, min(budget, SERVER_WAIT_S))
-            retry = _Retrier(budget)
+        with store_session(uri, budget) as retry:
             from mlflow import MlflowClient
 
             client = retry(lambda: MlflowClient(tracking_uri=uri), "open store")

@@ -77,6 +77,20 @@ def _store_lock(uri: str, timeout_s: float) -> Iterator[None]:
                 lock.release()
 
 
+@contextlib.contextmanager
+def store_session(uri: str, budget: float) -> Iterator[_Retrier]:
+    """One session with the store: HTTP limits, the SQLite file lock, a live server, then a retrier of ``budget`` s.
+
+    Every writer opens the store the same way, so they share one lock discipline and one server check. The
+    retrier is made only once the lock is held and the server answers: its deadline does not count the wait for
+    either. If the server does not answer, the caller's own retrier (if any) is left as it was.
+    """
+    with _http_limits(uri), _store_lock(uri, budget):
+        if is_server(uri):
+            check_server(uri, min(budget, SERVER_WAIT_S))
+        yield _Retrier(budget)
+
+
 def _client(uri: str):
     from mlflow import MlflowClient
 
@@ -127,7 +141,7 @@ def runs_url(uri: str, experiment_id: str) -> str:
 def open_experiment(uri: str, experiment: str, retry: _Retrier) -> tuple[object, str]:
     """An ``MlflowClient`` on ``uri`` and the experiment's id (created if new), each step retried by ``retry``.
 
-    Opening an empty SQLite database migrates it: call this under :func:`_store_lock`.
+    Opening an empty SQLite database migrates it: call this in a :func:`store_session`.
     """
     client = retry(lambda: _client(uri), "open store")
     return client, retry(lambda: _get_or_create_experiment(client, uri, experiment), "experiment")
@@ -145,10 +159,8 @@ def init_store(tracking_uri: str | None = None, experiment: str = "subtune", *, 
     uri = resolve_uri(tracking_uri)
     budget = _budget(retry_s)
     try:
-        with _http_limits(uri), _store_lock(uri, budget):
-            if is_server(uri):
-                check_server(uri, min(budget, SERVER_WAIT_S))
-            return open_experiment(uri, experiment, _Retrier(budget))[1]
+        with store_session(uri, budget) as retry:
+            return open_experiment(uri, experiment, retry)[1]
     except SubtuneError:
         raise
     except Exception as exc:
