@@ -104,3 +104,27 @@ def test_cache_budget_eviction_disk_and_keys(tmp_path):
     assert torch.equal(big, again) and len(list(tmp_path.glob("*.npy"))) == 1
     # any change of the key (e.g. the checkpoint digest) misses
     assert PrefixCache.digest({"checkpoint": "x", "stop": 2}) != PrefixCache.digest({"checkpoint": "y", "stop": 2})
+
+
+def test_a_prefix_continued_from_an_earlier_one_is_the_prefix(ckpt, monkeypatch):
+    """The scorer continues a start block's prefix from the deepest one it holds: same features, and each
+    frozen block runs once per image (the cache's entries are filled in network order)."""
+    from subtune.prefix import compute_prefix, continue_prefix
+
+    d = quadrant_data()
+    sc = CandidateScorer(ckpt, d, 4, CFG, SelectionConfig(), seed=1)
+    st = Staged(sc.base.eval())
+    dev = torch.device("cpu")
+    direct = compute_prefix(st, sc.pre, d["train_x"], 5, 7, dev)
+    cont = continue_prefix(st, compute_prefix(st, sc.pre, d["train_x"], 2, 7, dev), 2, 5, 7, dev)
+    torch.testing.assert_close(cont, direct, atol=1e-5, rtol=0)
+    import subtune.scoring as scoring
+
+    calls = []
+    monkeypatch.setattr(scoring, "compute_prefix", lambda *a: calls.append(a[3]) or compute_prefix(*a))
+    for b in (2, 5):
+        sc._inputs("train", b)
+    assert calls == [2]  # 5 continued from 2
+    assert sc.cache.peek({**sc._key, "split": "train", "stop": 5}) is not None
+    torch.testing.assert_close(sc._inputs("train", 5), direct, atol=1e-5, rtol=0)
+    assert sc.cache.peek({**sc._key, "split": "val", "stop": 5}) is None

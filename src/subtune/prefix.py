@@ -62,6 +62,15 @@ class PrefixCache:
     def _used(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._mem.values())
 
+    def peek(self, key: dict) -> torch.Tensor | None:
+        """The entry for ``key`` if it is held (memory or disk), else None; not counted as a hit or a miss."""
+        d = self.digest(key)
+        if d in self._mem:
+            return self._mem[d]
+        if self.disk_dir is not None and (self.disk_dir / f"{d}.npy").is_file():
+            return torch.from_numpy(np.load(self.disk_dir / f"{d}.npy", mmap_mode="c"))
+        return None
+
     def get(self, key: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         d = self.digest(key)
         if d in self._mem:
@@ -105,6 +114,30 @@ def compute_prefix(staged, pre, x: torch.Tensor, stop: int, batch_size: int, dev
             xb = to_layout(pre(x[i : i + batch_size].to(device)))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 out.append(staged.prefix(xb, stop))
+    finally:
+        for m, t in modes.items():
+            m.train(t)
+    return torch.cat(out)
+
+
+@counted
+@torch.no_grad()
+def continue_prefix(staged, h: torch.Tensor, start: int, stop: int, batch_size: int,
+                    device: torch.device) -> torch.Tensor:
+    """The prefix up to ``stop`` from ``h``, the prefix up to ``start`` (<= ``stop``): blocks ``start..stop-1``
+    in eval mode, the same modules in the same order as :func:`compute_prefix`, so a cache filled in network
+    order runs each frozen block once per image instead of once per later start block."""
+    model = staged.model
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    out = []
+    try:
+        for i in range(0, len(h), batch_size):
+            hb = h[i : i + batch_size].to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                for b in range(start, stop):
+                    hb = staged.run(b, hb)
+            out.append(hb)
     finally:
         for m, t in modes.items():
             m.train(t)
