@@ -2,7 +2,7 @@
 refused before any job, in one line naming the keys.
 
 The options: strategy (forward, backward) x stop_rule (paper, code) x scoring (val, cv) x budget (none, a
-shorter schedule, successive halving) x profile (true, false) x per_seed (false, true, a list) x shards (1, 2),
+shorter schedule, successive halving, a shortlist) x profile (true, false) x per_seed (false, true, a list) x shards (1, 2),
 and k and epsilon at their edges. Three tiers, from configs/test.yaml:
 
 - in process (fast): every combination validated (:func:`subtune.config.validate`) and planned
@@ -13,8 +13,8 @@ and k and epsilon at their edges. Three tiers, from configs/test.yaml:
   in at least one config), each planned by ``snakemake --dry-run`` with the first round's job counts checked;
 - end to end (slow): three configs at the smallest scale (one target, one seed, 40 images, a 4-block ResNet with
   random weights, SubTuning alone), run concurrently through the real workflow: the backward walk with its
-  fine-tuning profile and epsilon table, forward with cross-validation under a shorter schedule at k 1, and
-  backward with successive halving, its profile and epsilon 0.
+  fine-tuning profile and epsilon table, forward with cross-validation under a shorter schedule at k 1,
+  backward with successive halving, its profile and epsilon 0, and forward under a shortlist at k 2.
 
 Each tier prints its figures (combinations validated and refused, dry runs, runs end to end, wall time).
 """
@@ -48,8 +48,9 @@ BASE = yaml.safe_load((ROOT / "configs/test.yaml").read_text())
 RES = f"results/{BASE['experiment']}"
 
 # the selection options and the values tried; budget "epochs": a shorter schedule (1 of test.yaml's 2 epochs)
-BUDGETS = {"none": None, "epochs": {"kind": "none", "epochs": 1}, "halving": {"kind": "halving", "min_epochs": 1,
-                                                                               "eta": 2}}
+BUDGETS = {"none": None, "epochs": {"kind": "none", "epochs": 1},
+           "halving": {"kind": "halving", "min_epochs": 1, "eta": 2},
+           "shortlist": {"kind": "shortlist", "screen_epochs": 1, "keep": 2}}
 PER_SEED = {"false": False, "true": True, "list": ["digits"]}
 OPTIONS = {
     "strategy": ["forward", "backward"],
@@ -78,11 +79,11 @@ REFUSED = {
 
 
 def refusal(combo: dict) -> tuple[str, str] | None:
-    """The rule that refuses ``combo`` (the keys its message names), None when it runs: halving needs val
-    scoring and one shard (a round's candidates compete in one job), and a forward walk under halving has no
-    fine-tuning profile (its round 1 is the profile, and a block stopped early keeps a rung score; a backward
-    walk's profile has exact jobs of its own)."""
-    if combo["budget"] == "halving":
+    """The rule that refuses ``combo`` (the keys its message names), None when it runs: halving and a
+    shortlist need val scoring and one shard (a round's candidates compete in one job), and a forward walk
+    under either has no fine-tuning profile (its round 1 is the profile, and a block dropped early keeps a
+    shorter run's score; a backward walk's profile has exact jobs of its own)."""
+    if combo["budget"] in ("halving", "shortlist"):
         for other, bad in (("scoring", "cv"), ("shards", 2), ("profile", True)):
             if combo[other] == bad and (other != "profile" or combo["strategy"] == "forward"):
                 return REFUSED[("budget", other)]
@@ -150,7 +151,7 @@ def test_every_combination_is_planned_or_refused_in_one_line(schema_read_once):
     print(f"selection combinations: {accepted + refused} validated and planned in process, {accepted} accepted, "
           f"{refused} refused ({time.monotonic() - t0:.0f} s); late failures found and fixed: {len(FIXED)}: "
           + "; ".join(f"{k}: {v}" for k, v in FIXED.items()))
-    assert accepted == 210 and refused == 78
+    assert accepted == 228 and refused == 156
 
 
 @pytest.mark.parametrize("over, needle", [
@@ -270,7 +271,7 @@ def test_a_pairwise_covering_array_dry_runs(tmp_path):
             assert {r: stats.get(r, 0) for r in want} == want, (combo, stats)
     print(f"dry runs: {len(configs)} configs cover every pair of selection option values "
           f"({time.monotonic() - t0:.0f} s)")
-    assert len(configs) <= 10
+    assert len(configs) <= 12  # the floor: 4 budgets x 3 per_seed values
 
 
 # ------------------------------------------------------------------ end to end: the smallest scale
@@ -288,6 +289,9 @@ RUNS = {
     # successive halving in a backward walk (the full set is the reference, never dropped), its profile exact
     "backward-halving": ({"strategy": "backward", "stop_rule": "code", "scoring": "val", "budget": "halving",
                           "profile": True, "per_seed": "false", "shards": 1}, {"epsilon": 0.0}, 2),
+    # a shortlist in a forward walk: every block screened with a 1-epoch schedule, the best 2 trained fully
+    "forward-shortlist": ({"strategy": "forward", "stop_rule": "paper", "scoring": "val", "budget": "shortlist",
+                           "profile": False, "per_seed": "false", "shards": 1}, {"k": 2, "epsilon": 0.0}, 2),
 }
 
 
@@ -355,7 +359,7 @@ def test_the_riskiest_combinations_run_end_to_end(tmp_path):
             with open(res / "tables/profile_digits.csv") as fh:
                 assert [r["block"] for r in csv.DictReader(fh)] == ["(lp)", *BLOCKS], name
         if cfg["selection"]["strategy"] == "forward":
-            assert len(state["selected"]) <= 1
+            assert len(state["selected"]) <= cfg["selection"]["k"]
         # the claims read every profile (claim 4: one selection, so no verdict, but the profile's numbers)
         with open(res / "tables/claims.csv") as fh:
             claim4 = next(r for r in csv.DictReader(fh) if r["claim_id"] == "4")
@@ -373,4 +377,20 @@ def test_the_riskiest_combinations_run_end_to_end(tmp_path):
     assert "dropped_at" not in ref and r1["cost"]["rungs"]
     # ... and its profile is scored over the whole schedule: no block stopped early
     assert not any("dropped_at" in r for r in json.loads((sel / "profile_shard0.json").read_text())["results"])
+    # the shortlist: round 1 screens the 4 blocks with a complete 1-epoch schedule and trains the best 2 with the
+    # whole 2-epoch schedule (the linear probe, the reference, trains it too); the others are recorded, dropped
+    wd = outs["forward-shortlist"][0]
+    r1 = json.loads((wd / "results/forward-shortlist/select/digits/seed0/round1_shard0.json").read_text())
+    comp = [r for r in r1["results"] if r["key"]]
+    kept = [r for r in comp if "dropped_at" not in r]
+    assert len(comp) == 4 and len(kept) == 2
+    assert all(r["epochs"] == 2 and r["screen_epochs"] == 1 and "screen_score" in r for r in kept)
+    assert all(r["dropped_at"] == 1 and r["epochs"] == 1 for r in comp if r not in kept)
+    assert r1["cost"]["candidate_epochs"] == 2 + 4 * 1 + 2 * 2 and r1["cost"]["exact_candidate_epochs"] == 5 * 2
+    state = json.loads((wd / "results/forward-shortlist/select/digits/seed0/selected.json").read_text())
+    assert state["rounds"][0]["chosen"] in {r["key"] for r in kept} or not state["rounds"][0]["accepted"]
+    with open(wd / "results/forward-shortlist/tables/rounds.csv") as fh:
+        row1 = next(r for r in csv.DictReader(fh) if r["round"] == "1")
+    assert row1["n_dropped"] == "2" and row1["candidate_epochs"] == "10" and float(row1["ft_equiv"]) > 0, row1
+    assert sorted(row1["dropped"].split(":", 1)[1].split(",")) == sorted(r["key"] for r in comp if r not in kept)
     print(f"end to end: {len(RUNS)} configs ({', '.join(RUNS)}) ran concurrently in {took:.0f} s")

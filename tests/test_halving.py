@@ -143,3 +143,70 @@ def test_survivors_score_exactly_their_full_schedule(ckpt):
             assert r["score"] == e["history"][r["epochs"] - 1]["val_acc"]
         else:
             assert r["epochs"] == 4 and r["score"] == e["score"]
+
+
+# ------------------------------------------------------------ the shortlist
+def test_shortlist_budget_config():
+    b = Budget.from_dict({"kind": "shortlist"})
+    assert (b.screen_epochs, b.keep, b.one_job) == (1, 2, True)
+    assert not Budget.from_dict({"epochs": 3}).one_job
+    with pytest.raises(SubtuneError, match="selection.budget: screen_epochs and keep need kind: shortlist"):
+        Budget.from_dict({"kind": "halving", "keep": 2})
+    with pytest.raises(SubtuneError, match="selection.budget.keep must be an integer of at least 1"):
+        Budget.from_dict({"kind": "shortlist", "keep": 0})
+    with pytest.raises(SubtuneError, match="need kind: halving"):
+        Budget.from_dict({"kind": "shortlist", "eta": 2})
+    with pytest.raises(SubtuneError, match=r"screen_epochs \(4\) must be below the scoring epochs \(4\)"):
+        Budget.from_dict({"kind": "shortlist", "screen_epochs": 4, "epochs": 4}).check(6)
+
+
+def test_config_shortlist_validation():
+    import pathlib
+
+    import yaml
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["selection"]["budget"] = {"kind": "shortlist", "screen_epochs": 1, "keep": 2}
+    with pytest.raises(SubtuneError, match="with shortlist, .*selection.profile: false"):
+        validate(cfg, root / "schemas/config.schema.yaml")
+    cfg["selection"]["profile"] = False
+    validate(cfg, root / "schemas/config.schema.yaml")
+    cfg["selection"]["fast"] = False  # a shortlist scores with the ordinary path: the slow one too
+    validate(cfg, root / "schemas/config.schema.yaml")
+    cfg["selection"]["scoring"] = "cv"
+    with pytest.raises(SubtuneError, match="shortlist needs selection.scoring: val"):
+        validate(cfg, root / "schemas/config.schema.yaml")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_shortlist_scores_the_kept_exactly_and_screens_with_a_complete_short_schedule(ckpt, fast):
+    cfg = TrainConfig(epochs=4, lr=3e-3, batch_size=16)
+    sel = SelectionConfig()
+    d = quadrant_data()
+    sets = [(), ("layer1.0",), ("layer2.1",), ("layer3.0",), ("layer4.1",), ("layer1.0", "layer4.0")]
+    exact = {r["key"]: r for r in CandidateScorer(ckpt, d, 4, cfg, sel, seed=1, fast=fast).score_many(sets)}
+    from dataclasses import replace
+
+    short = {r["key"]: r for r in CandidateScorer(ckpt, d, 4, cfg, sel, seed=1, fast=fast).score_many(
+        sets[1:], replace(cfg, epochs=1))}
+    budget = Budget.from_dict({"kind": "shortlist", "screen_epochs": 1, "keep": 2})
+    res, cost = CandidateScorer(ckpt, d, 4, cfg, sel, seed=1, fast=fast).score_round(sets, [()], budget)
+    comp = [r for r in res if r["key"]]
+    # the screening ranks all five by a complete 1-epoch schedule (its own cosine, not epoch 1 of four)
+    want = survivors([short[r["key"]]["score"] for r in comp], 2)
+    kept = [r for r in comp if "dropped_at" not in r]
+    assert [comp.index(r) for r in kept] == want
+    for r in comp:
+        if r in kept:  # retrained from the start with the whole schedule: exact selection's run of that set
+            assert r["score"] == exact[r["key"]]["score"] and r["history"] == exact[r["key"]]["history"]
+            assert r["screen_score"] == short[r["key"]]["score"] and r["screen_epochs"] == 1
+        else:
+            assert r["dropped_at"] == 1 and r["score"] == short[r["key"]]["score"] and r["epochs"] == 1
+    assert res[0]["score"] == exact[""]["score"]  # the reference trains the whole schedule
+    assert cost["candidate_epochs"] == 4 + 5 * 1 + 2 * 4 and cost["exact_candidate_epochs"] == 6 * 4
+    assert cost["dropped"] == {"1": [r["key"] for r in comp if r not in kept]}
+    # a round with no more candidates than the shortlist keeps is exact
+    small, c2 = CandidateScorer(ckpt, d, 4, cfg, sel, seed=1, fast=fast).score_round(sets[:3], [()], budget)
+    assert [r["score"] for r in small] == [exact[k]["score"] for k in ("", "layer1.0", "layer2.1")]
+    assert c2["candidate_epochs"] == 3 * 4 and not c2["dropped"]

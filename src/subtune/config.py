@@ -320,17 +320,18 @@ def _check_budget(config: dict[str, Any]) -> None:
     if b is None:
         return
     b.check(TrainConfig.from_dict(selection_train(config), "selection.train").epochs)
-    if b.kind == "halving":
+    if b.one_job:
         if s["scoring"] != "val":
-            raise SubtuneError("selection.budget: halving needs selection.scoring: val")
+            raise SubtuneError(f"selection.budget: {b.kind} needs selection.scoring: val")
         if s.get("shards", 1) != 1:
-            raise SubtuneError("selection.budget: halving needs selection.shards: 1 "
+            raise SubtuneError(f"selection.budget: {b.kind} needs selection.shards: 1 "
                                "(a round's candidates compete in one job)")
-        if not s.get("fast", True):
+        if b.kind == "halving" and not s.get("fast", True):
             raise SubtuneError("selection.budget: halving needs selection.fast: true (candidates trained together)")
         if s.get("profile", True) and s["strategy"] == "forward":  # backward: the profile has exact jobs of its own
-            raise SubtuneError("selection.budget: with halving, round 1 of a forward walk is no fine-tuning profile "
-                               "(blocks stopped early keep a rung score): set selection.profile: false")
+            raise SubtuneError(f"selection.budget: with {b.kind}, round 1 of a forward walk is no fine-tuning "
+                               "profile (candidates dropped early keep a shorter run's score): set "
+                               "selection.profile: false")
 
 
 def _check_target_override(config: dict[str, Any], target: str, method: str, over: dict[str, Any]) -> None:

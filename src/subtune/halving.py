@@ -8,6 +8,19 @@ can be combined:
   the selection's ``train.epochs`` (the cosine schedule is computed for N
   epochs, so this is a different, shorter training, not a prefix of the
   full one);
+- ``kind: shortlist`` (with ``screen_epochs`` and ``keep``): every
+  competing candidate first trains a short schedule that is complete in
+  itself (``screen_epochs`` epochs, its cosine decay computed for that
+  length, so a block that learns slowly is compared after its learning rate
+  has annealed, not in the middle of a long schedule); the best ``keep`` of
+  the round are then trained from the start with the full schedule (fresh
+  runs, identical to exact selection's runs of the same sets), and the round
+  decides among them on those full-schedule scores. The others keep their
+  screening score, marked ``dropped_at: screen_epochs``, and are never
+  chosen. The round's accepted gain and the stop rule therefore compare
+  full-schedule scores only, as exact selection does; whenever the
+  exact round's best candidate is on the shortlist, the round decides as the
+  exact one does;
 - ``kind: halving`` (with ``min_epochs`` and ``eta``): successive halving
   inside each round (Jamieson & Talwalkar 2016; the rung and keep rules of
   Hyperband, Li et al. 2018). Every candidate of the round trains
@@ -43,11 +56,16 @@ from . import SubtuneError, dataclass_from_dict
 from .select import TOL
 
 
+KINDS = ("none", "halving", "shortlist")
+
+
 @dataclass
 class Budget:
-    kind: str = "none"  # none | halving
+    kind: str = "none"  # none | halving | shortlist
     min_epochs: int | None = None
     eta: int | None = None
+    screen_epochs: int | None = None  # shortlist: the screening schedule's epochs (complete in itself)
+    keep: int | None = None  # shortlist: how many candidates a round trains with the full schedule
     epochs: int | None = None  # scoring epochs (None: the selection's train.epochs)
 
     @classmethod
@@ -57,8 +75,17 @@ class Budget:
         if not isinstance(d, dict):
             raise SubtuneError(f"{where} must be a mapping or null, not {d!r}")
         b = dataclass_from_dict(cls, d, where)
-        if b.kind not in ("none", "halving"):
-            raise SubtuneError(f"{where}.kind must be none or halving, not {b.kind!r}")
+        if b.kind not in KINDS:
+            raise SubtuneError(f"{where}.kind must be one of {', '.join(KINDS)}, not {b.kind!r}")
+        if b.kind != "shortlist" and (b.screen_epochs is not None or b.keep is not None):
+            raise SubtuneError(f"{where}: screen_epochs and keep need kind: shortlist")
+        if b.kind == "shortlist":
+            b.screen_epochs = 1 if b.screen_epochs is None else b.screen_epochs
+            b.keep = 2 if b.keep is None else b.keep
+            for name in ("screen_epochs", "keep"):
+                v = getattr(b, name)
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    raise SubtuneError(f"{where}.{name} must be an integer of at least 1, not {v!r}")
         if b.kind == "halving":
             b.min_epochs = 1 if b.min_epochs is None else b.min_epochs
             b.eta = 2 if b.eta is None else b.eta
@@ -79,6 +106,13 @@ class Budget:
         e = self.epochs or full_epochs
         if self.kind == "halving" and self.min_epochs >= e:
             raise SubtuneError(f"{where}.min_epochs ({self.min_epochs}) must be below the scoring epochs ({e})")
+        if self.kind == "shortlist" and self.screen_epochs >= e:
+            raise SubtuneError(f"{where}.screen_epochs ({self.screen_epochs}) must be below the scoring epochs ({e})")
+
+    @property
+    def one_job(self) -> bool:
+        """Whether a round's competing candidates must be scored in one job (they are ranked against each other)."""
+        return self.kind in ("halving", "shortlist")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

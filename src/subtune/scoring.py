@@ -37,6 +37,9 @@ cached prefix features or image), and ``fit_group``'s ``stop`` hook stops the
 losers at each rung; the survivors' runs are uninterrupted full-schedule
 runs, bit-identical to the exact path's (tests/test_halving.py). Halving
 needs candidates trained together (``fast`` and no dropout / drop-path).
+With ``kind: shortlist`` the round is scored twice with the ordinary path:
+every competing candidate with the short screening schedule, then the best
+``keep`` with the full one (fresh runs, the same as exact selection's).
 
 The cost of a round (``score_round``'s second value): candidate-epochs
 trained, wall time, and ``ft_equiv``, the round's training cost in plain full
@@ -62,8 +65,8 @@ from .data.prepared import normalization
 from .io import sha256_file
 from .methods.base import Method
 from .models.split import Staged
-from .halving import Budget, Halving
-from .prefix import PrefixCache, compute_prefix
+from .halving import Budget, Halving, survivors
+from .prefix import PrefixCache, compute_prefix, continue_prefix
 from .select import BlockSet, SelectionConfig, key
 from .train import Preprocess, Run, TrainConfig, _image_forward, fit_group, has_randomness, pick_device, set_modes
 
@@ -133,11 +136,18 @@ class CandidateScorer:
         if start is None:
             return x
         staged = Staged(self.base.to(self.device))
-        return self.cache.get(
-            {**self._key, "split": split, "stop": start},
-            lambda: compute_prefix(staged, self.pre.to(self.device), x, start, self.train_cfg.eval_batch_size,
-                                   self.device),
-        )
+        at = {**self._key, "split": split}
+        bs = self.train_cfg.eval_batch_size
+
+        def compute() -> torch.Tensor:
+            # from the deepest prefix already held below ``start``: each frozen block runs once per image
+            for s in range(start - 1, 0, -1):
+                h = self.cache.peek({**at, "stop": s})
+                if h is not None:
+                    return continue_prefix(staged, h, s, start, bs, self.device)
+            return compute_prefix(staged, self.pre.to(self.device), x, start, bs, self.device)
+
+        return self.cache.get({**at, "stop": start}, compute)
 
     # ------------------------------------------------------------ training
     def _start(self, names: Sequence[str]) -> int | None:
@@ -233,7 +243,10 @@ class CandidateScorer:
         ``reference``: the sets among ``sets`` that do not compete (the base
         set whose score gains are measured against); they train the whole
         schedule. A result stopped early by halving has ``dropped_at`` (its
-        rung's epochs) and that rung's validation accuracy as its score.
+        rung's epochs) and that rung's validation accuracy as its score; one
+        left off a shortlist has ``dropped_at`` (the screening epochs) and
+        its screening score; one on the shortlist has its full-schedule
+        score, ``screen_score`` and ``screen_epochs``.
         """
         t0 = time.perf_counter()
         sets = list(sets)
@@ -256,6 +269,18 @@ class CandidateScorer:
                 results[s] = self._result(s, m, m["val_acc"])
                 if i in h.dropped:
                     results[s]["dropped_at"] = h.dropped[i]
+        elif budget is not None and budget.kind == "shortlist" and len(comp) > budget.keep:
+            if self.sel_cfg.scoring != "val":
+                raise SubtuneError("selection.budget: shortlist needs scoring: val")
+            results = dict(zip(ref, self.score_many(ref, cfg))) if ref else {}
+            screened = self.score_many(comp, replace(self.train_cfg, epochs=budget.screen_epochs))
+            keep = survivors([r["score"] for r in screened], budget.keep)
+            full = dict(zip(keep, self.score_many([comp[i] for i in keep], cfg)))
+            for i, (s, r) in enumerate(zip(comp, screened)):
+                if i in full:
+                    results[s] = {**full[i], "screen_score": r["score"], "screen_epochs": r["epochs"]}
+                else:
+                    results[s] = {**r, "dropped_at": budget.screen_epochs}
         else:
             results = dict(zip(sets, self.score_many(sets, cfg)))
         out = [results[s] for s in sets]
@@ -268,7 +293,7 @@ class CandidateScorer:
             "epochs": cfg.epochs,
             "rungs": rung_list,
             "dropped": dropped,
-            "candidate_epochs": sum(r["epochs"] for r in out),
+            "candidate_epochs": sum(_trained_epochs(r) for r in out),
             "exact_candidate_epochs": len(sets) * self.train_cfg.epochs,
             "wall_time_s": time.perf_counter() - t0,
             "ft_equiv": self.ft_equiv(out),
@@ -350,7 +375,7 @@ class CandidateScorer:
         total = 0.0
         for r in results:
             f, b = self._flops(r["blocks"])
-            total += r["epochs"] * (n * (f + b) + nv * f)
+            total += _trained_epochs(r) * (n * (f + b) + nv * f)
         return total / ft
 
     def score_one(self, names: Sequence[str]) -> dict[str, Any]:
@@ -358,6 +383,11 @@ class CandidateScorer:
 
     def __call__(self, sets: list[BlockSet]) -> dict[BlockSet, float]:
         return {r["key"] and tuple(r["blocks"]) or (): r["score"] for r in self.score_many(sets)}
+
+
+def _trained_epochs(r: dict[str, Any]) -> int:
+    """Epochs a result's set trained in its round: its run's, plus its screening run's under a shortlist."""
+    return int(r["epochs"]) + int(r.get("screen_epochs", 0))
 
 
 def _tensor_digest(data: dict[str, torch.Tensor]) -> str:

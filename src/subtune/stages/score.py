@@ -104,8 +104,8 @@ def run(a: argparse.Namespace) -> None:
         budget = Budget.from_dict(a.budget, "--budget")
         if budget is not None:
             budget.check(train_cfg.epochs)
-            if budget.kind == "halving" and a.shards > 1:
-                raise SubtuneError("--budget: halving needs the round's candidates in one job (--shards 1)")
+            if budget.one_job and a.shards > 1:
+                raise SubtuneError(f"--budget: {budget.kind} needs the round's candidates in one job (--shards 1)")
         ref = select.reference(read_json(a.state) if a.state else select.initial_state(blocks, sel_cfg))
         results, extra["cost"] = scorer.score_round(mine, [r for r in ref if r in mine], budget)
     else:
