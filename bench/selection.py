@@ -1,7 +1,7 @@
 """Benchmark: one full greedy selection, the naive way and the optimized way.
 
-    python bench/selection.py                      # the embedded default: fmnist-new, seed 0
-    python bench/selection.py --target digits --seed 1
+    python bench/selection.py                      # the embedded default: fmnist, seed 0
+    python bench/selection.py --target digits --seed 1 --root bench/work/pipeline   # a finished run's inputs
     python bench/selection.py --arch resnet50 --image-size 224 --gpu-throughput   # on a GPU machine
 
 Naive (the SubTuning paper's procedure): every candidate is a separate
@@ -49,13 +49,14 @@ from subtune.train import Preprocess, TrainConfig, fit, pick_device  # noqa: E40
 def prepare_inputs(a, cfg) -> tuple[Path, Path, Path]:
     exp = cfg["experiment"]
     if a.arch is None:
-        data = ROOT / f"data/prepared/{exp}/{a.target}/1k.safetensors"
-        ckpt = ROOT / f"checkpoints/{exp}/backbone.safetensors"
-        missing = [str(p.relative_to(ROOT)) for p in (data, ckpt) if not p.exists()]
+        root = Path(a.root)
+        data = root / f"data/prepared/{exp}/{a.target}/1k.safetensors"
+        ckpt = root / f"checkpoints/{exp}/backbone.safetensors"
+        missing = [str(p.relative_to(root)) for p in (data, ckpt) if not p.exists()]
         if missing:
             print(f"building {', '.join(missing)} with snakemake ...", flush=True)
             subprocess.run([str(Path(sys.executable).with_name("snakemake")), "--cores", "all", *missing],
-                           cwd=ROOT, check=True)
+                           cwd=root, check=True)
         return data, data.with_suffix(".json"), ckpt
     out = ROOT / "bench/work"
     out.mkdir(parents=True, exist_ok=True)
@@ -78,13 +79,17 @@ def prepare_inputs(a, cfg) -> tuple[Path, Path, Path]:
     return data, data.with_suffix(".json"), ckpt
 
 
+CPU: dict[str, float] = {}  # CPU seconds of the last timed call (on a shared machine, steadier than wall time)
+
+
 def timed(fn):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+    CPU["last"] = time.process_time() - c
     return out, time.perf_counter() - t
 
 
@@ -122,7 +127,9 @@ def gpu_throughput(ckpt: Path, data: dict, num_classes: int, cfg: TrainConfig, s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "config.yaml"))
-    ap.add_argument("--target", default="fmnist-new")
+    ap.add_argument("--target", default="fmnist")
+    ap.add_argument("--root", default=str(ROOT), help="where the default's checkpoints/ and data/ are")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1: CPU-time ratios are comparable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arch", help="benchmark a randomly initialised timm model instead of the default checkpoint")
     ap.add_argument("--image-size", type=int, default=224)
@@ -133,6 +140,8 @@ def main() -> None:
     ap.add_argument("--skip-jobs", action="store_true", help="skip the one-job-per-candidate naive run")
     a = ap.parse_args()
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     cfg = yaml.safe_load(Path(a.config).read_text())
     data_path, manifest_path, ckpt = prepare_inputs(a, cfg)
     manifest = load_manifest(manifest_path)
@@ -161,7 +170,8 @@ def main() -> None:
     ft = get_method("ft").trainable(model)
     _, t_ft = timed(lambda: fit(model, ft, pre, (data["train_x"], data["train_y"]),
                                 {"val": (data["val_x"], data["val_y"])}, train_cfg, a.seed))
-    print(f"one plain full fine-tune ({train_cfg.epochs} epochs, in process): {t_ft:.1f} s")
+    c_ft = CPU["last"]
+    print(f"one plain full fine-tune ({train_cfg.epochs} epochs, in process): {t_ft:.1f} s ({c_ft:.1f} s CPU)")
     if dev.type == "cpu":
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import torch, timm, safetensors"], check=True)
@@ -178,22 +188,25 @@ def main() -> None:
             return out
 
         state, dt = timed(lambda: greedy(blocks, counting, sel))
+        cpu = CPU["last"]
         print(f"  {'optimized' if fast else 'naive'} rounds: "
               + "; ".join(f"{c} candidates {s:.1f} s = {s / t_ft:.2f} FT" for c, s in rounds))
-        return state, dt, sum(c for c, _ in rounds)
+        return state, dt, sum(c for c, _ in rounds), cpu
 
-    opt_state, t_opt, n_opt = run(True)
-    print(f"optimized greedy selection: {t_opt:.1f} s for {n_opt} candidates in {len(opt_state['rounds'])} rounds "
-          f"-> {opt_state['selected']} (val {opt_state['score']:.4f}); {t_opt / t_ft:.2f} plain fine-tunes")
+    opt_state, t_opt, n_opt, c_opt = run(True)
+    print(f"optimized greedy selection: {t_opt:.1f} s ({c_opt:.1f} s CPU) for {n_opt} candidates in "
+          f"{len(opt_state['rounds'])} rounds -> {opt_state['selected']} (val {opt_state['score']:.4f}); "
+          f"{t_opt / t_ft:.2f} plain fine-tunes ({c_opt / c_ft:.2f} by CPU time)")
     if a.skip_naive:
         return
-    naive_state, t_naive, n_naive = run(False)
-    print(f"naive greedy selection:     {t_naive:.1f} s for {n_naive} candidates -> {naive_state['selected']} "
-          f"(val {naive_state['score']:.4f}); {t_naive / t_ft:.2f} plain fine-tunes")
+    naive_state, t_naive, n_naive, c_naive = run(False)
+    print(f"naive greedy selection:     {t_naive:.1f} s ({c_naive:.1f} s CPU) for {n_naive} candidates -> "
+          f"{naive_state['selected']} (val {naive_state['score']:.4f}); {t_naive / t_ft:.2f} plain fine-tunes")
     diffs = [abs(naive_state["rounds"][i]["scores"][kk] - opt_state["rounds"][i]["scores"][kk])
              for i in range(min(len(naive_state["rounds"]), len(opt_state["rounds"])))
              for kk in naive_state["rounds"][i]["scores"]]
-    print(f"naive (in process) / optimized: {t_naive / t_opt:.2f}x; selected blocks identical: "
+    print(f"naive (in process) / optimized: {t_naive / t_opt:.2f}x wall, {c_naive / c_opt:.2f}x CPU time; "
+          f"selected blocks identical: "
           f"{naive_state['selected'] == opt_state['selected']}; max |val score difference|: {max(diffs):.2e}")
     if a.skip_jobs:
         return
