@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import functools
 import itertools
 import json
 import os
@@ -123,17 +122,7 @@ def check_plan(plan: Plan) -> None:
 
 
 # ------------------------------------------------------------------ in process: every combination
-@pytest.fixture
-def schema_read_once(monkeypatch):
-    """The schema file parsed once for the hundreds of validations here (YAML parsing is most of a validation's
-    time); each validation still gets its own copy, composed and checked as usual."""
-    import subtune.config
-
-    parsed = functools.cache(subtune.config.load_schema)
-    monkeypatch.setattr(subtune.config, "load_schema", lambda path: copy.deepcopy(parsed(str(path))))
-
-
-def test_every_combination_is_planned_or_refused_in_one_line(schema_read_once):
+def test_every_combination_is_planned_or_refused_in_one_line():
     t0 = time.monotonic()
     accepted = refused = 0
     for combo in all_combinations():
@@ -184,7 +173,7 @@ def _graded(sets):
 
 
 @pytest.mark.parametrize("strategy, stop_rule", list(itertools.product(OPTIONS["strategy"], OPTIONS["stop_rule"])))
-def test_k_and_epsilon_edges_walk_to_an_end_and_plan_their_runs(strategy, stop_rule, schema_read_once):
+def test_k_and_epsilon_edges_walk_to_an_end_and_plan_their_runs(strategy, stop_rule):
     blocks = ["b0", "b1", "b2", "b3"]
     n = 0
     for k, eps, scorer in itertools.product(K_EDGES, EPSILON_EDGES, (_tied, _graded)):

@@ -259,3 +259,73 @@ def test_pinned_attributes_are_read_at_download_time(monkeypatch):
     assert registry.RAW["cifar-10-c"].mirrors() == ["file:///nowhere/"]
     monkeypatch.setitem(cifar.CIFAR10.files, "cifar-10-python.tar.gz", ("0" * 64, None))
     assert registry.RAW["cifar-10"].files()["cifar-10-python.tar.gz"] == ("0" * 64, None)
+
+
+# ------------------------------------------------------------------ discovery and the parsed schema
+def test_submodules_skips_private_and_named_modules_and_the_first_directory_wins(tmp_path):
+    from subtune._lazy import submodules
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for d, names in ((first, ["b.py", "_helper.py", "shared.py"]), (second, ["a.py", "shared.py", "skipped.py"])):
+        d.mkdir()
+        for n in names:
+            (d / n).write_text("")
+    (second / "pkg").mkdir()
+    (second / "pkg" / "__init__.py").write_text("")
+    (second / "not_a_package").mkdir()  # no __init__.py
+    found = submodules([str(first), str(second)], skip={"skipped"})
+    assert [m.name for m in found] == ["b", "shared", "a", "pkg"]  # directory by directory
+    assert [m.name for m in submodules([str(first), str(second)], skip={"skipped"}, sort=True)] == [
+        "a", "b", "pkg", "shared"]
+    where = {m.name: (m.module_finder.path, m.ispkg) for m in found}
+    assert where["shared"] == (str(first), False) and where["pkg"] == (str(second), True)
+
+
+def test_import_submodules_imports_one_by_one_in_order(tmp_path, monkeypatch):
+    from subtune._lazy import import_submodules
+
+    pkg = tmp_path / "zz_probe_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a_good.py").write_text("VALUE = 1\n")
+    (pkg / "b_broken.py").write_text("raise RuntimeError('b_broken imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        modules = import_submodules("zz_probe_pkg", [str(pkg)])
+        assert next(modules).VALUE == 1 and "zz_probe_pkg.b_broken" not in sys.modules  # not imported yet
+        with pytest.raises(RuntimeError, match="b_broken imported"):
+            next(modules)
+        assert [m.__name__ for m in import_submodules("zz_probe_pkg", [str(pkg)], skip={"b_broken"})] == [
+            "zz_probe_pkg.a_good"]
+    finally:
+        for name in [n for n in sys.modules if n.split(".")[0] == "zz_probe_pkg"]:
+            sys.modules.pop(name)
+
+
+def test_the_schema_is_parsed_once_per_file_version_and_each_caller_gets_a_copy(tmp_path):
+    import os
+
+    from subtune.config import _parsed_schema, load_schema
+
+    path = tmp_path / "schema.yaml"
+    path.write_text((ROOT / "schemas/config.schema.yaml").read_text())
+    one = load_schema(path)
+    hits = _parsed_schema.cache_info().hits
+    two = load_schema(str(path))
+    assert _parsed_schema.cache_info().hits == hits + 1  # not parsed again
+    assert one == two and one is not two
+    one["properties"].clear()
+    one["$defs"]["train"]["$comment"] = "changed"
+    three = load_schema(path)
+    assert three == two and three["properties"] and three["$defs"]["train"] != one["$defs"]["train"]
+    # an edit of the same size is read again (the modification time differs)
+    text = path.read_text()
+    assert "additionalProperties: false" in text
+    path.write_text(text.replace("additionalProperties: false", "additionalProperties: true ", 1))
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert path.stat().st_size == len(text.encode())
+    edited = load_schema(path)
+    assert edited != two and validate(base_config(), path)
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_schema(tmp_path / "missing.yaml")

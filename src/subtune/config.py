@@ -33,6 +33,8 @@ a method's ``params`` is reported with the method's own message (the check reads
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -132,6 +134,18 @@ def _check_method_params(name: str, params: dict[str, Any], where: str) -> None:
 
 
 def load_schema(path: str | Path) -> dict:
+    """The YAML schema at ``path``, parsed; each call gets its own copy (:func:`config_schema` fills it in).
+
+    Parsing is most of a validation's time (~50 ms), and Snakemake validates on every invocation: the parsed
+    file is kept per version (absolute path, modification time, size), so an edited schema is read again.
+    """
+    st = Path(path).stat()  # a missing file is reported by the name given
+    return copy.deepcopy(_parsed_schema(str(Path(path).absolute()), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_schema(path: str, mtime_ns: int, size: int) -> dict:
+    """The file at ``path`` parsed (``mtime_ns`` and ``size`` key the cache: a changed file is another entry)."""
     import yaml
 
     return yaml.safe_load(Path(path).read_text())

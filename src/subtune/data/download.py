@@ -60,7 +60,6 @@ import http.client
 import importlib
 import logging
 import os
-import pkgutil
 import socket
 import sys
 import time
@@ -74,6 +73,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import SubtuneError
+from .._lazy import import_submodules
 from ..io import atomic_path, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -412,10 +412,8 @@ def register_raw(name: str, *, files: Callable[[], Mapping[str, Digests]], mirro
 
 def discover() -> None:
     """Import every dataset module of this package (each registers its entries; importing twice is a no-op)."""
-    package = importlib.import_module(__package__)
-    for m in pkgutil.iter_modules(package.__path__):
-        if not m.name.startswith("_"):
-            importlib.import_module(f"{__package__}.{m.name}")
+    for _ in import_submodules(__package__, importlib.import_module(__package__).__path__):
+        pass
 
 
 def download_dataset(name: str, dest_dir: str | os.PathLike, mirrors: list[str] | None = None) -> dict[str, Path]:

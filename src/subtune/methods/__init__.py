@@ -21,9 +21,7 @@ modules); Siamese SubTuning wraps the backbone in a two-path model
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from .._lazy import import_submodules
 from .base import (
     REGISTRY,
     Method,
@@ -45,9 +43,8 @@ NOT_METHODS = frozenset({"base", "multilora", "multilora_compare"})
 
 def discover() -> None:
     """Import every method module of this package (each registers its classes; importing twice is a no-op)."""
-    for m in pkgutil.iter_modules(__path__):
-        if not m.name.startswith("_") and m.name not in NOT_METHODS:
-            importlib.import_module(f"{__name__}.{m.name}")
+    for _ in import_submodules(__name__, __path__, skip=NOT_METHODS):
+        pass
 
 
 discover()

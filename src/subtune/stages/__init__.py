@@ -12,10 +12,10 @@ functions import what they need.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
+
+from .._lazy import import_submodules
 
 if TYPE_CHECKING:
     import argparse
@@ -45,10 +45,7 @@ def discover() -> dict[str, Stage]:
     imported are not imported again. A module without ``STAGE``, or two claiming one name, is a bug.
     """
     found: dict[str, Stage] = {}
-    for m in pkgutil.iter_modules(__path__):
-        if m.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{m.name}")
+    for module in import_submodules(__name__, __path__):
         stage = getattr(module, "STAGE", None)
         if not isinstance(stage, Stage):
             raise TypeError(f"{module.__name__}: a stage module defines STAGE = Stage(...)")

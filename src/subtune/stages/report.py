@@ -14,10 +14,10 @@ import argparse
 import ast
 import importlib.util
 import os
-import pkgutil
 import sys
 import tokenize
 
+from .._lazy import submodules
 from . import Stage
 
 TABLES_PACKAGE = "subtune.report.tables"
@@ -54,13 +54,11 @@ def tables() -> dict[str, str]:
     The help is the first line of the module's docstring (what :class:`subtune.report.registry.TableCLI` shows
     as the table's description too): one source for both, readable without importing the module."""
     found: dict[str, str] = {}
-    for path in _table_paths():
-        for m in pkgutil.iter_modules([path]):
-            if m.name.startswith("_") or m.name in found:  # the first directory holding a name wins, as on import
-                continue
-            found[m.name] = _summary(os.path.join(path, m.name, "__init__.py") if m.ispkg
-                                     else os.path.join(path, f"{m.name}.py"))  # fmt: skip
-    return dict(sorted(found.items()))
+    for m in submodules(_table_paths(), sort=True):
+        where = m.module_finder.path  # the directory holding it (the first one, as on import)
+        found[m.name] = _summary(os.path.join(where, m.name, "__init__.py") if m.ispkg
+                                 else os.path.join(where, f"{m.name}.py"))  # fmt: skip
+    return found
 
 
 def add_arguments(s: argparse.ArgumentParser) -> None:

@@ -36,14 +36,12 @@ which must equal ``model(x)`` exactly (``tests/test_models.py``).
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ... import SubtuneError
-from ..._lazy import lazy
+from ..._lazy import import_submodules, lazy
 
 nn = lazy("torch.nn")
 
@@ -158,10 +156,7 @@ def families() -> list[Family]:
     if not _loaded:
         _loaded = True
         found = []
-        for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-            if info.name.startswith("_"):
-                continue
-            mod = importlib.import_module(f"{__name__}.{info.name}")
+        for mod in import_submodules(__name__, __path__, sort=True):
             rec = getattr(mod, "FAMILY", None)
             if not isinstance(rec, Family):
                 raise SubtuneError(f"{mod.__name__} defines no FAMILY record")

@@ -10,14 +10,10 @@ module's docstring is the table's help line; the report stage reads it from the 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from ..._lazy import import_submodules
 
 
 def discover() -> list[str]:
     """Import every table module of this package (each registers its tables; importing twice is a no-op);
     returns the modules' names."""
-    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
-    for name in names:
-        importlib.import_module(f"{__name__}.{name}")
-    return names
+    return [m.__name__.rpartition(".")[2] for m in import_submodules(__name__, __path__)]
