@@ -8,7 +8,7 @@ CORES  ?= all
 # The experiment `make reproduce`, `make report` and `make record` work on: CONFIG=configs/NAME.yaml for another.
 CONFIG ?= config.yaml
 
-.PHONY: setup data slurm chromium test reproduce report record status pull clean
+.PHONY: setup data slurm chromium test reproduce report record status pull selection-study clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -103,6 +103,14 @@ record: setup
 # (exit status 1 if any): Snakemake does not rerun a job when only src/subtune changed (docs/workflow.md).
 status: setup
 	$(BIN)/python -m subtune status --configfile $(CONFIG)
+
+# The selection budget's agreement study on the default (docs/selection.md): exact greedy selection against each
+# budget, 4 targets x 5 seeds, on the backbone and targets of a finished default run (ROOT=bench/work/pipeline for
+# the tree `python bench/pipeline.py` leaves). About 2.5 hours on 2 cores; a rerun resumes.
+ROOT ?= .
+selection-study: setup
+	$(BIN)/python bench/selection_budget.py --root $(ROOT) --variants exact shortlist short2 \
+	  --out bench/work/selection_budget --plot docs/img/selection_budget.png
 
 # DVC (docs/dvc.md): `dvc pull` the artifacts, then put Snakemake back in step.
 # `dvc pull` writes files in no particular order, so Snakemake's mtime trigger would rerun jobs.

@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from subtune import SubtuneError
+from subtune.claims import NOT_RUN
 from subtune.config import decision_config, validate
 from subtune.plan import Plan
 from subtune.select import SelectionConfig, epsilon_sets, greedy, replay
@@ -349,10 +350,16 @@ def test_the_riskiest_combinations_run_end_to_end(tmp_path):
                 assert [r["block"] for r in csv.DictReader(fh)] == ["(lp)", *BLOCKS], name
         if cfg["selection"]["strategy"] == "forward":
             assert len(state["selected"]) <= cfg["selection"]["k"]
-        # the claims read every profile (claim 4: one selection, so no verdict, but the profile's numbers)
+        # the claims read every profile (claim 4: one selection, so no verdict, but the profile's numbers); a
+        # forward walk's round 1 under a shortlist has blocks without a full-schedule score: left out, named
         with open(res / "tables/claims.csv") as fh:
             claim4 = next(r for r in csv.DictReader(fh) if r["claim_id"] == "4")
-        assert claim4["target"] == "digits" and claim4["a_mean"] and claim4["verdict"] == "inconclusive", claim4
+        if name == "forward-shortlist":
+            assert claim4["verdict"] == NOT_RUN and not claim4["a_mean"], claim4
+            assert "incomplete profiles left out" in claim4["note"], claim4
+        else:
+            assert claim4["target"] == "digits" and claim4["a_mean"] and claim4["verdict"] == "inconclusive", (
+                name, claim4)
     # the backward profile: jobs of their own, every block alone and the linear probe
     sel = outs["backward-profile"][0] / "results/backward-profile/select/digits/seed0"
     profile = [json.loads((sel / f"profile_shard{i}.json").read_text()) for i in (0, 1)]
@@ -380,6 +387,7 @@ def test_the_riskiest_combinations_run_end_to_end(tmp_path):
     assert state["rounds"][0]["chosen"] in {r["key"] for r in kept} or not state["rounds"][0]["accepted"]
     with open(wd / "results/forward-shortlist/tables/rounds.csv") as fh:
         row1 = next(r for r in csv.DictReader(fh) if r["round"] == "1")
-    assert row1["n_dropped"] == "2" and row1["candidate_epochs"] == "10" and float(row1["ft_equiv"]) > 0, row1
+    assert float(row1["n_dropped"]) == 2 and float(row1["candidate_epochs"]) == 10, row1
+    assert float(row1["ft_equiv"]) > 0, row1
     assert sorted(row1["dropped"].split(":", 1)[1].split(",")) == sorted(r["key"] for r in comp if r not in kept)
     print(f"end to end: {len(RUNS)} configs ({', '.join(RUNS)}) ran concurrently in {took:.0f} s")
