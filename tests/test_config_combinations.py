@@ -2,8 +2,8 @@
 refused before any job, in one line naming the keys.
 
 The options: strategy (forward, backward) x stop_rule (paper, code) x scoring (val, cv) x budget (none, a
-shorter schedule, successive halving, a shortlist) x profile (true, false) x per_seed (false, true, a list) x shards (1, 2),
-and k and epsilon at their edges. Three tiers, from configs/test.yaml:
+shorter schedule, successive halving, a shortlist) x profile (true, false) x per_seed (false, true, a list) x
+shards (1, 2), and k and epsilon at their edges. Three tiers, from configs/test.yaml:
 
 - in process (fast): every combination validated (:func:`subtune.config.validate`) and planned
   (:class:`subtune.plan.Plan`: every table, the profile's score files, the claims' profiles); a refusal is one
