@@ -223,7 +223,7 @@ def main() -> None:
             run_pool([(a, "test", (t, s, list(b)), test_file(out, t, s, list(b))) for t, b in sorted(sets)], a.jobs)
     rows, ft = load(out)
     summary = summarize(rows, ft)
-    print_table(summary)
+    print_table(summary, rows)
     if a.plot:
         plot(summary, Path(a.plot))
         print(f"wrote {a.plot}")
@@ -281,7 +281,18 @@ def summarize(rows: list[dict], ft: dict[str, dict]) -> list[dict]:
     return out
 
 
-def print_table(summary: list[dict]) -> None:
+def paired_gap(rows: list[dict], name: str, n_boot: int = 10000) -> tuple[float, float, float, int]:
+    """Test accuracy of exact minus ``name`` (points), paired by (target, seed) over every unit that ran both:
+    the mean and a 95 % percentile bootstrap interval (units resampled, seed 0), and the number of units."""
+    import numpy as np
+
+    gaps = np.array([100 * (r["variants"]["exact"]["test"] - r["variants"][name]["test"])
+                     for r in rows if name in r["variants"]])
+    boot = np.random.default_rng(0).choice(gaps, (n_boot, len(gaps))).mean(axis=1)
+    return float(gaps.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)), len(gaps)
+
+
+def print_table(summary: list[dict], rows: list[dict] | None = None) -> None:
     """The study's table and the three checks (≤ 3 plain fine-tunes; same set ≥ 80 % or test within 1 std)."""
     print("\n| target | selection | seeds | same set as exact | round-1 Spearman | val gap (pts) | test gap (pts) "
           "| test (%) | cost, CPU time (FT) | max | cost, FLOPs (FT) | max |")
@@ -297,11 +308,19 @@ def print_table(summary: list[dict]) -> None:
             continue
         ss = [s for s in summary if s["variant"] == name]
         n, same = sum(len(s["seeds"]) for s in ss), sum(s["same"] for s in ss)
-        within = all(abs(s["test"][0] - s["test_exact"][0]) <= s["test_exact"][1] for s in ss)
+        # not below exact's mean by more than exact's std over seeds (a cheap selection that tests higher passes)
+        within = all(s["test_exact"][0] - s["test"][0] <= s["test_exact"][1] for s in ss)
         cheap = all(s["cost_max"] <= 3 for s in ss) and all(s["flops_max"] <= 3 for s in ss)
+        flops = all(s["flops_max"] <= 3 for s in ss)
         print(f"{name}: same set {same}/{n} ({100 * same / n:.0f} %; target 80 %); test mean within one std of "
-              f"exact's on every target: {within}; every selection <= 3 plain fine-tunes (CPU time and FLOPs): "
-              f"{cheap}; meets the target: {cheap and (same >= 0.8 * n or within)}")
+              f"exact's on every target (or above it): {within} ("
+              + ", ".join(f"{s['target']} {s['test_exact'][0] - s['test'][0] <= s['test_exact'][1]}" for s in ss)
+              + f"); every selection <= 3 plain fine-tunes: by FLOPs {flops}, by CPU time and FLOPs {cheap}; "
+              f"meets the target: {cheap and (same >= 0.8 * n or within)}")
+        if rows:
+            m, lo, hi, k = paired_gap(rows, name)
+            print(f"  test accuracy, exact minus {name}, paired over {k} (target, seed): {m:+.2f} points "
+                  f"(95 % bootstrap interval {lo:+.2f} to {hi:+.2f})")
 
 
 def plot(summary: list[dict], path: Path) -> None:
