@@ -86,13 +86,18 @@ def test_budget_config_is_validated():
         Budget.from_dict({"epochs": 8}).check(6)
 
 
-def test_config_budget_validation(tmp_path):
+def default_config():
+    """config.yaml (the embedded default) and the schema's path, for the budget's config checks."""
     import pathlib
 
     import yaml
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    return yaml.safe_load((root / "config.yaml").read_text()), root
+
+
+def test_config_budget_validation(tmp_path):
+    cfg, root = default_config()
     cfg["selection"]["budget"] = {"kind": "halving", "min_epochs": 1, "eta": 2}
     with pytest.raises(SubtuneError, match="selection.profile: false"):
         validate(cfg, root / "schemas/config.schema.yaml")
@@ -161,12 +166,7 @@ def test_shortlist_budget_config():
 
 
 def test_config_shortlist_validation():
-    import pathlib
-
-    import yaml
-
-    root = pathlib.Path(__file__).resolve().parents[1]
-    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg, root = default_config()
     cfg["selection"]["budget"] = {"kind": "shortlist", "screen_epochs": 1, "keep": 2}
     with pytest.raises(SubtuneError, match="with shortlist, .*selection.profile: false"):
         validate(cfg, root / "schemas/config.schema.yaml")

@@ -31,12 +31,13 @@ training, validation and test images instead of once per epoch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -101,22 +102,28 @@ class PrefixCache:
         return t
 
 
+@contextlib.contextmanager
+def _eval_mode(model) -> Iterator[None]:
+    """``model`` in eval mode (frozen blocks: BN running statistics, no dropout), each module's mode restored."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, t in modes.items():
+            m.train(t)
+
+
 @counted
 @torch.no_grad()
 def compute_prefix(staged, pre, x: torch.Tensor, stop: int, batch_size: int, device: torch.device) -> torch.Tensor:
     """The frozen prefix (stem and blocks before ``stop``) of uint8 images ``x``, in eval mode."""
-    model = staged.model
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     out = []
-    try:
+    with _eval_mode(staged.model):
         for i in range(0, len(x), batch_size):
             xb = to_layout(pre(x[i : i + batch_size].to(device)))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 out.append(staged.prefix(xb, stop))
-    finally:
-        for m, t in modes.items():
-            m.train(t)
     return torch.cat(out)
 
 
@@ -127,20 +134,14 @@ def continue_prefix(staged, h: torch.Tensor, start: int, stop: int, batch_size: 
     """The prefix up to ``stop`` from ``h``, the prefix up to ``start`` (<= ``stop``): blocks ``start..stop-1``
     in eval mode, the same modules in the same order as :func:`compute_prefix`, so a cache filled in network
     order runs each frozen block once per image instead of once per later start block."""
-    model = staged.model
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     out = []
-    try:
+    with _eval_mode(staged.model):
         for i in range(0, len(h), batch_size):
             hb = h[i : i + batch_size].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 for b in range(start, stop):
                     hb = staged.run(b, hb)
             out.append(hb)
-    finally:
-        for m, t in modes.items():
-            m.train(t)
     return torch.cat(out)
 
 
