@@ -530,6 +530,11 @@ def test_captions_describe_the_selection_budget():
     assert "this experiment uses successive halving" in cap["rounds"]
     cap = render_captions(_config("test", budget={"epochs": 1}))
     assert "scored after a shorter 1-epoch schedule" in cap["workflow"]
+    cap = render_captions(_config("test", budget={"kind": "shortlist", "screen_epochs": 1, "keep": 2},
+                                  profile=False))
+    assert "a shortlist in each round: every candidate trains a complete 1-epoch schedule, the best 2" in \
+        " ".join(cap["workflow"].split())
+    assert "this experiment uses a shortlist" in cap["rounds"] and "Exact selection" not in cap["workflow"]
 
 
 # ---------------------------------------------------------------- validation curves of the tuned grids, edge flags
